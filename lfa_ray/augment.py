@@ -1,0 +1,35 @@
+"""Augmentation pipelines (albumentations), scaled by one knob ``train.aug_strength``.
+
+Images arrive already resized to ``data.image_size`` (the seed's first step),
+so the pipelines start after its Resize. At strength 1 the geometry is the
+seed's: Rotate(limit=35, p=1), HorizontalFlip(0.5), VerticalFlip(0.1); at 0
+only Normalize remains. Photometric jitter (brightness/contrast, blur, noise)
+scales with the same knob. Image and mask always share the geometry.
+"""
+
+from __future__ import annotations
+
+import albumentations as A
+from albumentations.pytorch import ToTensorV2
+
+# The seed normalises to [0, 1] with mean 0 and std 1.
+_NORMALIZE = A.Normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), max_pixel_value=255.0)
+
+
+def train_transform(strength: float, seed: int = 0) -> A.Compose:
+    s = float(strength)
+    steps = []
+    if s > 0:
+        steps = [
+            A.Rotate(limit=35 * s, p=1.0),
+            A.HorizontalFlip(p=0.5 * s),
+            A.VerticalFlip(p=0.1 * s),
+            A.RandomBrightnessContrast(brightness_limit=0.25 * s, contrast_limit=0.25 * s, p=0.5 * s),
+            A.GaussianBlur(sigma_limit=(0.1, 1.0 * s + 0.1), p=0.2 * s),
+            A.GaussNoise(std_range=(0.0, 0.04 * s), p=0.3 * s),
+        ]
+    return A.Compose([*steps, _NORMALIZE, ToTensorV2()], seed=seed)
+
+
+def val_transform() -> A.Compose:
+    return A.Compose([_NORMALIZE, ToTensorV2()], seed=0)

@@ -1,0 +1,274 @@
+"""The per-worker training loop: plain PyTorch, no Ray.
+
+``fit`` runs epochs of :func:`train_one_epoch` and :func:`validate`, steps
+ReduceLROnPlateau, applies early stopping and the checkpoint policy, and hands
+each epoch's metrics (and, when due, the full training state) to a callback.
+Ray Train, a test or a benchmark supplies that callback; this module never
+imports Ray. With ``torch.distributed`` initialised, losses and metrics are
+summed over all workers, so every rank sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from lfa_ray.config import Config
+from lfa_ray.model import UNet
+
+log = logging.getLogger("lfa_ray")
+STATE_FILE = "state.pt"
+
+
+# -- set-up ----------------------------------------------------------------------------------
+
+def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``train.amp`` on ``device`` (None: full precision)."""
+    if mode == "off":
+        return None
+    if mode == "auto":
+        return torch.float16 if device.type == "cuda" else torch.bfloat16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
+
+
+@dataclass
+class Parts:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
+    scaler: torch.amp.GradScaler
+    dtype: Optional[torch.dtype]
+
+
+def build(cfg: Config, device: torch.device) -> Parts:
+    """Model, Adam, ReduceLROnPlateau and GradScaler as the seed set them up."""
+    torch.manual_seed(cfg.train.seed)
+    # channels_last is ~25% faster for these convs on CPU (oneDNN) and suits tensor cores on GPU.
+    model = UNet(features=cfg.model.features).to(device, memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", patience=cfg.train.lr_patience, factor=cfg.train.lr_factor)
+    dtype = amp_dtype(cfg.train.amp, device)
+    # Loss scaling is needed for fp16 only; bf16 has fp32's range.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
+    return Parts(model, optimizer, scheduler, scaler, dtype)
+
+
+def make_loaders(train_ds, val_ds, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 loader_workers: int = 0) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
+    """Loaders giving each of ``world`` workers a disjoint shard.
+
+    Training shuffles with a DistributedSampler seeded per epoch. Validation takes
+    every ``world``-th image without padding, so summed metrics are exact.
+    """
+    sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
+    val_shard = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
+    common = dict(num_workers=loader_workers, persistent_workers=loader_workers > 0)
+    return (torch.utils.data.DataLoader(train_ds, batch_size=batch_size, sampler=sampler, **common),
+            torch.utils.data.DataLoader(val_shard, batch_size=batch_size, shuffle=False, **common))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The bare model inside a DistributedDataParallel wrapper."""
+    return getattr(model, "module", model)
+
+
+# -- one epoch -------------------------------------------------------------------------------
+
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    logits = logits.float()
+    loss = F.binary_cross_entropy_with_logits(logits, target)
+    if kind == "bce+dice":
+        prob = torch.sigmoid(logits)
+        inter = (prob * target).sum(dim=(1, 2, 3))
+        dice = (2 * inter + 1) / (prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+        loss = loss + (1 - dice).mean()
+    return loss
+
+
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _to(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+
+
+def train_one_epoch(parts: Parts, loader, device: torch.device, *, loss: str = "bce",
+                    grad_clip: Optional[float] = None) -> dict:
+    model, optimizer, scaler = parts.model, parts.optimizer, parts.scaler
+    model.train()
+    total, count = 0.0, 0
+    start = time.perf_counter()
+    for images, masks in loader:
+        images, masks = _to(images, device), masks.to(device, non_blocking=True)
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=parts.dtype or torch.float32, enabled=parts.dtype is not None):
+            value = loss_fn(model(images), masks, loss)
+        scaler.scale(value).backward()
+        if grad_clip is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        total += value.item() * images.shape[0]
+        count += images.shape[0]
+    seconds = time.perf_counter() - start
+    total, count = _all_sum([total, count], device)
+    return {"train_loss": total / max(count, 1), "train_images": int(count), "train_seconds": seconds}
+
+
+@torch.no_grad()
+def validate(parts: Parts, loader, device: torch.device, *, loss: str = "bce") -> dict:
+    """Loss, pixel accuracy and per-image Dice/IoU (an empty prediction of an empty mask scores 1)."""
+    model = parts.model
+    model.eval()
+    sums = [0.0] * 5  # loss*n, correct pixels, pixels, dice, iou (per-image sums); images below
+    images_seen = 0
+    for images, masks in loader:
+        images, masks = _to(images, device), masks.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=parts.dtype or torch.float32, enabled=parts.dtype is not None):
+            logits = model(images)
+        sums[0] += loss_fn(logits, masks, loss).item() * images.shape[0]
+        pred = (logits.float() > 0).float()
+        sums[1] += (pred == masks).sum().item()
+        sums[2] += masks.numel()
+        inter = (pred * masks).sum(dim=(1, 2, 3))
+        both = pred.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3))
+        union = both - inter
+        sums[3] += torch.where(both > 0, 2 * inter / both.clamp(min=1), torch.ones_like(both)).sum().item()
+        sums[4] += torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum().item()
+        images_seen += images.shape[0]
+    loss_sum, correct, pixels, dice, iou, n = _all_sum([*sums, images_seen], device)
+    n = max(n, 1)
+    return {"val_loss": loss_sum / n, "val_accuracy": correct / max(pixels, 1),
+            "val_dice": dice / n, "val_iou": iou / n}
+
+
+# -- checkpoints -----------------------------------------------------------------------------
+
+def training_state(parts: Parts, progress: "Progress", config: dict) -> dict:
+    return {
+        "model": unwrap(parts.model).state_dict(),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "progress": progress.__dict__.copy(),
+        "config": config,
+    }
+
+
+def save_state(state: dict, directory: str | Path) -> Path:
+    """Write ``state`` to ``directory/state.pt`` atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state.")
+    os.close(fd)
+    torch.save(state, tmp)
+    os.replace(tmp, directory / STATE_FILE)
+    return directory / STATE_FILE
+
+
+def load_state(directory: str | Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=False)
+
+
+def restore(parts: Parts, state: dict) -> "Progress":
+    """Load model, optimizer, scheduler and scaler state; return where training stood."""
+    unwrap(parts.model).load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    return Progress(**state["progress"])
+
+
+# -- the loop --------------------------------------------------------------------------------
+
+@dataclass
+class Progress:
+    epoch: int = 0  # last finished epoch
+    best_val_dice: float = -math.inf
+    best_val_loss: float = math.inf
+    bad_epochs: int = 0  # epochs since val_loss last improved (early stopping)
+
+
+@dataclass
+class EpochResult:
+    metrics: dict
+    checkpoint: Optional[dict] = None  # full training state, when the policy says to save
+    improved: bool = False
+    last: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+def fit(cfg: Config, parts: Parts, train_loader, val_loader, device: torch.device, *,
+        on_epoch: Callable[[EpochResult], None], state: Optional[dict] = None,
+        config_dict: Optional[dict] = None) -> Progress:
+    """Train until ``train.epochs`` or early stopping, starting after ``state``'s epoch if given.
+
+    Each epoch's training set order and augmentation depend only on (seed, epoch),
+    so a run resumed from a checkpoint repeats the uninterrupted run.
+    """
+    t = cfg.train
+    progress = restore(parts, state) if state is not None else Progress()
+    if state is not None:
+        log.info("resuming after epoch %d (best val_dice %.4f)", progress.epoch, progress.best_val_dice)
+    for epoch in range(progress.epoch + 1, t.epochs + 1):
+        for loader in (train_loader, val_loader):
+            if hasattr(loader.sampler, "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            dataset = getattr(loader.dataset, "dataset", loader.dataset)  # through Subset
+            if hasattr(dataset, "set_epoch"):
+                dataset.set_epoch(epoch)
+        start = time.perf_counter()
+        tr = train_one_epoch(parts, train_loader, device, loss=t.loss, grad_clip=t.grad_clip)
+        va = validate(parts, val_loader, device, loss=t.loss)
+        lr_before = parts.optimizer.param_groups[0]["lr"]
+        parts.scheduler.step(va["val_loss"])
+        lr = parts.optimizer.param_groups[0]["lr"]
+        if lr != lr_before:
+            log.info("epoch %d: val_loss plateaued, learning rate %.3g -> %.3g", epoch, lr_before, lr)
+
+        improved = va["val_dice"] > progress.best_val_dice
+        progress.best_val_dice = max(progress.best_val_dice, va["val_dice"])
+        if va["val_loss"] < progress.best_val_loss:
+            progress.best_val_loss, progress.bad_epochs = va["val_loss"], 0
+        else:
+            progress.bad_epochs += 1
+        progress.epoch = epoch
+        stop = progress.bad_epochs >= t.early_stopping_patience
+        if stop and epoch < t.epochs:
+            log.info("epoch %d: early stopping, val_loss has not improved for %d epochs", epoch, progress.bad_epochs)
+        last = stop or epoch == t.epochs
+        metrics = {
+            "epoch": epoch, "train_loss": tr["train_loss"], **va, "lr": lr_before,
+            "best_val_dice": progress.best_val_dice,
+            "epoch_seconds": time.perf_counter() - start,
+            "images_per_second": tr["train_images"] / max(tr["train_seconds"], 1e-9),
+        }
+        due = improved or last or epoch % t.checkpoint_every == 0
+        checkpoint = training_state(parts, progress, config_dict or cfg.to_dict()) if due else None
+        on_epoch(EpochResult(metrics, checkpoint, improved, last))
+        if stop:
+            break
+    return progress
+
+
+def format_metrics(m: dict, epochs: int) -> str:
+    return (f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_dice {m['val_dice']:.4f}  val_iou {m['val_iou']:.4f}  lr {m['lr']:.2g}  "
+            f"{m['epoch_seconds']:.1f}s  {m['images_per_second']:.0f} img/s")

@@ -1,0 +1,168 @@
+"""Ray Train wiring: the per-worker function and the TorchTrainer that runs it.
+
+The loop itself lives in :mod:`lfa_ray.loop`; the Ray touches are marked [1]..[5].
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from ray.train import Checkpoint, CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from lfa_ray.config import Config, config_from_dict
+from lfa_ray.data import build_datasets
+from lfa_ray.errors import UserError
+from lfa_ray.loop import EpochResult, build, fit, format_metrics, load_state, log, make_loaders, save_state, unwrap
+from lfa_ray.runlog import RunLog
+
+# Ray Train's controller collects each report on its poll interval (2 s by default),
+# and ray.train.report blocks until then: with short epochs that is most of an epoch.
+# 0.1 s keeps a report at a few ms (docs/PERFORMANCE.md). Propagated to the controller.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"checkpoint_epoch_{epoch:04d}"
+
+
+def train_func_per_worker(config: dict) -> None:
+    """Run :func:`lfa_ray.loop.fit` on one Ray Train worker.
+
+    ``config``: ``cfg`` (Config.to_dict()), ``data_root``, optional ``run_dir``
+    (rank 0 writes metrics.csv and TensorBoard there) and ``resume_from`` (a
+    checkpoint directory used when Ray has no checkpoint of this run yet).
+    """
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = config_from_dict(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+
+    # [1] Data: every worker builds the datasets and reads its own shard.
+    train_ds, val_ds = build_datasets(cfg, config["data_root"], rank)
+    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.train.batch_size,
+                                            seed=cfg.train.seed, rank=rank, world=world,
+                                            loader_workers=cfg.data.loader_workers)
+    train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
+    val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
+
+    # [2] Model: DistributedDataParallel when there is more than one worker.
+    parts = build(cfg, device)
+    parts.model = ray.train.torch.prepare_model(parts.model)
+
+    # [3] Resume: Ray's own checkpoint of this run first (restarts), else --resume-from.
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            state = load_state(d, device)
+    elif config.get("resume_from"):
+        state = load_state(config["resume_from"], device)
+
+    run_log = None
+    if rank == 0 and config.get("run_dir"):
+        run_log = RunLog(config["run_dir"], start_epoch=state["progress"]["epoch"] if state else 0)
+
+    def on_epoch(result: EpochResult) -> None:
+        m = result.metrics
+        if run_log is not None:
+            run_log.log(m)
+            if result.checkpoint is not None and (result.last or m["epoch"] % cfg.train.checkpoint_every == 0):
+                run_log.log_overlays(unwrap(parts.model), val_ds, m["epoch"], device)
+        if rank == 0:
+            log.info(format_metrics(m, cfg.train.epochs))
+        # [4] Report every epoch (ASHA counts epochs); rank 0 attaches the checkpoint when due.
+        if result.checkpoint is None:
+            ray.train.report(m)
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            if rank == 0:
+                save_state(result.checkpoint, tmp)
+            ray.train.report(m, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None,
+                             checkpoint_dir_name=checkpoint_dir_name(m["epoch"]))
+
+    try:
+        fit(cfg, parts, train_loader, val_loader, device, on_epoch=on_epoch, state=state)
+    finally:
+        if run_log is not None:
+            run_log.close()
+
+
+def init_ray() -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start a local one."""
+    if not ray.is_initialized():
+        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+
+
+def check_resources(cfg: Config) -> None:
+    """Refuse scaling settings the cluster can never satisfy (Ray would wait forever)."""
+    s = cfg.scaling
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    need_cpus = s.num_workers * s.cpus_per_worker
+    if need_cpus > cpus:
+        raise UserError(
+            f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker} needs "
+            f"{need_cpus} CPUs but the Ray cluster has {cpus:g}; lower them, e.g. "
+            f"--set scaling.num_workers={max(1, int(cpus // s.cpus_per_worker)) or 1} "
+            f"--set scaling.cpus_per_worker={max(1, min(s.cpus_per_worker, int(cpus)))}")
+    if s.use_gpu and s.num_workers > gpus:
+        raise UserError(f"scaling.use_gpu with scaling.num_workers={s.num_workers} needs {s.num_workers} GPUs "
+                        f"but the Ray cluster has {gpus:g}; "
+                        + ("use --set scaling.use_gpu=false" if gpus == 0 else
+                           f"use --set scaling.num_workers={int(gpus)}"))
+    biggest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    if s.cpus_per_worker > biggest:
+        raise UserError(f"scaling.cpus_per_worker={s.cpus_per_worker} is more than any node has ({biggest:g}); "
+                        f"use --set scaling.cpus_per_worker={int(biggest)}")
+
+
+def make_trainer(cfg: Config, *, data_root: str, storage_path: str, name: str,
+                 run_dir: Optional[str] = None, resume_from: Optional[str] = None,
+                 callbacks: Optional[list] = None) -> TorchTrainer:
+    """A TorchTrainer for one training run of ``cfg`` stored at ``storage_path/name``."""
+    s = cfg.scaling
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    return TorchTrainer(
+        train_func_per_worker,
+        train_loop_config={"cfg": cfg.to_dict(), "data_root": str(data_root), "run_dir": run_dir,
+                           "resume_from": resume_from},
+        # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=storage_path, callbacks=callbacks,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                               checkpoint_score_attribute="val_dice",
+                                               checkpoint_score_order="max"),
+            # Ray's per-report INFO lines repeat every metric; the worker logs one line per epoch instead.
+            logging_config=LoggingConfig(log_level="WARNING"),
+        ),
+    )
+
+
+def best_checkpoint_dir(result) -> Optional[str]:
+    """Local path of the best (val_dice) checkpoint of a finished TorchTrainer run."""
+    if not result.best_checkpoints:
+        return result.checkpoint.path if result.checkpoint else None
+    best, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", float("-inf")))
+    return best.path
+
+
+def export_model(checkpoint_dir: str | Path, out: str | Path) -> Path:
+    """Write the inference model (weights, config, metrics epoch) from a checkpoint to ``out`` atomically."""
+    state = load_state(checkpoint_dir)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.save({"model": state["model"], "config": state["config"], "progress": state["progress"],
+                "checkpoint": str(checkpoint_dir)}, tmp)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,157 @@
+"""``python -m lfa_ray.train``: one training run of a profile in a Ray TorchTrainer.
+
+The run lives in ``<storage.path>/<name>/``: the resolved ``config.yaml``, Ray's
+checkpoints (``checkpoint_epoch_NNNN/``), ``metrics.csv``, TensorBoard events and,
+at the end, ``model.pt`` (the best checkpoint's weights, for inference).
+
+An existing run name is never overwritten silently: ``--resume-from <run dir>``
+continues that run from its latest checkpoint, ``--resume-from <checkpoint dir>``
+starts a new run from a saved state, ``--reset`` deletes the run and starts again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from lfa_ray.config import Config, default_profile, dump_config, load_config
+from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.loop import STATE_FILE, load_state
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="profile YAML (default: tune_configs/default.yaml)")
+    parser.add_argument("--data", help="dataset folder (overrides data.path; default: synthetic cassettes)")
+    parser.add_argument("--name", help="run name under storage.path (default: derived from the profile)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a profile key, e.g. --set train.lr=3e-4 (repeatable)")
+
+
+def resolve_config(args: argparse.Namespace, base: Optional[Path] = None, base_raw: Optional[dict] = None,
+                   where: str = "") -> Config:
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if base_raw is not None and not args.config:
+        return load_config(None, overrides, raw=base_raw, where=where)
+    return load_config(args.config or base, overrides)
+
+
+def profile_stem(args: argparse.Namespace) -> str:
+    path = args.config or default_profile()
+    return Path(path).stem if path else "default"
+
+
+def is_run_dir(path: Path) -> bool:
+    return (path / "config.yaml").is_file() and any(path.glob("checkpoint_epoch_*"))
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    found = sorted(p for p in run_dir.glob("checkpoint_epoch_*") if (p / STATE_FILE).is_file())
+    return found[-1] if found else None
+
+
+@dataclass
+class Plan:
+    cfg: Config
+    run_dir: Path
+    resume_from: Optional[Path]  # a checkpoint to start a new run from
+    continuing: bool  # the run exists and Ray restores its latest checkpoint
+    reset: bool
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """Work out what to run and check it all before anything is started or written."""
+    source = Path(args.resume_from).expanduser() if args.resume_from else None
+    if source is not None and not source.exists():
+        raise UserError(f"--resume-from {source}: not found; pass a run folder or a checkpoint_epoch_* folder")
+    if source is not None and args.reset:
+        raise UserError("--resume-from and --reset contradict each other; pass one of them")
+    continuing_dir = source if source is not None and is_run_dir(source) else None
+    if source is not None and continuing_dir is None and not (source / STATE_FILE).is_file():
+        raise UserError(f"--resume-from {source}: neither a run folder (config.yaml + checkpoint_epoch_*) "
+                        f"nor a checkpoint folder ({STATE_FILE}); pass one of those")
+
+    state = None
+    if continuing_dir is not None:
+        cfg = resolve_config(args, base=continuing_dir / "config.yaml")  # the run's own settings
+        last = latest_checkpoint(continuing_dir)
+        state = load_state(last) if last else None
+    elif source is not None:
+        state = load_state(source)
+        cfg = resolve_config(args, base_raw=state["config"], where=f"{source}/{STATE_FILE}")
+    else:
+        cfg = resolve_config(args)
+    if state is not None and state["progress"]["epoch"] >= cfg.train.epochs:
+        raise UserError(f"--resume-from {source}: already trained {state['progress']['epoch']} epochs and "
+                        f"train.epochs is {cfg.train.epochs}; raise it, e.g. --set train.epochs="
+                        f"{state['progress']['epoch'] + 10}")
+    if continuing_dir is not None and not args.name:
+        run_dir = continuing_dir.resolve()
+    else:
+        run_dir = (Path(cfg.storage.path).expanduser() / (args.name or f"train-{profile_stem(args)}")).resolve()
+
+    continuing = continuing_dir is not None and continuing_dir.resolve() == run_dir
+    resume_from = None
+    if source is not None and not continuing:
+        resume_from = latest_checkpoint(continuing_dir) if continuing_dir is not None else source.resolve()
+    if run_dir.exists() and any(run_dir.iterdir()) and not continuing and not args.reset:
+        raise UserError(f"{run_dir} already exists; continue it with --resume-from {run_dir}, "
+                        f"start it again with --reset, or pick another --name")
+    return Plan(cfg, run_dir, resume_from, continuing, args.reset)
+
+
+def run(p: Plan) -> Path:
+    """Validate the data, start Ray, train; returns the run folder."""
+    from lfa_ray.data import check, resolve_root
+    from lfa_ray import ray_train
+
+    data_root = resolve_root(p.cfg)
+    summary = check(data_root, p.cfg.data.val_fraction, p.cfg.data.split_seed)
+    print(f"data: {data_root} ({summary['train']} train, {summary['val']} val)")
+    ray_train.init_ray()
+    ray_train.check_resources(p.cfg)
+
+    if p.reset and p.run_dir.exists():
+        shutil.rmtree(p.run_dir)
+    created = not p.run_dir.exists()
+    p.run_dir.mkdir(parents=True, exist_ok=True)
+    dump_config(p.cfg, p.run_dir / "config.yaml")
+    trainer = ray_train.make_trainer(p.cfg, data_root=str(data_root), storage_path=str(p.run_dir.parent),
+                                     name=p.run_dir.name, run_dir=str(p.run_dir),
+                                     resume_from=str(p.resume_from) if p.resume_from else None)
+    try:
+        result = trainer.fit()
+    except BaseException as exc:
+        if created and latest_checkpoint(p.run_dir) is None:
+            shutil.rmtree(p.run_dir, ignore_errors=True)  # nothing worth keeping; don't block a retry
+        if isinstance(exc, Exception) and not isinstance(exc, UserError):
+            raise UserError(f"training failed: {exc}".splitlines()[0] + " (full log above)") from None
+        raise
+    best = ray_train.best_checkpoint_dir(result)
+    model = ray_train.export_model(best, p.run_dir / "model.pt")
+    m = result.metrics or {}
+    print(f"\nrun {p.run_dir.name}: {int(m.get('epoch', 0))} epochs, best val_dice {m.get('best_val_dice', 0):.4f}")
+    print(f"  best checkpoint: {best}")
+    print(f"  inference model: {model}")
+    print(f"  metrics:         {p.run_dir / 'metrics.csv'}")
+    print(f"  tensorboard --logdir {p.run_dir}")
+    return p.run_dir
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lfa-train", description="Train the LFA UNET with Ray Train.")
+    add_common_args(parser)
+    parser.add_argument("--resume-from", metavar="PATH",
+                        help="a run folder to continue, or a checkpoint_epoch_* folder to start from")
+    parser.add_argument("--reset", action="store_true", help="delete an existing run of this name and start fresh")
+    args = parser.parse_args(argv)
+    run(plan(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

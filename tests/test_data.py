@@ -1,0 +1,207 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lfa_ray import data
+from lfa_ray.errors import UserError
+from lfa_ray.synth import render, write_synthetic
+
+
+def _img(path: Path, size=(40, 30), color=(200, 100, 50), mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+
+
+def _mask(path: Path, size=(40, 30), box=(5, 5, 20, 15), mode="L", value=255):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    m = Image.new("L", size, 0)
+    m.paste(value, box)
+    (m if mode == "L" else m.convert(mode)).save(path)
+
+
+def seed_layout(root: Path, names=("a", "b", "c", "d", "e")) -> Path:
+    for n in names:
+        _img(root / "train_images" / f"{n}.jpg")
+        _mask(root / "train_masks" / f"{n}_mask.gif")
+    return root
+
+
+def test_seed_layout_pairs_and_maps_255_to_one(tmp_path):
+    root = seed_layout(tmp_path / "d")
+    pairs, val = data.discover(root)
+    assert [p.name for p in pairs] == ["a", "b", "c", "d", "e"] and val is None
+    mask = data.decode_mask(pairs[0].mask)
+    assert set(np.unique(mask)) == {0, 1}
+    assert mask.sum() == 15 * 10
+
+
+def test_generic_layout_pairs_by_stem_across_formats(tmp_path):
+    root = tmp_path / "g"
+    for n, ext in [("x", "png"), ("y", "tif"), ("z", "bmp")]:
+        _img(root / "images" / f"{n}.{ext}")
+    _mask(root / "masks" / "x.png")
+    _mask(root / "masks" / "y_mask.tif")
+    _mask(root / "masks" / "z.gif")
+    pairs, _ = data.discover(root)
+    assert {p.name: p.mask.name for p in pairs} == {"x": "x.png", "y": "y_mask.tif", "z": "z.gif"}
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L"])
+def test_any_nonzero_mask_pixel_is_foreground(tmp_path, mode):
+    path = tmp_path / f"m.{'png'}"
+    _mask(path, mode=mode, value=1 if mode == "L" else 255)
+    m = data.decode_mask(path)
+    assert m.sum() == 150 and m.max() == 1
+
+
+def test_rgba_mask_transparent_pixels_are_background(tmp_path):
+    arr = np.zeros((10, 10, 4), np.uint8)
+    arr[..., :3] = 255  # white everywhere, but only the top half is visible
+    arr[:5, :, 3] = 255
+    Image.fromarray(arr, "RGBA").save(tmp_path / "m.png")
+    assert data.decode_mask(tmp_path / "m.png").sum() == 50
+
+
+def test_explicit_validation_folders(tmp_path):
+    root = seed_layout(tmp_path / "d")
+    for n in ["v1", "v2"]:
+        _img(root / "val_images" / f"{n}.jpg")
+        _mask(root / "val_masks" / f"{n}_mask.gif")
+    s = data.resolve_splits(root, 0.2, 42)
+    assert s.explicit_val and len(s.train) == 5 and [p.name for p in s.val] == ["v1", "v2"]
+    other = tmp_path / "tv"
+    seed_layout(other / "train")
+    seed_layout(other / "val", names=("q",))
+    s = data.resolve_splits(other, 0.2, 42)
+    assert s.explicit_val and len(s.train) == 5 and len(s.val) == 1
+
+
+def test_random_split_is_seeded_and_disjoint(tmp_path):
+    root = seed_layout(tmp_path / "d", names=[f"n{i}" for i in range(20)])
+    a = data.resolve_splits(root, 0.2, 42)
+    b = data.resolve_splits(root, 0.2, 42)
+    c = data.resolve_splits(root, 0.2, 1)
+    assert a.val == b.val and len(a.val) == 4 and len(a.train) == 16
+    assert not {p.name for p in a.val} & {p.name for p in a.train}
+    assert a.val != c.val
+
+
+@pytest.mark.parametrize("breakage, fragment", [
+    ("missing_dir", "data folder not found"),
+    ("empty_dir", "no images found"),
+    ("empty_images", "no images (.png"),
+    ("unpaired_image", "a.jpg: no mask; add"),
+    ("orphan_mask", "zz_mask.gif: mask without an image"),
+    ("undecodable", "a.jpg: cannot be decoded as an image"),
+    ("size_mismatch", "mask is 20x10 but a.jpg is 40x30"),
+    ("one_image", "cannot be split"),
+])
+def test_bad_datasets_are_refused_with_file_and_fix(tmp_path, breakage, fragment):
+    root = tmp_path / "d"
+    if breakage == "missing_dir":
+        root = tmp_path / "nope"
+    elif breakage == "empty_dir":
+        root.mkdir()
+    elif breakage == "empty_images":
+        (root / "train_images").mkdir(parents=True)
+        (root / "train_masks").mkdir()
+    elif breakage == "one_image":
+        seed_layout(root, names=("a",))
+    else:
+        seed_layout(root)
+        if breakage == "unpaired_image":
+            (root / "train_masks" / "a_mask.gif").unlink()
+        elif breakage == "orphan_mask":
+            _mask(root / "train_masks" / "zz_mask.gif")
+        elif breakage == "undecodable":
+            (root / "train_images" / "a.jpg").write_bytes(b"not a jpeg")
+        elif breakage == "size_mismatch":
+            _mask(root / "train_masks" / "a_mask.gif", size=(20, 10), box=(1, 1, 5, 5))
+    with pytest.raises(UserError) as info:
+        data.check(root)
+    assert fragment in str(info.value)
+
+
+def test_check_lists_every_problem_not_just_the_first(tmp_path):
+    root = seed_layout(tmp_path / "d")
+    for n in "abc":
+        (root / "train_masks" / f"{n}_mask.gif").unlink()
+    with pytest.raises(UserError, match="3 problem"):
+        data.check(root)
+
+
+def test_data_check_command(tmp_path, capsys, small_dir):
+    assert data.main(["check", str(small_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "24 pairs" in out and "train 19, val 5" in out and "320x240 (24)" in out
+    assert data.main(["check", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+def test_synthetic_is_deterministic_and_masks_are_plausible():
+    a_img, a_masks = render(3, 5)
+    b_img, b_masks = render(3, 5)
+    c_img, _ = render(3, 6)
+    assert np.array_equal(a_img, b_img) and not np.array_equal(a_img, c_img)
+    window, lines = a_masks["window"], a_masks["lines"]
+    assert 0.02 < window.mean() < 0.3  # a read window, not the whole photo
+    assert lines.sum() > 0 and (lines & ~window.astype(bool)).sum() <= 0.05 * lines.sum()  # lines inside it
+    assert a_img.std() > 20  # a textured photo, not a flat image
+
+
+def test_synth_command_writes_seed_layout_that_loads(tmp_path, capsys):
+    out = tmp_path / "s"
+    assert data.main(["synth", str(out), "--n", "6", "--target", "lines"]) == 0
+    assert len(list((out / "train_images").glob("*.jpg"))) == 6
+    assert len(list((out / "train_masks").glob("*_mask.gif"))) == 6
+    s = data.check(out)
+    assert s["train"] + s["val"] == 6 and s["foreground_max"] < 0.05  # line masks are thin
+    assert data.main(["synth", str(out), "--n", "2"]) == 2  # never writes into an existing set
+    assert "exists" in capsys.readouterr().err
+
+
+def test_dataset_resizes_and_augments_image_and_mask_together(synth_dir):
+    from lfa_ray.augment import train_transform
+
+    pairs, _ = data.discover(synth_dir)
+    ds = data.SegmentationDataset(pairs[:4], 48, train_transform(1.0), seed=1)
+    ds.set_epoch(1)
+    x1, y1 = ds[0]
+    ds.set_epoch(1)
+    x2, _ = ds[0]
+    ds.set_epoch(2)
+    x3, _ = ds[0]
+    assert x1.shape == (3, 48, 48) and y1.shape == (1, 48, 48)
+    assert 0 <= float(x1.min()) and float(x1.max()) <= 1.0 + 1e-6  # seed normalisation: /255
+    assert set(y1.unique().tolist()) <= {0.0, 1.0}
+    assert np.array_equal(x1.numpy(), x2.numpy()) and not np.array_equal(x1.numpy(), x3.numpy())
+
+
+def test_zero_strength_is_resize_and_normalize_only(synth_dir):
+    from lfa_ray.augment import train_transform, val_transform
+
+    pairs, _ = data.discover(synth_dir)
+    a = data.SegmentationDataset(pairs[:2], 48, train_transform(0.0))
+    b = data.SegmentationDataset(pairs[:2], 48, val_transform())
+    a.set_epoch(3)
+    assert np.array_equal(a[0][0].numpy(), b[0][0].numpy())
+    assert np.array_equal(a[0][1].numpy(), b[0][1].numpy())
+
+
+def test_geometry_is_shared_between_image_and_mask():
+    """Rotating/flipping a mask-shaped image must give exactly the transformed mask."""
+    from lfa_ray.augment import train_transform
+
+    mask = np.zeros((48, 48), np.uint8)
+    mask[10:20, 5:30] = 1
+    image = np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8)
+    t = train_transform(1.0, seed=5)
+    for _ in range(5):
+        out = t(image=image, mask=mask)
+        img_fg = out["image"][0] > 0.5
+        agree = (img_fg == (out["mask"] > 0)).float().mean()
+        assert agree > 0.97  # photometric jitter and interpolation may move a few edge pixels

@@ -1,0 +1,96 @@
+"""The plain PyTorch loop, without Ray: learning, exact resume, AMP modes, policies."""
+
+import logging
+
+import pytest
+import torch
+
+from lfa_ray import loop
+from lfa_ray.data import build_datasets
+from conftest import tiny_config
+
+CPU = torch.device("cpu")
+
+
+def _run(cfg, data_dir, state=None):
+    torch.manual_seed(0)
+    tr, va = build_datasets(cfg, data_dir)
+    parts = loop.build(cfg, CPU)
+    tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    results = []
+    loop.fit(cfg, parts, tl, vl, CPU, on_epoch=results.append, state=state)
+    return parts, results
+
+
+def test_loop_learns_the_read_window(synth_dir, tmp_path):
+    cfg = tiny_config(synth_dir, tmp_path, **{"data.image_size": 64, "model.features": "[8,16,32,64]",
+                                              "train.epochs": 14, "train.batch_size": 8})
+    _, results = _run(cfg, synth_dir)
+    dice = [r.metrics["val_dice"] for r in results]
+    assert dice[0] < 0.5  # it starts knowing nothing ...
+    assert max(dice[-3:]) > 0.75, dice  # ... and learns the window
+    assert results[-1].metrics["train_loss"] < 0.6 * results[0].metrics["train_loss"]
+    m = results[-1].metrics
+    assert set(m) >= {"train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou", "lr", "epoch",
+                      "epoch_seconds", "images_per_second"}
+    assert 0.0 <= m["val_iou"] <= m["val_dice"] <= 1.0 and m["val_accuracy"] > 0.9
+
+
+def test_resume_repeats_the_uninterrupted_run_exactly(small_dir, tmp_path):
+    cfg = tiny_config(small_dir, tmp_path, **{"train.epochs": 4})
+    full, full_results = _run(cfg, small_dir)
+    cfg.train.epochs = 2
+    _, first = _run(cfg, small_dir)
+    state = first[-1].checkpoint
+    assert state["progress"]["epoch"] == 2
+    loop.save_state(state, tmp_path / "ckpt")  # through the file, as a real resume does
+    state = loop.load_state(tmp_path / "ckpt")
+    cfg.train.epochs = 4
+    resumed, rest = _run(cfg, small_dir, state=state)
+    assert [r.metrics["epoch"] for r in rest] == [3, 4]
+    assert rest[-1].metrics["train_loss"] == pytest.approx(full_results[-1].metrics["train_loss"], rel=1e-6)
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b)
+    opt_a, opt_b = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert opt_a.keys() == opt_b.keys()
+    for k in opt_a:
+        assert torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"])
+        assert torch.equal(opt_a[k]["exp_avg_sq"], opt_b[k]["exp_avg_sq"])
+
+
+@pytest.mark.parametrize("mode, dtype", [("auto", torch.bfloat16), ("bf16", torch.bfloat16),
+                                         ("fp16", torch.float16), ("off", None)])
+def test_amp_modes_run_on_cpu(small_dir, tmp_path, mode, dtype):
+    cfg = tiny_config(small_dir, tmp_path, **{"train.amp": mode, "train.epochs": 1})
+    assert loop.amp_dtype(mode, CPU) == dtype
+    parts, results = _run(cfg, small_dir)
+    assert parts.dtype == dtype
+    assert not parts.scaler.is_enabled()  # loss scaling is for fp16 on CUDA only
+    assert torch.isfinite(torch.tensor(results[0].metrics["train_loss"]))
+
+
+def test_auto_amp_is_fp16_with_scaler_on_cuda():
+    assert loop.amp_dtype("auto", torch.device("cuda")) == torch.float16
+
+
+def test_checkpoint_policy_early_stopping_and_lr_plateau(small_dir, tmp_path, caplog):
+    # lr so high that val_loss stops improving: the plateau cuts the lr, then early stopping ends the run.
+    cfg = tiny_config(small_dir, tmp_path, **{"train.epochs": 30, "train.checkpoint_every": 5,
+                                              "train.lr": 5.0, "train.lr_patience": 1,
+                                              "train.early_stopping_patience": 3})
+    with caplog.at_level(logging.INFO, logger="lfa_ray"):
+        _, results = _run(cfg, small_dir)
+    epochs = [r.metrics["epoch"] for r in results]
+    assert len(results) < 30 and results[-1].last
+    assert "early stopping" in caplog.text and "learning rate 5 -> 0.5" in caplog.text
+    due = [r.metrics["epoch"] for r in results if r.checkpoint is not None]
+    expected = {r.metrics["epoch"] for r in results if r.improved or r.last or r.metrics["epoch"] % 5 == 0}
+    assert set(due) == expected and epochs[-1] in due
+    assert results[0].checkpoint is not None  # the first epoch always improves on nothing
+
+
+def test_grad_clip_and_dice_loss_run(small_dir, tmp_path):
+    cfg = tiny_config(small_dir, tmp_path, **{"train.grad_clip": 0.5, "train.loss": "bce+dice",
+                                              "train.epochs": 1})
+    _, results = _run(cfg, small_dir)
+    assert results[0].metrics["train_loss"] > 0.5  # bce + (1 - dice) on an untrained model
