@@ -14,7 +14,7 @@ from tensorboardX import SummaryWriter
 from lfa_ray.config import atomic_write_text
 
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou", "best_val_dice",
-           "lr", "epoch_seconds", "images_per_second"]
+           "lr", "epoch_seconds", "images_per_second", "time"]
 N_OVERLAYS = 4
 
 
@@ -58,7 +58,7 @@ class RunLog:
         w.writerows(self.rows)
         atomic_write_text(self.csv_path, buf.getvalue())
         step = int(metrics["epoch"])
-        for key in COLUMNS[1:]:
+        for key in COLUMNS[1:-1]:
             self.writer.add_scalar(key, metrics[key], step)
         self.writer.flush()
 

@@ -12,6 +12,7 @@ starts a new run from a saved state, ``--reset`` deletes the run and starts agai
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,16 @@ def is_run_dir(path: Path) -> bool:
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The latest checkpoint Ray registered for a run (the one it restores), if any.
+
+    A folder copied by a run killed before it registered the checkpoint may be
+    incomplete, so Ray's own snapshot decides; a run folder without one (copied
+    by hand) falls back to the highest epoch with a state file.
+    """
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if snapshot.is_file():
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+        return run_dir / latest["checkpoint_dir_name"] if latest else None
     found = sorted(p for p in run_dir.glob("checkpoint_epoch_*") if (p / STATE_FILE).is_file())
     return found[-1] if found else None
 

@@ -48,3 +48,9 @@ def ray_cluster():
     ray.init(num_cpus=2, include_dashboard=True, logging_level="WARNING")
     yield ray
     ray.shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A run that collected no tests is a failure, not a pass (pytest's exit code 5)."""
+    if exitstatus == 5:
+        session.exitstatus = 1

@@ -1,0 +1,108 @@
+"""Epoch time of the plain loop vs the same loop in a 1-worker TorchTrainer, side by side.
+
+    python benchmarks/train_overhead.py [--epochs 8] [--set KEY=VALUE ...]
+
+Both run the default profile (plus ``--set``) on the same data with the same
+threads and the same checkpoint policy. Per-epoch wall time is the gap between
+consecutive epoch ends (so in the TorchTrainer it includes ``ray.train.report``
+and checkpoint persistence); the first epoch is left out of the medians as
+warm-up. Fixed seconds are what the TorchTrainer run costs beyond its epochs:
+Ray start, worker group start, dataset build, shutdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from lfa_ray import loop
+from lfa_ray.config import load_config
+from lfa_ray.data import build_datasets, resolve_root
+from lfa_ray.runlog import read_metrics
+
+
+def epoch_walls(times: list[float]) -> list[float]:
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def plain(cfg, root) -> dict:
+    torch.set_num_threads(cfg.scaling.cpus_per_worker)  # what Ray gives a worker of that many CPUs
+    t0 = time.perf_counter()
+    tr, va = build_datasets(cfg, root)
+    tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    parts = loop.build(cfg, torch.device("cpu"))
+    setup = time.perf_counter() - t0
+    ends, compute = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        def on_epoch(r: loop.EpochResult) -> None:
+            if r.checkpoint is not None:  # same checkpoint policy and file as the Ray run
+                loop.save_state(r.checkpoint, Path(tmp) / f"e{r.metrics['epoch']}")
+            compute.append(r.metrics["epoch_seconds"])
+            ends.append(time.time())
+
+        start = time.time()
+        loop.fit(cfg, parts, tl, vl, torch.device("cpu"), on_epoch=on_epoch)
+    return {"setup": setup, "walls": [ends[0] - start, *epoch_walls(ends)], "compute": compute}
+
+
+def in_trainer(cfg, root) -> dict:
+    import ray
+
+    from lfa_ray import ray_train
+
+    t0 = time.perf_counter()
+    ray_train.init_ray()
+    ray_init = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as storage:
+        run_dir = Path(storage) / "bench"
+        run_dir.mkdir()
+        trainer = ray_train.make_trainer(cfg, data_root=str(root), storage_path=storage, name="bench",
+                                         run_dir=str(run_dir))
+        t1 = time.perf_counter()
+        trainer.fit()
+        total = time.perf_counter() - t1
+        rows = read_metrics(run_dir / "metrics.csv")
+    ray.shutdown()
+    times = [r["time"] for r in rows]
+    walls = [rows[0]["epoch_seconds"], *epoch_walls(times)]
+    return {"ray_init": ray_init, "total": total, "walls": walls, "compute": [r["epoch_seconds"] for r in rows],
+            "fixed": total - sum(walls)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    cfg = load_config(None, [f"train.epochs={args.epochs}", "train.early_stopping_patience=1000",
+                             *args.overrides])
+    root = resolve_root(cfg)
+    p = plain(cfg, root)
+    r = in_trainer(cfg, root)
+    pm, rm = statistics.median(p["walls"][1:]), statistics.median(r["walls"][1:])
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(f"config: image_size {cfg.data.image_size}, features {cfg.model.features}, batch {cfg.train.batch_size}, "
+          f"amp {cfg.train.amp}, {cfg.scaling.cpus_per_worker} threads, {args.epochs} epochs, "
+          f"checkpoint every {cfg.train.checkpoint_every} + on improvement")
+    print(f"plain loop   epoch wall median {pm:.3f} s  (compute {statistics.median(p['compute'][1:]):.3f} s; "
+          f"per epoch: {' '.join(f'{w:.2f}' for w in p['walls'])})")
+    print(f"TorchTrainer epoch wall median {rm:.3f} s  (compute {statistics.median(r['compute'][1:]):.3f} s; "
+          f"per epoch: {' '.join(f'{w:.2f}' for w in r['walls'])})")
+    print(f"ratio TorchTrainer / plain: {rm / pm:.3f}  (target <= 1.05)")
+    print(f"fixed seconds: ray.init {r['ray_init']:.1f} s; trainer start+stop {r['fixed']:.1f} s "
+          f"(fit {r['total']:.1f} s - epochs {sum(r['walls']):.1f} s); plain set-up {p['setup']:.1f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Repository contracts: the README's quick start, CI and the pins agree."""
+
+import re
+import tomllib
+
+from conftest import REPO
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (REPO / "README.md").read_text()
+    block = re.search(r"## Quick start.*?```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
+    assert len(block) == 2, "the quick start is exactly two commands"
+    main_cmd, test_cmd = block
+    assert "lfa_ray.train" in main_cmd and "pytest" in test_cmd
+    assert test_cmd in (REPO / ".ci" / "run").read_text()
+
+
+def test_dependencies_are_pinned_exactly():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + project["optional-dependencies"]["test"]
+    assert all("==" in d for d in deps), [d for d in deps if "==" not in d]
+    assert "torch==2.13.0" in deps and "ray[default,train,tune]==2.60.0" in deps

@@ -1,0 +1,182 @@
+"""``python -m lfa_ray.train`` end to end on a real local Ray cluster."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lfa_ray import train
+from lfa_ray.loop import load_state
+from lfa_ray.runlog import read_metrics
+from conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def _args(data, storage, *extra, **sets):
+    out = []
+    for item in tiny_overrides(data, storage, **sets):
+        out += ["--set", item]
+    return out + list(extra)
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small_dir, tmp_path, capsys):
+    assert train.main(_args(small_dir, tmp_path, "--name", "run1")) == 0
+    run = tmp_path / "run1"
+    assert (run / "config.yaml").is_file()
+    assert sorted(p.name for p in run.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0001", "checkpoint_epoch_0002"]
+    rows = read_metrics(run / "metrics.csv")
+    assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    state = load_state(run / "checkpoint_epoch_0002")
+    assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "progress", "config"}
+    assert state["progress"]["epoch"] == 2 and state["config"]["data"]["image_size"] == 32
+    exported = torch.load(run / "model.pt", weights_only=False)
+    assert exported["config"]["model"]["features"] == [4, 8]
+
+    events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
+    assert [e.step for e in events.Scalars("val_dice")] == [1, 2]
+    assert events.Images("val/overlay")  # prediction overlays of validation images
+    assert "tensorboard --logdir" in capsys.readouterr().out
+
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    assert train.main(_args(small_dir, tmp_path, "--name", "run1")) == 2
+    assert "already exists; continue it with --resume-from" in _error(capsys)
+    assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*")}  # nothing touched
+
+    # continue the same run for two more epochs: Ray restores its latest checkpoint
+    assert train.main(["--resume-from", str(run), "--set", "train.epochs=4"]) == 0
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1.0, 2.0, 3.0, 4.0]
+    assert load_state(run / "checkpoint_epoch_0004")["progress"]["epoch"] == 4
+
+    # start a new run from a saved checkpoint
+    assert train.main(["--resume-from", str(run / "checkpoint_epoch_0002"), "--name", "branch",
+                       "--set", f"storage.path={tmp_path}", "--set", "train.epochs=3"]) == 0
+    assert [r["epoch"] for r in read_metrics(tmp_path / "branch" / "metrics.csv")] == [3.0]
+
+    # --reset starts again from scratch
+    assert train.main(_args(small_dir, tmp_path, "--name", "run1", "--reset", **{"train.epochs": 1})) == 0
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1.0]
+    assert not (run / "checkpoint_epoch_0004").exists()
+
+
+def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
+    assert train.main(_args(small_dir, tmp_path, "--name", "ddp", **{"scaling.num_workers": 2})) == 0
+    rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
+    assert len(rows) == 2
+    # 19 training images split over 2 workers: 10 + 10 (DistributedSampler pads one), all counted
+    assert load_state(tmp_path / "ddp" / "checkpoint_epoch_0002")["progress"]["epoch"] == 2
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--set", "scaling.num_workers=5"], "needs 5 CPUs but the Ray cluster has 2"),
+    (["--set", "scaling.use_gpu=true"], "the Ray cluster has 0; use --set scaling.use_gpu=false"),
+    (["--set", "train.bogus=1"], "unknown key 'train.bogus'"),
+    (["--set", "train.epochs=many"], "train.epochs must be an integer"),
+    (["--data", "/definitely/not/here"], "data folder not found"),
+    (["--config", "/no/such/profile.yaml"], "profile not found"),
+    (["--resume-from", "/no/such/run"], "--resume-from /no/such/run: not found"),
+])
+def test_bad_input_exits_2_with_one_line_and_leaves_no_run_folder(ray_cluster, small_dir, tmp_path, capsys,
+                                                                  extra, fragment):
+    assert train.main(_args(small_dir, tmp_path, "--name", "bad") + extra) == 2
+    assert fragment in _error(capsys)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_bad_yaml_profile(ray_cluster, tmp_path, capsys):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("train: {lr: 0.1\n")
+    assert train.main(["--config", str(profile), "--set", f"storage.path={tmp_path}"]) == 2
+    assert "p.yaml: not valid YAML" in _error(capsys)
+
+
+def test_seed_layout_folder_from_outside_trains(ray_cluster, tmp_path, capsys):
+    """A hand-made folder in the seed layout (not written by lfa_ray) trains and gives a loadable checkpoint."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "carvana_like"
+    for i in range(10):
+        img = rng.integers(0, 255, (45, 70, 3), dtype=np.uint8)
+        mask = np.zeros((45, 70), np.uint8)
+        mask[10:30, 20 + i:50] = 255
+        (root / "train_images").mkdir(parents=True, exist_ok=True)
+        (root / "train_masks").mkdir(exist_ok=True)
+        Image.fromarray(img).save(root / "train_images" / f"car{i}.jpg")
+        Image.fromarray(mask).convert("P").save(root / "train_masks" / f"car{i}_mask.gif")
+    assert train.main(["--data", str(root), "--set", "train.epochs=2", "--set", "data.image_size=64",
+                       "--set", "scaling.cpus_per_worker=1", "--set", f"storage.path={tmp_path / 'r'}"]) == 0
+    run = tmp_path / "r" / "train-default"
+    state = load_state(sorted(run.glob("checkpoint_epoch_*"))[-1])
+    from lfa_ray.model import UNet
+
+    model = UNet(features=state["config"]["model"]["features"])
+    model.load_state_dict(state["model"])
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (Ray's workers have their own process groups)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # after pid and (comm): state, ppid, pgrp, session
+            try:
+                os.kill(int(stat.parent.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir, tmp_path):
+    """A real `python -m lfa_ray.train` is SIGKILLed mid-run, then continued from its folder."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "k",
+           *_args(small_dir, tmp_path, **{"train.epochs": 40, "data.image_size": 48,
+                                          "train.keep_checkpoints": 100})]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    run = tmp_path / "k"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(run.glob("checkpoint_epoch_*/state.pt"))) < 3:
+        time.sleep(0.2)
+    _kill_session(proc.pid)  # the driver and the local Ray cluster it started, like a lost machine
+    proc.wait()
+    done = sorted(p.parent for p in run.glob("checkpoint_epoch_*/state.pt"))
+    assert len(done) >= 3, "the run did not get going"
+    last = int(done[-1].name.rsplit("_", 1)[1])  # may not be registered yet when the kill came
+    assert last < 40
+    restored = train.latest_checkpoint(run)  # what Ray registered: the run continues from here
+    saved = load_state(restored)
+    start = saved["progress"]["epoch"]
+    assert last - 1 <= start <= last
+
+    resumed = subprocess.run([sys.executable, "-m", "lfa_ray.train", "--resume-from", str(run),
+                              "--set", f"train.epochs={last + 2}"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"resuming after epoch {start}" in resumed.stdout + resumed.stderr
+    epochs = [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")]
+    assert epochs == list(range(1, last + 3))  # rows of the killed attempt after `start` were replaced
+    # The optimizer state the resumed run started from is the one saved at `start`: the next
+    # checkpoint's Adam step count is exactly one epoch's steps further on.
+    nxt = load_state(run / f"checkpoint_epoch_{start + 1:04d}")
+    steps_per_epoch = -(-19 // 4)  # 19 training images, batch 4
+    for k, v in saved["optimizer"]["state"].items():
+        assert int(nxt["optimizer"]["state"][k]["step"]) == int(v["step"]) + steps_per_epoch
