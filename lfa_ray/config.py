@@ -25,7 +25,7 @@ from lfa_ray.errors import UserError
 @dataclass
 class DataConfig:
     path: Optional[str] = None  # null: synthetic cassettes, generated once into a cache
-    image_size: int = 128
+    image_size: int = 64
     val_fraction: float = 0.2
     split_seed: int = 42
     target: str = "window"  # window (the read window, the seed's ROI) | lines
@@ -60,7 +60,7 @@ class TrainConfig:
 class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
-    cpus_per_worker: int = 2
+    cpus_per_worker: int = 1
 
 
 @dataclass
@@ -191,7 +191,7 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
-def _check_values(cfg: Config, where: str) -> None:
+def check_values(cfg: Config, where: str) -> None:
     flat = _flatten(cfg.to_dict())
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
@@ -297,10 +297,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = read_yaml(path) if path is not None else {}
         where = str(path) if path is not None else "built-in defaults"
     cfg = _build(Config, raw, "", where)
-    _check_values(cfg, where)
+    check_values(cfg, where)
     if overrides:
         cfg = _build(Config, _merge(cfg.to_dict(), parse_overrides(overrides)), "", "--set")
-        _check_values(cfg, "--set")
+        check_values(cfg, "--set")
     return cfg
 
 

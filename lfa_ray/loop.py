@@ -260,6 +260,7 @@ def fit(cfg: Config, parts: Parts, train_loader, val_loader, device: torch.devic
             "epoch_seconds": time.perf_counter() - start,
             "images_per_second": tr["train_images"] / max(tr["train_seconds"], 1e-9),
             "time": time.time(),  # wall clock at the epoch's end: epoch-to-epoch gaps show reporting costs
+            "run_finished": int(last),  # 1 when the run ends by itself (epochs done or early stopping)
         }
         due = improved or last or epoch % t.checkpoint_every == 0
         checkpoint = training_state(parts, progress, config_dict or cfg.to_dict()) if due else None

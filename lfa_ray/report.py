@@ -1,0 +1,147 @@
+"""The sweep's human report: trials table (parquet + CSV), summary.md and PNG plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from lfa_ray.config import Config, atomic_write_text  # noqa: E402
+from lfa_ray.runlog import read_metrics  # noqa: E402
+
+CURVE_COLUMNS = ["trial_id", "epoch", "val_dice", "val_loss"]
+
+
+def _better(cfg: Config):
+    return np.nanmax if cfg.tune.mode == "max" else np.nanmin
+
+
+def collect(grid, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One row per trial (params, best/last metrics, epochs, ASHA stop, status) and all per-epoch curves."""
+    metric = cfg.tune.metric
+    rows, curves = [], []
+    for result in grid:
+        trial_id = Path(result.path).name.removeprefix("trial_")  # NNN_id: N is the order the searcher proposed
+        df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+        params = {k: result.config.get(k) for k in cfg.tune.search_space}
+        row = {"trial_id": trial_id, **params, "status": "ERROR" if result.error else "TERMINATED",
+               "error": str(result.error).splitlines()[0] if result.error else ""}
+        if "epoch" in df and len(df):
+            df = df.dropna(subset=["epoch"])
+            last = df.iloc[-1]
+            row.update({f"best_{metric}": float(_better(cfg)(df[metric])), f"last_{metric}": float(last[metric]),
+                        "best_val_dice": float(df["val_dice"].max()), "last_val_dice": float(last["val_dice"]),
+                        "epochs": int(last["epoch"]),
+                        # Tune marks every trial's last result done, ASHA-stopped or not; the
+                        # loop's own run_finished says whether training ended by itself.
+                        "stopped_early": bool(not result.error and not last.get("run_finished", 0)),
+                        "seconds": float(last.get("time_total_s", math.nan))})
+            curves.append(df.assign(trial_id=trial_id)[CURVE_COLUMNS])
+        else:
+            row.update({f"best_{metric}": math.nan, f"last_{metric}": math.nan, "best_val_dice": math.nan,
+                        "last_val_dice": math.nan, "epochs": 0, "stopped_early": False, "seconds": math.nan})
+        rows.append(row)
+    table = pd.DataFrame(rows).sort_values("trial_id").reset_index(drop=True)
+    return table, (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS))
+
+
+def best_row(table: pd.DataFrame, cfg: Config) -> pd.Series:
+    col = f"best_{cfg.tune.metric}"
+    ok = table.dropna(subset=[col])
+    return ok.loc[ok[col].idxmax() if cfg.tune.mode == "max" else ok[col].idxmin()]
+
+
+def param_value(row: pd.Series, key: str):
+    """A table cell back as a plain Python value (YAML-safe)."""
+    v = row[key]
+    if isinstance(v, np.ndarray):
+        return [x.item() if hasattr(x, "item") else x for x in v]
+    return v.item() if hasattr(v, "item") else v
+
+
+def write_trials(table: pd.DataFrame, exp_dir: Path) -> None:
+    for name, write in (("trials.parquet", lambda p: table.to_parquet(p, index=False)),
+                        ("trials.csv", lambda p: table.to_csv(p, index=False))):
+        tmp = exp_dir / f".{name}.tmp"
+        write(tmp)
+        tmp.replace(exp_dir / name)
+
+
+def final_metrics(final_dir: Path) -> dict:
+    rows = read_metrics(final_dir / "metrics.csv")
+    return {**rows[-1], "best_val_dice": max(r["val_dice"] for r in rows)} if rows else {}
+
+
+def _plots(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
+    metric = cfg.tune.metric
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for trial_id, c in curves.groupby("trial_id"):
+        stopped = bool(table.loc[table.trial_id == trial_id, "stopped_early"].iloc[0])
+        ax.plot(c["epoch"], c["val_dice"], marker="o", ms=3, ls="--" if stopped else "-", label=trial_id[-5:])
+    ax.set(xlabel="epoch", ylabel="val_dice", title="val_dice per epoch (dashed: stopped early by ASHA)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(exp_dir / "trials_val_dice.png", dpi=110)
+    plt.close(fig)
+
+    keys = list(cfg.tune.search_space)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        x = table[key].map(lambda v: str(list(v)) if isinstance(v, (list, np.ndarray)) else v)
+        ax.scatter(x, table[f"best_{metric}"], c=table["stopped_early"].map({True: "tab:gray", False: "tab:blue"}))
+        if "loguniform" in cfg.tune.search_space[key]:
+            ax.set_xscale("log")
+        ax.set(xlabel=key, ylabel=f"best {metric}")
+    fig.suptitle(f"searched parameters vs best {metric} (gray: stopped early)")
+    fig.tight_layout()
+    fig.savefig(exp_dir / "params_vs_metric.png", dpi=110)
+    plt.close(fig)
+    return ["trials_val_dice.png", "params_vs_metric.png"]
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}"
+        return str(list(v)) if isinstance(v, np.ndarray) else str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + " --- |" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_summary(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame, best_params: dict,
+                  final: dict, model: Path) -> None:
+    metric = cfg.tune.metric
+    plots = _plots(exp_dir, cfg, table, curves)
+    shown = ["trial_id", *cfg.tune.search_space, f"best_{metric}", f"last_{metric}", "epochs", "stopped_early",
+             "status"]
+    text = [
+        f"# Sweep {exp_dir.name}",
+        "",
+        f"{len(table)} trials (Optuna TPE, the seed config first; ASHA on epochs: max_t "
+        f"{cfg.tune.scheduler.max_t}, grace {cfg.tune.scheduler.grace_period}, reduction "
+        f"{cfg.tune.scheduler.reduction_factor}); {int(table['stopped_early'].sum())} stopped early, "
+        f"{int((table['status'] == 'ERROR').sum())} errored.",
+        "",
+        "Best config: " + ", ".join(f"`{k}={v}`" for k, v in best_params.items()) + " (`best_config.yaml`).",
+        "",
+        f"Final retrain ({cfg.final.epochs} epochs max): best val_dice {final.get('best_val_dice', math.nan):.4f}, "
+        f"last {final.get('val_dice', math.nan):.4f} after {int(final.get('epoch', 0))} epochs; model `{model}`.",
+        "",
+        "## Trials",
+        "",
+        _md_table(table[shown].sort_values(f"best_{metric}", ascending=cfg.tune.mode == "min")),
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        f"`tensorboard --logdir {exp_dir}` shows every trial, an HParams view and the final run.",
+        "",
+    ]
+    atomic_write_text(exp_dir / "summary.md", "\n".join(text))

@@ -1,0 +1,233 @@
+"""``python -m lfa_ray.tune``: Optuna TPE + ASHA over TorchTrainer trials, then the final retrain.
+
+Each trial is a Tune function trainable that builds and fits one TorchTrainer
+(Ray 2.60's supported Train-in-Tune pattern) and forwards its per-epoch reports
+with ``TuneReportCallback``; it holds no CPU itself, the training workers hold
+them all. The experiment lives in ``<storage.path>/<name>/``; ``--resume``
+continues an interrupted sweep (and/or its final retrain) from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+from pathlib import Path
+
+from lfa_ray.config import Config, config_from_dict, dump_config, load_config
+from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.search import apply_params, seed_point, to_tune, validate_space
+from lfa_ray.train import add_common_args, profile_stem, resolve_config
+
+FINAL = "final"
+# What a trial's own process holds: no CPU, so that N trials of W workers fit exactly on N*W CPUs
+# (with the usual 0.01 CPU, two 1-CPU trials do not fit on 2 CPUs and the second one's worker
+# group times out). Tune refuses an empty resource request, so the trial holds a little memory.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 100 * 2**20}
+
+
+def trial_fn(params: dict, *, base: dict, data_root: str, exp_path: str) -> None:
+    """One trial: the profile with ``params`` applied, trained by a TorchTrainer inside the trial's folder."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from lfa_ray.ray_train import make_trainer
+
+    cfg = apply_params(config_from_dict(base), params)
+    trial_name = tune.get_context().get_trial_name()
+    # The Train run lives in the trial's folder in persistent storage (not Tune's local staging
+    # copy), named deterministically, so a restored trial's TorchTrainer finds its checkpoints
+    # there and continues from the latest.
+    trainer = make_trainer(cfg, data_root=data_root, storage_path=f"{exp_path}/{trial_name}",
+                           name="train", callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+def trial_name(trial) -> str:
+    """``trial_003_<id>``: the searcher's creation order (the tag's counter) first, so folders sort by it."""
+    return f"trial_{int(trial.experiment_tag.split('_', 1)[0]):03d}_{trial.trial_id}"
+
+
+def trial_config(cfg: Config) -> Config:
+    """The profile as each trial runs it: up to ``max_t`` epochs; only the best and latest checkpoint kept."""
+    raw = cfg.to_dict()
+    raw["train"]["epochs"] = cfg.tune.scheduler.max_t
+    raw["train"]["keep_checkpoints"] = 1
+    return config_from_dict(raw)
+
+
+def default_concurrency(cfg: Config) -> int:
+    """Trials that fit side by side in the cluster, so no trial waits forever for another's workers."""
+    import ray
+
+    total = ray.cluster_resources()
+    s = cfg.scaling
+    fits = int(total.get("CPU", 0) // (s.num_workers * s.cpus_per_worker))
+    if s.use_gpu:
+        fits = min(fits, int(total.get("GPU", 0) // s.num_workers))
+    return max(1, fits)
+
+
+def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = False,
+               restart_errored: bool = False):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial_fn, base=trial_config(cfg).to_dict(), data_root=data_root,
+                             exp_path=str(exp_dir)), TRIAL_RESOURCES)
+    if restore:
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=False, restart_errored=restart_errored)
+    t = cfg.tune
+    first = seed_point(t.search_space)
+    searcher = OptunaSearch(points_to_evaluate=[first] if first else None,
+                            sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+    scheduler = ASHAScheduler(time_attr="epoch", max_t=t.scheduler.max_t, grace_period=t.scheduler.grace_period,
+                              reduction_factor=t.scheduler.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        param_space=to_tune(t.search_space),
+        tune_config=tune.TuneConfig(
+            metric=t.metric, mode=t.mode, search_alg=searcher, scheduler=scheduler, num_samples=t.num_samples,
+            max_concurrent_trials=t.max_concurrent_trials or default_concurrency(cfg),
+            trial_name_creator=trial_name,
+            trial_dirname_creator=trial_name,
+        ),
+        run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent),
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def is_experiment(path: Path) -> bool:
+    from ray import tune
+
+    return path.is_dir() and (path / "config.yaml").is_file() and tune.Tuner.can_restore(str(path))
+
+
+def plan(args: argparse.Namespace) -> tuple[Config, Path]:
+    """Resolve and check everything before Ray starts or anything is written."""
+    if args.resume:
+        if not args.name:
+            raise UserError("--resume needs --name NAME of the sweep to continue (a folder under storage.path)")
+        others = [o for o in args.overrides if not o.startswith("storage.path=")]
+        if args.data or others:
+            raise UserError("--resume continues a sweep with its own config.yaml; drop --data and --set "
+                            "(except storage.path, to say where the sweep is)")
+        storage = Path(resolve_config(args).storage.path)
+        exp_dir = (storage / args.name).expanduser().resolve()
+        if not exp_dir.exists():
+            raise UserError(f"{exp_dir}: no such sweep; check --name (and storage.path)")
+        if not is_experiment(exp_dir):
+            raise UserError(f"{exp_dir} is not a tune experiment (no config.yaml and Tune state); "
+                            f"resume a run of lfa_ray.train with: python -m lfa_ray.train --resume-from {exp_dir}")
+        return load_config(exp_dir / "config.yaml"), exp_dir
+    if args.restart_errored:
+        raise UserError("--restart-errored applies to --resume; add --resume --name NAME")
+    cfg = resolve_config(args)
+    if cfg.tune.num_samples < 1:
+        raise UserError(f"tune.num_samples must be at least 1, got {cfg.tune.num_samples}")
+    if cfg.tune.max_concurrent_trials is not None and cfg.tune.max_concurrent_trials < 1:
+        raise UserError(f"tune.max_concurrent_trials must be at least 1 or null, got {cfg.tune.max_concurrent_trials}")
+    if cfg.tune.scheduler.grace_period > cfg.tune.scheduler.max_t:
+        raise UserError(f"tune.scheduler.grace_period ({cfg.tune.scheduler.grace_period}) is above max_t "
+                        f"({cfg.tune.scheduler.max_t}); lower it")
+    if cfg.tune.scheduler.reduction_factor < 2:
+        raise UserError(f"tune.scheduler.reduction_factor must be at least 2, got {cfg.tune.scheduler.reduction_factor}")
+    if cfg.tune.metric not in ("val_dice", "val_iou", "val_accuracy", "val_loss", "train_loss"):
+        raise UserError(f"tune.metric '{cfg.tune.metric}' is not reported; use val_dice, val_iou, val_accuracy, "
+                        f"val_loss or train_loss")
+    validate_space(cfg)
+    exp_dir = (Path(cfg.storage.path).expanduser() / (args.name or f"tune-{profile_stem(args)}")).resolve()
+    if exp_dir.exists() and any(exp_dir.iterdir()):
+        raise UserError(f"{exp_dir} already exists; continue it with --resume --name {exp_dir.name}, "
+                        f"or pick another --name")
+    return cfg, exp_dir
+
+
+def final_config(cfg: Config, best_params: dict) -> Config:
+    """The profile with the best trial's params and the final retrain's epochs."""
+    best = apply_params(cfg, best_params)
+    raw = best.to_dict()
+    raw["train"]["epochs"] = cfg.final.epochs
+    return config_from_dict(raw)
+
+
+def run_final(cfg: Config, exp_dir: Path, data_root: str) -> Path:
+    """Retrain the best config into ``final/`` (continuing its own checkpoints if it was interrupted)."""
+    from lfa_ray import ray_train
+
+    final_dir = exp_dir / FINAL
+    final_dir.mkdir(exist_ok=True)
+    dump_config(cfg, final_dir / "config.yaml")
+    trainer = ray_train.make_trainer(cfg, data_root=data_root, storage_path=str(exp_dir), name=FINAL,
+                                     run_dir=str(final_dir))
+    result = trainer.fit()
+    return ray_train.export_model(ray_train.best_checkpoint_dir(result), final_dir / "model.pt")
+
+
+def run(cfg: Config, exp_dir: Path, *, resume: bool, restart_errored: bool = False) -> Path:
+    from lfa_ray import ray_train, report
+    from lfa_ray.data import check, resolve_root
+
+    data_root = resolve_root(cfg)
+    summary = check(data_root, cfg.data.val_fraction, cfg.data.split_seed)
+    print(f"data: {data_root} ({summary['train']} train, {summary['val']} val)")
+    ray_train.init_ray()
+    ray_train.check_resources(cfg)
+
+    created = not exp_dir.exists()
+    if not resume:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, exp_dir / "config.yaml")
+    try:
+        tuner = make_tuner(cfg, exp_dir, str(data_root), restore=resume, restart_errored=restart_errored)
+        grid = tuner.fit()
+    except BaseException:
+        if created and not any(exp_dir.glob("trial_*")):
+            shutil.rmtree(exp_dir, ignore_errors=True)  # nothing ran: don't block a corrected retry
+        raise
+    if grid.num_terminated + grid.num_errors < cfg.tune.num_samples:
+        raise UserError(f"sweep stopped before all {cfg.tune.num_samples} trials finished; "
+                        f"continue it with: python -m lfa_ray.tune --resume --name {exp_dir.name}")
+    table, curves = report.collect(grid, cfg)
+    if table.empty or table["best_" + cfg.tune.metric].isna().all():
+        raise UserError(f"no trial reported {cfg.tune.metric}; see the trial errors above, fix and "
+                        f"retry with --resume --name {exp_dir.name} --restart-errored")
+    best_row = report.best_row(table, cfg)
+    best_params = {k: report.param_value(best_row, k) for k in cfg.tune.search_space}
+    final_cfg = final_config(cfg, best_params)
+    dump_config(final_cfg, exp_dir / "best_config.yaml")
+    report.write_trials(table, exp_dir)
+
+    model = exp_dir / FINAL / "model.pt"
+    if not model.exists():
+        print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL}")
+        model = run_final(final_cfg, exp_dir, str(data_root))
+    final_metrics = report.final_metrics(exp_dir / FINAL)
+    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model)
+    print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early by ASHA")
+    print("  best config:  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                         for k, v in best_params.items()))
+    print(f"  best trial {cfg.tune.metric}: {best_row['best_' + cfg.tune.metric]:.4f}")
+    print(f"  final model:  {model} (best val_dice {final_metrics.get('best_val_dice', math.nan):.4f})")
+    print(f"  summary:      {exp_dir / 'summary.md'}")
+    print(f"  tensorboard --logdir {exp_dir}")
+    return exp_dir
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lfa-tune", description="Tune the LFA UNET with Ray Tune (TPE + ASHA).")
+    add_common_args(parser)
+    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
+    args = parser.parse_args(argv)
+    cfg, exp_dir = plan(args)
+    run(cfg, exp_dir, resume=args.resume, restart_errored=args.restart_errored)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
