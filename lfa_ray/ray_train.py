@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -97,10 +98,24 @@ def train_func_per_worker(config: dict) -> None:
             run_log.close()
 
 
-def init_ray() -> None:
+def init_ray(num_cpus: Optional[int] = None) -> None:
     """Connect to the cluster in RAY_ADDRESS, or start a local one."""
-    if not ray.is_initialized():
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
         ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        return
+    # Train V2's placement-group cleaner finds the dashboard by auto-detection, which fails
+    # ("Found multiple active Ray instances") when another Ray runs on this machine; the
+    # placement groups of trials ASHA stops are then never freed and later trials wait forever.
+    # So the local cluster gets a known dashboard port and every process of this job is told it.
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    os.environ["RAY_API_SERVER_ADDRESS"] = url
+    ray.init(num_cpus=num_cpus, dashboard_port=port, logging_level=logging.WARNING, log_to_driver=True,
+             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url}})
 
 
 def check_resources(cfg: Config) -> None:

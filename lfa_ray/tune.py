@@ -69,10 +69,14 @@ def default_concurrency(cfg: Config) -> int:
 
 
 def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = False,
-               restart_errored: bool = False):
+               restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
+               time_budget_s: float | None = None):
+    """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
+    ``time_budget_s`` exist for the benchmarks that compare TPE + ASHA with plain random search."""
     import optuna
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
     trainable = tune.with_resources(
@@ -83,10 +87,13 @@ def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = Fa
                                   resume_errored=False, restart_errored=restart_errored)
     t = cfg.tune
     first = seed_point(t.search_space)
-    searcher = OptunaSearch(points_to_evaluate=[first] if first else None,
-                            sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
-    scheduler = ASHAScheduler(time_attr="epoch", max_t=t.scheduler.max_t, grace_period=t.scheduler.grace_period,
-                              reduction_factor=t.scheduler.reduction_factor)
+    points = [first] if first else None
+    searcher = (OptunaSearch(points_to_evaluate=points, sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
+                if search == "tpe" else
+                BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.train.seed))
+    scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.scheduler.max_t, grace_period=t.scheduler.grace_period,
+                               reduction_factor=t.scheduler.reduction_factor)
+                 if early_stopping else FIFOScheduler())
     return tune.Tuner(
         trainable,
         param_space=to_tune(t.search_space),
@@ -95,6 +102,7 @@ def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = Fa
             max_concurrent_trials=t.max_concurrent_trials or default_concurrency(cfg),
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
+            time_budget_s=time_budget_s,
         ),
         run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent),
                                   failure_config=tune.FailureConfig(max_failures=0)),

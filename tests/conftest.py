@@ -45,9 +45,12 @@ def ray_cluster():
     """A real local Ray cluster with 2 CPUs, shared by the in-process tests."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=True, logging_level="WARNING")
+    from lfa_ray.ray_train import init_ray
+
+    init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+    os.environ.pop("RAY_API_SERVER_ADDRESS", None)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -11,7 +11,7 @@ def test_ci_runs_the_readme_test_command():
     block = re.search(r"## Quick start.*?```bash\n(.*?)```", readme, re.S).group(1).strip().splitlines()
     assert len(block) == 2, "the quick start is exactly two commands"
     main_cmd, test_cmd = block
-    assert "lfa_ray.train" in main_cmd and "pytest" in test_cmd
+    assert "lfa_ray.tune" in main_cmd and "pytest" in test_cmd
     assert test_cmd in (REPO / ".ci" / "run").read_text()
 
 

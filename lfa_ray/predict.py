@@ -1,0 +1,121 @@
+"""``python -m lfa_ray.predict --checkpoint PATH INPUT [--out DIR]``: masks for new photos.
+
+``--checkpoint`` takes a sweep folder (its ``final/model.pt``), a run folder
+(its ``model.pt``), a ``model.pt`` file or a ``checkpoint_epoch_*`` folder.
+``INPUT`` is an image file or a folder of images. For each image it writes
+``NAME_mask.png`` (0/255, at the image's original size) and ``NAME_overlay.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from lfa_ray.data import IMAGE_EXTS, decode_image, list_files
+from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.loop import STATE_FILE, load_state
+from lfa_ray.model import UNet
+from lfa_ray.runlog import overlay
+
+
+def find_model(path: str | Path) -> Path:
+    """The weights file behind any of the accepted ``--checkpoint`` forms."""
+    path = Path(path)
+    for candidate in (path / "final" / "model.pt", path / "model.pt", path / STATE_FILE, path):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"--checkpoint {path}: no model here; pass a sweep or run folder (with model.pt), "
+                    f"a model.pt file or a checkpoint_epoch_* folder")
+
+
+def load_model(path: str | Path, device: torch.device) -> tuple[UNet, int]:
+    """The UNET and its training image size."""
+    file = find_model(path)
+    try:
+        state = load_state(file.parent, device) if file.name == STATE_FILE else \
+            torch.load(file, map_location=device, weights_only=False)
+        cfg = state["config"]
+        model = UNet(features=cfg["model"]["features"])
+        model.load_state_dict(state["model"])
+    except (KeyError, TypeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{file}: not an lfa_ray model ({type(exc).__name__}); pass a model.pt or checkpoint "
+                        f"written by lfa_ray") from None
+    return model.to(device).eval(), int(cfg["data"]["image_size"])
+
+
+def find_images(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        images = [p for p in list_files(path) if p.suffix.lower() in IMAGE_EXTS]
+        if images:
+            return images
+        raise UserError(f"{path}: no images (.png .jpg .gif .tif .bmp) in this folder")
+    raise UserError(f"{path}: input not found; pass an image file or a folder of images")
+
+
+@torch.no_grad()
+def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.device) -> list[np.ndarray]:
+    """Binary masks (uint8 0/1), each at its image's original size."""
+    batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).to(device)  # the seed's normalisation
+    logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+    out = []
+    for im, lg in zip(images, logits):
+        full = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)
+        out.append((full[0, 0] > 0).cpu().numpy().astype(np.uint8))
+    return out
+
+
+def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: str | None = None) -> list[Path]:
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, size = load_model(checkpoint, dev)
+    files = find_images(inputs)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for start in range(0, len(files), batch_size):
+        chunk = files[start:start + batch_size]
+        try:
+            images = [decode_image(f) for f in chunk]
+        except Exception:  # noqa: BLE001 - name the file, whatever PIL raised
+            bad = next(f for f in chunk if not _decodes(f))
+            raise UserError(f"{bad}: cannot be decoded as an image; remove it or fix it") from None
+        for f, image, mask in zip(chunk, images, predict(model, images, size, dev)):
+            Image.fromarray(mask * 255).save(out_dir / f"{f.stem}_mask.png")
+            Image.fromarray(overlay(image, np.zeros_like(mask), mask)).save(out_dir / f"{f.stem}_overlay.png")
+            written.append(out_dir / f"{f.stem}_mask.png")
+    return written
+
+
+def _decodes(path: Path) -> bool:
+    try:
+        decode_image(path)
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="lfa-predict", description="Segment cassette photos with a trained model.")
+    parser.add_argument("--checkpoint", required=True, help="sweep folder, run folder, model.pt or checkpoint folder")
+    parser.add_argument("input", help="an image file or a folder of images")
+    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    args = parser.parse_args(argv)
+    written = run(args.checkpoint, args.input, args.out, args.batch_size, args.device)
+    print(f"wrote {len(written)} masks and overlays to {args.out}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

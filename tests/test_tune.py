@@ -1,0 +1,176 @@
+"""``python -m lfa_ray.tune`` and ``lfa_ray.predict`` on a real local Ray cluster with real Optuna."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lfa_ray import predict, tune
+from lfa_ray.config import load_config
+from lfa_ray.data import decode_mask, discover
+from lfa_ray.search import SEED_POINT
+from conftest import REPO, tiny_overrides
+
+pytestmark = pytest.mark.slow
+
+# bce+dice: Dice separates trials within 2 epochs at this size, so ASHA has something to cut.
+SWEEP = {"data.image_size": 48, "model.features": "[8,16,32]", "train.loss": "bce+dice", "tune.num_samples": 5,
+         "tune.scheduler.max_t": 6, "tune.scheduler.grace_period": 2, "tune.scheduler.reduction_factor": 2,
+         "tune.search_space": "{train.lr: {loguniform: [1.0e-4, 3.0e-3]}, train.batch_size: {choice: [4, 8]},"
+                              " train.aug_strength: {uniform: [0.0, 1.0]}}",
+         "final.epochs": 14}
+
+
+def _args(data, storage, *extra, **sets):
+    out = []
+    for item in tiny_overrides(data, storage, **{**SWEEP, **sets}):
+        out += ["--set", item]
+    return out + list(extra)
+
+
+def _error(capsys) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _scalar_runs(root: Path, tag: str) -> set[str]:
+    """Folders under root whose TensorBoard events hold scalar ``tag``."""
+    found = set()
+    for events in root.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0}).Reload()
+        if any(t.endswith(tag) for t in acc.Tags()["scalars"]):
+            found.add(events.parent.name)
+    return found
+
+
+def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    both = pred.sum() + truth.sum()
+    return 1.0 if both == 0 else 2 * float((pred & truth).sum()) / both
+
+
+def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_dir, tmp_path, capsys):
+    assert tune.main(["--name", "sw", *_args(synth_dir, tmp_path)]) == 0
+    exp = tmp_path / "sw"
+    out = capsys.readouterr().out
+    assert "best config:" in out and f"tensorboard --logdir {exp}" in out
+
+    table = pd.read_parquet(exp / "trials.parquet")
+    assert len(table) == 5 and table["trial_id"].is_unique
+    assert (table["status"] == "TERMINATED").all()
+    first = table.sort_values("trial_id").iloc[0]  # trial ids start with the searcher's order
+    assert {k: first[k] for k in SEED_POINT} == SEED_POINT  # the seed's config went first
+    assert table["stopped_early"].any(), table  # ASHA cut at least one trial short
+    assert (table.loc[table.stopped_early, "epochs"] < 6).all()
+    assert len({round(v, 12) for v in table["train.lr"]}) == 5  # the searcher proposed distinct points
+    assert len(pd.read_csv(exp / "trials.csv")) == 5
+
+    best = load_config(exp / "best_config.yaml")
+    assert best.train.epochs == 14
+    best_trial = table.loc[table["best_val_dice"].idxmax()]
+    assert best.train.lr == pytest.approx(best_trial["train.lr"])
+    final_rows = pd.read_csv(exp / "final" / "metrics.csv")
+    assert final_rows["val_dice"].max() > 0.5, final_rows
+    assert (exp / "final" / "model.pt").is_file()
+    summary = (exp / "summary.md").read_text()
+    assert "trials_val_dice.png" in summary and (exp / "trials_val_dice.png").stat().st_size > 0
+    assert (exp / "params_vs_metric.png").stat().st_size > 0
+
+    # TensorBoard: every trial and the final run have val_dice; the final run has overlays; HParams view.
+    runs = _scalar_runs(exp, "val_dice")
+    assert {f"trial_{t}" for t in table["trial_id"]} <= runs and "final" in runs
+    assert EventAccumulator(str(exp / "final"), size_guidance={"images": 0}).Reload().Images("val/overlay")
+    for trial_id in table["trial_id"]:  # Tune's logger writes each finished trial's params + metrics
+        assert EventAccumulator(str(exp / f"trial_{trial_id}")).Reload().PluginTagToContent("hparams")
+
+    # predict with the sweep folder on synthetic photos it never saw
+    pairs, _ = discover(small_dir)
+    written = predict.run(str(exp), str(small_dir / "train_images"), str(tmp_path / "pred"))
+    assert len(written) == len(pairs)
+    scores = []
+    for pair in pairs:
+        mask = np.asarray(Image.open(tmp_path / "pred" / f"{pair.name}_mask.png")) > 0
+        truth = decode_mask(pair.mask).astype(bool)
+        assert mask.shape == truth.shape  # the image's own size, not the training size
+        scores.append(_dice(mask, truth))
+    assert np.mean(scores) > 0.4, scores
+    assert (tmp_path / "pred" / f"{pairs[0].name}_overlay.png").is_file()
+
+
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = [sys.executable, "-m", "lfa_ray.tune", "--name", "int"]
+    sets = _args(synth_dir, tmp_path, **{"tune.num_samples": 4, "tune.max_concurrent_trials": 1,
+                                          "final.epochs": 2})
+    exp = tmp_path / "int"
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(base + sets, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(exp.glob("trial_002_*")):  # one at a time: 001 has finished
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) != 0
+    first = next(exp.glob("trial_001_*"))
+    first_results = (first / "result.json").read_text()
+    assert first_results and not (exp / "final" / "model.pt").exists()
+
+    resumed = subprocess.run(base + ["--resume", "--set", f"storage.path={tmp_path}"], cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = sorted(p.name for p in exp.glob("trial_*"))
+    assert len(trials) == 4 and len({t.split("_")[1] for t in trials}) == 4
+    assert (first / "result.json").read_text() == first_results  # finished trial not re-run
+    assert len(pd.read_parquet(exp / "trials.parquet")) == 4
+    assert (exp / "final" / "model.pt").is_file()
+
+
+@pytest.mark.parametrize("space, fragment", [
+    ("{train.lr: {normal: [0, 1]}}", "unknown distribution 'normal'"),
+    ("{train.lr: {uniform: [0.1, 0.01]}}", "low must be below high"),
+    ("{train.lr: {loguniform: [0, 0.01]}}", "loguniform bounds must be above 0"),
+    ("{train.learning_rate: {uniform: [0.1, 0.2]}}", "train.learning_rate: unknown profile key"),
+    ("{train.batch_size: {choice: []}}", "choice needs a non-empty list"),
+    ("{train.batch_size: {choice: [0, 8]}}", "value 0 is not valid for train.batch_size"),
+    ("{}", "tune.search_space is empty"),
+])
+def test_invalid_search_space_is_refused_before_ray_starts(tmp_path, small_dir, capsys, space, fragment):
+    assert tune.main(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.search_space": space})]) == 2
+    assert fragment in _error(capsys)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_other_bad_tune_input(tmp_path, small_dir, capsys):
+    assert tune.main(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.num_samples": 0})]) == 2
+    assert "tune.num_samples must be at least 1" in _error(capsys)
+    assert tune.main(["--resume", "--name", "nope", "--set", f"storage.path={tmp_path}"]) == 2
+    assert "no such sweep" in _error(capsys)
+    run = tmp_path / "a_train_run"
+    run.mkdir()
+    (run / "config.yaml").write_text("{}\n")
+    assert tune.main(["--resume", "--name", "a_train_run", "--set", f"storage.path={tmp_path}"]) == 2
+    assert "is not a tune experiment" in _error(capsys)
+    before = sorted(p.name for p in run.iterdir())
+    assert tune.main(["--name", "a_train_run", *_args(small_dir, tmp_path)]) == 2
+    assert "already exists; continue it with --resume" in _error(capsys)
+    assert sorted(p.name for p in run.iterdir()) == before
+    assert tune.main(["--restart-errored", "--name", "x"]) == 2
+    assert "--restart-errored applies to --resume" in _error(capsys)
+
+
+def test_predict_bad_input(tmp_path, capsys):
+    assert predict.main(["--checkpoint", str(tmp_path / "none"), str(tmp_path)]) == 2
+    assert "no model here" in _error(capsys)
+    (tmp_path / "model.pt").write_bytes(b"junk")
+    assert predict.main(["--checkpoint", str(tmp_path), str(tmp_path / "missing.jpg")]) == 2
+    assert "not an lfa_ray model" in _error(capsys)
