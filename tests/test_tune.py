@@ -106,6 +106,17 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     assert np.mean(scores) > 0.4, scores
     assert (tmp_path / "pred" / f"{pairs[0].name}_overlay.png").is_file()
 
+    # A final retrain that did not finish exporting: --resume redoes only the final step, from its
+    # own checkpoints; no trial runs again.
+    trial_logs = {p: p.read_text() for p in exp.glob("trial_*/result.json")}
+    final_ckpts = sorted(p.name for p in (exp / "final").glob("checkpoint_epoch_*"))
+    (exp / "final" / "model.pt").unlink()
+    assert tune.main(["--resume", "--name", "sw", "--set", f"storage.path={tmp_path}"]) == 0
+    assert (exp / "final" / "model.pt").is_file()
+    assert {p: p.read_text() for p in exp.glob("trial_*/result.json")} == trial_logs
+    assert sorted(p.name for p in (exp / "final").glob("checkpoint_epoch_*")) == final_ckpts
+    assert len(pd.read_csv(exp / "final" / "metrics.csv")) == len(final_rows)
+
 
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
