@@ -83,7 +83,8 @@ def _plots(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for trial_id, c in curves.groupby("trial_id"):
         stopped = bool(table.loc[table.trial_id == trial_id, "stopped_early"].iloc[0])
-        ax.plot(c["epoch"], c["val_dice"], marker="o", ms=3, ls="--" if stopped else "-", label=trial_id[-5:])
+        ax.plot(c["epoch"], c["val_dice"], marker="o", ms=3, ls="--" if stopped else "-",
+                label=trial_id.split("_")[0])
     ax.set(xlabel="epoch", ylabel="val_dice", title="val_dice per epoch (dashed: stopped early by ASHA)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()

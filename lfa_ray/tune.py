@@ -88,9 +88,13 @@ def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = Fa
     t = cfg.tune
     first = seed_point(t.search_space)
     points = [first] if first else None
+    concurrency = t.max_concurrent_trials or default_concurrency(cfg)
+    # Trials hold no CPU, so this limit is what keeps Tune from starting more trials than fit:
+    # Tune applies max_concurrent_trials to a Searcher, a BasicVariantGenerator takes its own.
     searcher = (OptunaSearch(points_to_evaluate=points, sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
                 if search == "tpe" else
-                BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.train.seed))
+                BasicVariantGenerator(points_to_evaluate=points, random_state=cfg.train.seed,
+                                      max_concurrent=concurrency))
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.scheduler.max_t, grace_period=t.scheduler.grace_period,
                                reduction_factor=t.scheduler.reduction_factor)
                  if early_stopping else FIFOScheduler())
@@ -99,7 +103,7 @@ def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = Fa
         param_space=to_tune(t.search_space),
         tune_config=tune.TuneConfig(
             metric=t.metric, mode=t.mode, search_alg=searcher, scheduler=scheduler, num_samples=t.num_samples,
-            max_concurrent_trials=t.max_concurrent_trials or default_concurrency(cfg),
+            max_concurrent_trials=concurrency if search == "tpe" else None,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
             time_budget_s=time_budget_s,

@@ -36,6 +36,20 @@ def tiny_overrides(data: Path, storage: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in items.items()]
 
 
+def set_args(items: list[str]) -> list[str]:
+    """``["a=1", "b=2"]`` as command-line ``--set`` arguments."""
+    return [arg for item in items for arg in ("--set", item)]
+
+
+def error_line(capsys) -> str:
+    """The single ``error: ...`` line a refused command printed, checking there was no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def tiny_config(data: Path, storage: Path, **extra):
     return load_config(REPO / "tune_configs" / "default.yaml", tiny_overrides(data, storage, **extra))
 

@@ -14,24 +14,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lfa_ray import train
 from lfa_ray.loop import load_state
 from lfa_ray.runlog import read_metrics
-from conftest import REPO, tiny_overrides
+from conftest import REPO, error_line, set_args, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
 
 def _args(data, storage, *extra, **sets):
-    out = []
-    for item in tiny_overrides(data, storage, **sets):
-        out += ["--set", item]
-    return out + list(extra)
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return set_args(tiny_overrides(data, storage, **sets)) + list(extra)
 
 
 def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small_dir, tmp_path, capsys):
@@ -54,7 +43,7 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
 
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     assert train.main(_args(small_dir, tmp_path, "--name", "run1")) == 2
-    assert "already exists; continue it with --resume-from" in _error(capsys)
+    assert "already exists; continue it with --resume-from" in error_line(capsys)
     assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*")}  # nothing touched
 
     # continue the same run for two more epochs: Ray restores its latest checkpoint
@@ -93,7 +82,7 @@ def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
 def test_bad_input_exits_2_with_one_line_and_leaves_no_run_folder(ray_cluster, small_dir, tmp_path, capsys,
                                                                   extra, fragment):
     assert train.main(_args(small_dir, tmp_path, "--name", "bad") + extra) == 2
-    assert fragment in _error(capsys)
+    assert fragment in error_line(capsys)
     assert not (tmp_path / "bad").exists()
 
 
@@ -101,7 +90,7 @@ def test_bad_yaml_profile(ray_cluster, tmp_path, capsys):
     profile = tmp_path / "p.yaml"
     profile.write_text("train: {lr: 0.1\n")
     assert train.main(["--config", str(profile), "--set", f"storage.path={tmp_path}"]) == 2
-    assert "p.yaml: not valid YAML" in _error(capsys)
+    assert "p.yaml: not valid YAML" in error_line(capsys)
 
 
 def test_seed_layout_folder_from_outside_trains(ray_cluster, tmp_path, capsys):

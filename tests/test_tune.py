@@ -17,7 +17,7 @@ from lfa_ray import predict, tune
 from lfa_ray.config import load_config
 from lfa_ray.data import decode_mask, discover
 from lfa_ray.search import SEED_POINT
-from conftest import REPO, tiny_overrides
+from conftest import REPO, error_line, set_args, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -30,18 +30,7 @@ SWEEP = {"data.image_size": 48, "model.features": "[8,16,32]", "train.loss": "bc
 
 
 def _args(data, storage, *extra, **sets):
-    out = []
-    for item in tiny_overrides(data, storage, **{**SWEEP, **sets}):
-        out += ["--set", item]
-    return out + list(extra)
-
-
-def _error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return set_args(tiny_overrides(data, storage, **{**SWEEP, **sets})) + list(extra)
 
 
 def _scalar_runs(root: Path, tag: str) -> set[str]:
@@ -157,31 +146,31 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, 
 ])
 def test_invalid_search_space_is_refused_before_ray_starts(tmp_path, small_dir, capsys, space, fragment):
     assert tune.main(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.search_space": space})]) == 2
-    assert fragment in _error(capsys)
+    assert fragment in error_line(capsys)
     assert not (tmp_path / "bad").exists()
 
 
 def test_other_bad_tune_input(tmp_path, small_dir, capsys):
     assert tune.main(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.num_samples": 0})]) == 2
-    assert "tune.num_samples must be at least 1" in _error(capsys)
+    assert "tune.num_samples must be at least 1" in error_line(capsys)
     assert tune.main(["--resume", "--name", "nope", "--set", f"storage.path={tmp_path}"]) == 2
-    assert "no such sweep" in _error(capsys)
+    assert "no such sweep" in error_line(capsys)
     run = tmp_path / "a_train_run"
     run.mkdir()
     (run / "config.yaml").write_text("{}\n")
     assert tune.main(["--resume", "--name", "a_train_run", "--set", f"storage.path={tmp_path}"]) == 2
-    assert "is not a tune experiment" in _error(capsys)
+    assert "is not a tune experiment" in error_line(capsys)
     before = sorted(p.name for p in run.iterdir())
     assert tune.main(["--name", "a_train_run", *_args(small_dir, tmp_path)]) == 2
-    assert "already exists; continue it with --resume" in _error(capsys)
+    assert "already exists; continue it with --resume" in error_line(capsys)
     assert sorted(p.name for p in run.iterdir()) == before
     assert tune.main(["--restart-errored", "--name", "x"]) == 2
-    assert "--restart-errored applies to --resume" in _error(capsys)
+    assert "--restart-errored applies to --resume" in error_line(capsys)
 
 
 def test_predict_bad_input(tmp_path, capsys):
     assert predict.main(["--checkpoint", str(tmp_path / "none"), str(tmp_path)]) == 2
-    assert "no model here" in _error(capsys)
+    assert "no model here" in error_line(capsys)
     (tmp_path / "model.pt").write_bytes(b"junk")
     assert predict.main(["--checkpoint", str(tmp_path), str(tmp_path / "missing.jpg")]) == 2
-    assert "not an lfa_ray model" in _error(capsys)
+    assert "not an lfa_ray model" in error_line(capsys)
