@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -212,7 +212,6 @@ class EpochResult:
     checkpoint: Optional[dict] = None  # full training state, when the policy says to save
     improved: bool = False
     last: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def fit(cfg: Config, parts: Parts, train_loader, val_loader, device: torch.device, *,

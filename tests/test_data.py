@@ -1,4 +1,3 @@
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +6,7 @@ from PIL import Image
 
 from lfa_ray import data
 from lfa_ray.errors import UserError
-from lfa_ray.synth import render, write_synthetic
+from lfa_ray.synth import render
 
 
 def _img(path: Path, size=(40, 30), color=(200, 100, 50), mode="RGB"):
