@@ -49,7 +49,9 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 
 def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_dir, tmp_path, capsys):
-    assert tune.main(["--name", "sw", *_args(synth_dir, tmp_path)]) == 0
+    # One trial at a time: ASHA's cut depends on the order results reach a rung, and with
+    # concurrent trials that order (and so whether any trial is stopped) varies from run to run.
+    assert tune.main(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1})]) == 0
     exp = tmp_path / "sw"
     out = capsys.readouterr().out
     assert "best config:" in out and f"tensorboard --logdir {exp}" in out
