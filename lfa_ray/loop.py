@@ -172,15 +172,24 @@ def training_state(parts: Parts, progress: "Progress", config: dict) -> dict:
     }
 
 
+def atomic_save(obj: dict, path: str | Path) -> Path:
+    """``torch.save`` through a temp file and ``os.replace``: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_state(state: dict, directory: str | Path) -> Path:
     """Write ``state`` to ``directory/state.pt`` atomically."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".state.")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, directory / STATE_FILE)
-    return directory / STATE_FILE
+    return atomic_save(state, Path(directory) / STATE_FILE)
 
 
 def load_state(directory: str | Path, device: torch.device | str = "cpu") -> dict:

@@ -84,11 +84,7 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
     written = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        try:
-            images = [decode_image(f) for f in chunk]
-        except Exception:  # noqa: BLE001 - name the file, whatever PIL raised
-            bad = next(f for f in chunk if not _decodes(f))
-            raise UserError(f"{bad}: cannot be decoded as an image; remove it or fix it") from None
+        images = [_decode(f) for f in chunk]
         for f, image, mask in zip(chunk, images, predict(model, images, size, dev)):
             Image.fromarray(mask * 255).save(out_dir / f"{f.stem}_mask.png")
             Image.fromarray(overlay(image, np.zeros_like(mask), mask)).save(out_dir / f"{f.stem}_overlay.png")
@@ -96,12 +92,11 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
     return written
 
 
-def _decodes(path: Path) -> bool:
+def _decode(path: Path) -> np.ndarray:
     try:
-        decode_image(path)
-        return True
-    except Exception:  # noqa: BLE001
-        return False
+        return decode_image(path)
+    except Exception:  # noqa: BLE001 - name the file, whatever PIL raised
+        raise UserError(f"{path}: cannot be decoded as an image; remove it or fix it") from None
 
 
 @cli_entry

@@ -15,14 +15,13 @@ from typing import Optional
 import ray
 import ray.train
 import ray.train.torch
-import torch
 from ray.train import Checkpoint, CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lfa_ray.config import Config, config_from_dict
 from lfa_ray.data import build_datasets
 from lfa_ray.errors import UserError
-from lfa_ray.loop import EpochResult, build, fit, format_metrics, load_state, log, make_loaders, save_state, unwrap
+from lfa_ray.loop import EpochResult, atomic_save, build, fit, format_metrics, load_state, log, make_loaders, save_state, unwrap
 from lfa_ray.runlog import RunLog
 
 # Ray Train's controller collects each report on its poll interval (2 s by default),
@@ -175,9 +174,5 @@ def best_checkpoint_dir(result) -> Optional[str]:
 def export_model(checkpoint_dir: str | Path, out: str | Path) -> Path:
     """Write the inference model (weights, config, metrics epoch) from a checkpoint to ``out`` atomically."""
     state = load_state(checkpoint_dir)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.save({"model": state["model"], "config": state["config"], "progress": state["progress"],
-                "checkpoint": str(checkpoint_dir)}, tmp)
-    os.replace(tmp, out)
-    return out
+    return atomic_save({"model": state["model"], "config": state["config"], "progress": state["progress"],
+                        "checkpoint": str(checkpoint_dir)}, out)
