@@ -26,18 +26,19 @@ import torch
 
 from lfa_ray import loop
 from lfa_ray.config import load_config
-from lfa_ray.data import build_datasets, resolve_root
+from lfa_ray.data import build_datasets, load_for, resolve_root
 from lfa_ray.runlog import read_metrics
+from lfa_ray.storage import locate
 
 
 def epoch_walls(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times, times[1:])]
 
 
-def plain(cfg, root) -> dict:
+def plain(cfg, data) -> dict:
     torch.set_num_threads(cfg.scaling.cpus_per_worker)  # what Ray gives a worker of that many CPUs
     t0 = time.perf_counter()
-    tr, va = build_datasets(cfg, root)
+    tr, va = build_datasets(cfg, data)
     tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
     parts = loop.build(cfg, torch.device("cpu"))
     setup = time.perf_counter() - t0
@@ -54,7 +55,7 @@ def plain(cfg, root) -> dict:
     return {"setup": setup, "walls": [ends[0] - start, *epoch_walls(ends)], "compute": compute}
 
 
-def in_trainer(cfg, root) -> dict:
+def in_trainer(cfg, data) -> dict:
     import ray
 
     from lfa_ray import ray_train
@@ -65,7 +66,7 @@ def in_trainer(cfg, root) -> dict:
     with tempfile.TemporaryDirectory() as storage:
         run_dir = Path(storage) / "bench"
         run_dir.mkdir()
-        trainer = ray_train.make_trainer(cfg, data_root=str(root), storage_path=storage, name="bench",
+        trainer = ray_train.make_trainer(cfg, data=ray_train.share(data), storage=locate(storage), name="bench",
                                          run_dir=str(run_dir))
         t1 = time.perf_counter()
         trainer.fit()
@@ -86,9 +87,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     cfg = load_config(None, [f"train.epochs={args.epochs}", "train.early_stopping_patience=1000",
                              *args.overrides])
-    root = resolve_root(cfg)
-    p = plain(cfg, root)
-    r = in_trainer(cfg, root)
+    data = load_for(cfg, resolve_root(cfg))
+    p = plain(cfg, data)
+    r = in_trainer(cfg, data)
     pm, rm = statistics.median(p["walls"][1:]), statistics.median(r["walls"][1:])
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, python {sys.version.split()[0]}")

@@ -20,16 +20,17 @@ import time
 from pathlib import Path
 
 from lfa_ray.config import load_config
-from lfa_ray.data import resolve_root
+from lfa_ray.data import load_for, resolve_root
+from lfa_ray.storage import locate
 
 
-def sweep(cfg, root: str, *, search: str, early_stopping: bool, budget: float, target: float) -> dict:
+def sweep(cfg, data, *, search: str, early_stopping: bool, budget: float, target: float) -> dict:
     from lfa_ray import tune
 
     with tempfile.TemporaryDirectory() as storage:
         exp = Path(storage) / search
         exp.mkdir()
-        tuner = tune.make_tuner(cfg, exp, root, search=search, early_stopping=early_stopping, time_budget_s=budget)
+        tuner = tune.make_tuner(cfg, locate(exp), data, search=search, early_stopping=early_stopping, time_budget_s=budget)
         start = time.time()
         grid = tuner.fit()
         wall = time.time() - start
@@ -57,11 +58,12 @@ def main() -> None:
     from lfa_ray import ray_train
 
     cfg = load_config(None, ["tune.num_samples=200", *args.overrides])
-    root = str(resolve_root(cfg))
+    loaded = load_for(cfg, resolve_root(cfg))
     ray_train.init_ray()
+    data = ray_train.share(loaded)
     runs = {
-        "TPE + ASHA": sweep(cfg, root, search="tpe", early_stopping=True, budget=args.budget, target=args.target),
-        "random, no early stopping": sweep(cfg, root, search="random", early_stopping=False, budget=args.budget,
+        "TPE + ASHA": sweep(cfg, data, search="tpe", early_stopping=True, budget=args.budget, target=args.target),
+        "random, no early stopping": sweep(cfg, data, search="random", early_stopping=False, budget=args.budget,
                                            target=args.target),
     }
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; budget {args.budget:.0f} s each, "

@@ -9,6 +9,11 @@ and ``epoch_seconds`` metrics and the sweep's wall time:
 
 - seconds per report = median over epochs 2.. of (epoch end - previous epoch end - epoch compute)
 - fixed seconds per trial = (sweep wall / trials) - epochs x compute - (epochs - 1) x per-report
+
+Then the same sweep again with a bare trial: a 1-worker TorchTrainer whose train
+function only reports (no data, no model), wired like lfa_ray's trial. Its fixed
+seconds are Ray Tune + Ray Train's own floor for one trial in this pattern; the
+difference is what lfa_ray's trial adds (imports, data, model, checkpoints).
 """
 
 from __future__ import annotations
@@ -22,7 +27,53 @@ import time
 from pathlib import Path
 
 from lfa_ray.config import load_config
-from lfa_ray.data import resolve_root
+from lfa_ray.data import load_for, resolve_root
+from lfa_ray.storage import locate
+
+
+def bare_trial(params: dict, *, base: dict, data, exp_dir) -> None:
+    """A trial that reports ``train.epochs`` times and does nothing else (Ray's floor)."""
+    from ray import tune
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    def train(config: dict) -> None:
+        import ray.train
+
+        for epoch in range(1, config["epochs"] + 1):
+            ray.train.report({"epoch": epoch, "time": time.time(), "epoch_seconds": 0.0, "val_dice": 0.0,
+                              "run_finished": int(epoch == config["epochs"])})
+
+    TorchTrainer(train, train_loop_config={"epochs": base["train"]["epochs"]},
+                 scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+                 run_config=RunConfig(name="train", storage_path=f"{exp_dir.path}/{tune.get_context().get_trial_name()}",
+                                      callbacks=[TuneReportCallback()])).fit()
+
+
+def measure(cfg, data) -> dict:
+    """Run the sweep; per-report and fixed seconds from the reported epoch ends."""
+    from lfa_ray import tune
+
+    with tempfile.TemporaryDirectory() as storage:
+        exp = Path(storage) / "bench"
+        exp.mkdir()
+        tuner = tune.make_tuner(cfg, locate(exp), data, early_stopping=False)
+        t1 = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - t1
+    per_report, compute, epochs = [], [], []
+    for result in grid:
+        df = result.metrics_dataframe.sort_values("epoch")
+        ends, secs = df["time"].tolist(), df["epoch_seconds"].tolist()
+        per_report += [b - a - s for a, b, s in zip(ends, ends[1:], secs[1:])]
+        compute.append(sum(secs))
+        epochs.append(len(df))
+    report_s = statistics.median(per_report)
+    trial_wall = wall / len(compute)
+    return {"wall": wall, "trials": len(compute), "epochs": statistics.mean(epochs), "trial_wall": trial_wall,
+            "compute": statistics.mean(compute), "report_s": report_s,
+            "fixed": trial_wall - statistics.mean(compute) - (statistics.mean(epochs) - 1) * report_s}
 
 
 def main() -> None:
@@ -38,33 +89,22 @@ def main() -> None:
                              "tune.max_concurrent_trials=1", f"tune.scheduler.max_t={args.epochs}",
                              f"tune.scheduler.grace_period={args.epochs}", "train.checkpoint_every=1",
                              *args.overrides])
-    root = resolve_root(cfg)
+    loaded = load_for(cfg, resolve_root(cfg))
     t0 = time.perf_counter()
     ray_train.init_ray()
     ray_init = time.perf_counter() - t0
-    with tempfile.TemporaryDirectory() as storage:
-        exp = Path(storage) / "bench"
-        exp.mkdir()
-        tuner = tune.make_tuner(cfg, exp, str(root), early_stopping=False)
-        t1 = time.perf_counter()
-        grid = tuner.fit()
-        wall = time.perf_counter() - t1
-    per_report, compute, epochs = [], [], []
-    for result in grid:
-        df = result.metrics_dataframe.sort_values("epoch")
-        ends, secs = df["time"].tolist(), df["epoch_seconds"].tolist()
-        per_report += [b - a - s for a, b, s in zip(ends, ends[1:], secs[1:])]
-        compute.append(sum(secs))
-        epochs.append(len(df))
-    report_s = statistics.median(per_report)
-    trial_wall = wall / len(compute)
-    fixed = trial_wall - statistics.mean(compute) - (statistics.mean(epochs) - 1) * report_s
+    data = ray_train.share(loaded)
+    ours = measure(cfg, data)
+    tune.trial_fn = bare_trial  # the same Tuner, trial function swapped
+    bare = measure(cfg, data)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; ray.init {ray_init:.1f} s (once per sweep)")
-    print(f"{len(compute)} trials x {statistics.mean(epochs):.0f} epochs, one at a time: sweep wall {wall:.1f} s, "
-          f"trial wall {trial_wall:.1f} s, epoch compute {statistics.mean(compute):.2f} s per trial")
-    print(f"per report: {report_s * 1000:.0f} ms (median of {len(per_report)}; target <= 50 ms)")
-    print(f"fixed start/stop per trial: {fixed:.1f} s (target <= 4 s)")
-
+    for name, r in (("lfa_ray trial", ours), ("bare TorchTrainer trial", bare)):
+        print(f"{name}: {r['trials']} trials x {r['epochs']:.0f} epochs, one at a time: sweep wall {r['wall']:.1f} s, "
+              f"trial wall {r['trial_wall']:.1f} s, epoch compute {r['compute']:.2f} s per trial; "
+              f"per report {r['report_s'] * 1000:.0f} ms; fixed {r['fixed']:.1f} s")
+    print(f"per report: {ours['report_s'] * 1000:.0f} ms (target <= 50 ms)")
+    print(f"fixed start/stop per trial: {ours['fixed']:.1f} s (target <= 4 s), of which Ray Tune + Train's own "
+          f"floor {bare['fixed']:.1f} s and lfa_ray's trial set-up {ours['fixed'] - bare['fixed']:.1f} s")
 
 if __name__ == "__main__":
     main()

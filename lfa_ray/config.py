@@ -9,8 +9,6 @@ keys and wrong types are refused with a message that names the key.
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -20,6 +18,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from lfa_ray.errors import UserError
+from lfa_ray.storage import Location, locate
 
 
 @dataclass
@@ -259,13 +258,13 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def read_yaml(path: str | Path) -> dict:
-    path = Path(path)
+    loc = locate(path)
+    if not loc.is_file():
+        raise UserError(f"{path}: profile not found; pass an existing file to --config (see tune_configs/)")
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserError(f"{path}: profile not found; pass an existing file to --config (see tune_configs/)") from None
+        text = loc.read_text()
     except OSError as exc:
-        raise UserError(f"{path}: cannot read profile ({exc.strerror})") from None
+        raise UserError(f"{path}: cannot read profile ({exc.strerror or exc})") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -309,19 +308,5 @@ def config_from_dict(raw: dict) -> Config:
     return _build(Config, raw, "", "config")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file and ``os.replace`` so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def dump_config(cfg: Config, path: str | Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def dump_config(cfg: Config, path: str | Path | Location) -> None:
+    locate(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

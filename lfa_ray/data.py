@@ -1,19 +1,20 @@
-"""Datasets of cassette photos and masks: discovery, validation, loading, the torch Dataset.
+"""Datasets of cassette photos and masks: discovery, validation, loading, packing, the torch Dataset.
 
-Layouts (``DIR`` is ``data.path``):
+Layouts (``DIR`` is ``data.path``, a local folder or a URI such as ``s3://bucket/data``):
 
 - seed layout: ``DIR/train_images/NAME.jpg`` with ``DIR/train_masks/NAME_mask.gif``;
   optional ``DIR/val_images`` + ``DIR/val_masks`` give an explicit validation set;
 - generic layout: ``DIR/images/NAME.*`` with ``DIR/masks/NAME.*`` (or ``NAME_mask.*``);
-  optional ``DIR/train/`` and ``DIR/val/`` each holding that layout give an explicit split.
+  optional ``DIR/train/`` and ``DIR/val/`` each holding that layout give an explicit split;
+- packed: ``FILE.parquet`` written by ``python -m lfa_ray.data pack DIR FILE.parquet`` (one row
+  per pair: name, split, the image's and the mask's encoded bytes and file names, width, height),
+  so every node of a cluster reads one object instead of a folder of small files.
 
 Without an explicit validation set, a seeded random split (``data.val_fraction``,
 ``data.split_seed``) is taken. A mask pixel that is not zero is foreground.
 
-All reading goes through :func:`list_files` and :func:`read_bytes`, so other
-storage (URIs) plugs in there without touching the loop.
-
-Command line: ``python -m lfa_ray.data check DIR | synth OUT [--n N] [--seed S] [--target T]``.
+Command line: ``python -m lfa_ray.data check DIR | synth OUT [--n N] [--seed S] [--target T]
+| pack DIR OUT.parquet``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import argparse
 import io
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -30,36 +30,56 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.storage import Location, locate
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp"}
 LAYOUTS = [("train_images", "train_masks"), ("images", "masks")]
 MAX_LISTED = 5
-
-
-# -- storage: the one place that touches files ---------------------------------------------
-
-def list_files(directory: str | Path) -> list[Path]:
-    return sorted(p for p in Path(directory).iterdir() if p.is_file() and not p.name.startswith("."))
-
-
-def read_bytes(path: str | Path) -> bytes:
-    return Path(path).read_bytes()
+PACKED_SUFFIX = ".parquet"
+PACKED_COLUMNS = ["name", "split", "image", "mask", "image_file", "mask_file", "width", "height"]
 
 
 # -- discovery -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
+class Packed:
+    """One image or mask held in a packed dataset."""
+    label: str  # for messages: FILE.parquet:<original file name>
+    data: bytes
+
+    def __str__(self) -> str:
+        return self.label
+
+    @property
+    def name(self) -> str:
+        return self.label.rsplit(":", 1)[-1]
+
+    def read_bytes(self) -> bytes:
+        return self.data
+
+
+@dataclass(frozen=True)
 class Pair:
     name: str
-    image: Path
-    mask: Path
+    image: Location | Packed
+    mask: Location | Packed
 
 
-def _images_by_stem(directory: Path) -> dict[str, Path]:
-    return {p.stem: p for p in list_files(directory) if p.suffix.lower() in IMAGE_EXTS}
+def _stem_suffix(name: str) -> tuple[str, str]:
+    stem, dot, suffix = name.rpartition(".")
+    return (stem, f".{suffix}") if dot and stem else (name, "")
 
 
-def _pair_folder(images_dir: Path, masks_dir: Path) -> tuple[list[Pair], list[str]]:
+def _images_by_stem(directory: Location) -> dict[str, Location]:
+    out = {}
+    for f in directory.files():
+        stem, suffix = _stem_suffix(f.name)
+        if suffix.lower() in IMAGE_EXTS:
+            out[stem] = f
+    return out
+
+
+def _pair_folder(images_dir: Location, masks_dir: Location) -> tuple[list[Pair], list[str]]:
     images = _images_by_stem(images_dir)
     masks = _images_by_stem(masks_dir)
     pairs, errors, used = [], [], set()
@@ -76,18 +96,50 @@ def _pair_folder(images_dir: Path, masks_dir: Path) -> tuple[list[Pair], list[st
     return pairs, errors
 
 
-def _find_layout(root: Path) -> tuple[Path, Path] | None:
+def _find_layout(root: Location) -> tuple[Location, Location] | None:
     for images, masks in LAYOUTS:
         if (root / images).is_dir() and (root / masks).is_dir():
             return root / images, root / masks
     return None
 
 
-def discover(root: str | Path) -> tuple[list[Pair], list[Pair] | None]:
+def is_packed(root: Location) -> bool:
+    return root.name.endswith(PACKED_SUFFIX)
+
+
+def _discover_packed(root: Location) -> tuple[list[Pair], list[Pair] | None]:
+    import pyarrow.parquet as pq
+
+    if not root.is_file():
+        raise UserError(f"{root}: packed dataset not found; pass an existing .parquet file "
+                        f"(python -m lfa_ray.data pack DIR {root.name} writes one)")
+    try:
+        table = pq.read_table(root.path, filesystem=root.fs)
+    except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
+        raise UserError(f"{root}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
+                        f"write it with python -m lfa_ray.data pack") from None
+    missing = [c for c in PACKED_COLUMNS if c not in table.column_names]
+    if missing:
+        raise UserError(f"{root}: not a packed lfa_ray dataset (no column {', '.join(missing)}); "
+                        f"write it with python -m lfa_ray.data pack")
+    pairs: dict[str, list[Pair]] = {"train": [], "val": [], "": []}
+    for row in table.select(["name", "split", "image", "mask", "image_file", "mask_file"]).to_pylist():
+        pairs[row["split"]].append(Pair(row["name"], Packed(f"{root}:{row['image_file']}", row["image"]),
+                                        Packed(f"{root}:{row['mask_file']}", row["mask"])))
+    if not (pairs["train"] or pairs[""]):
+        raise UserError(f"{root}: packed dataset has no training images; pack a folder that has some")
+    if pairs["val"]:
+        return pairs["train"] + pairs[""], pairs["val"]
+    return pairs[""] + pairs["train"], None
+
+
+def discover(root: str | Location) -> tuple[list[Pair], list[Pair] | None]:
     """Pair images with masks under ``root``; returns (pairs, explicit validation pairs or None)."""
-    root = Path(root)
+    root = locate(root)
+    if is_packed(root):
+        return _discover_packed(root)
     if not root.is_dir():
-        raise UserError(f"{root}: data folder not found; pass an existing folder to --data")
+        raise UserError(f"{root}: data folder not found; pass an existing folder (or a packed .parquet) to --data")
     explicit_val = None
     if (root / "train").is_dir() and (root / "val").is_dir():
         train_layout, val_layout = _find_layout(root / "train"), _find_layout(root / "val")
@@ -131,15 +183,15 @@ def split(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair]
 
 # -- decoding --------------------------------------------------------------------------------
 
-def decode_image(path: Path) -> np.ndarray:
+def decode_image(src: Location | Packed) -> np.ndarray:
     """RGB uint8 HxWx3."""
-    with Image.open(io.BytesIO(read_bytes(path))) as img:
+    with Image.open(io.BytesIO(src.read_bytes())) as img:
         return np.asarray(img.convert("RGB"))
 
 
-def decode_mask(path: Path) -> np.ndarray:
+def decode_mask(src: Location | Packed) -> np.ndarray:
     """uint8 HxW in {0, 1}: any non-zero pixel (of a visible pixel, for masks with alpha) is foreground."""
-    with Image.open(io.BytesIO(read_bytes(path))) as img:
+    with Image.open(io.BytesIO(src.read_bytes())) as img:
         if img.mode in ("P", "PA", "RGB", "RGBA", "LA", "CMYK", "YCbCr"):
             rgba = np.asarray(img.convert("RGBA"))
             fg = (rgba[..., :3].max(axis=-1) > 0) & (rgba[..., 3] > 0)
@@ -148,7 +200,7 @@ def decode_mask(path: Path) -> np.ndarray:
     return fg.astype(np.uint8)
 
 
-def _decode(pair: Pair, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def _decode(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
     try:
         image = decode_image(pair.image)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
@@ -160,25 +212,29 @@ def _decode(pair: Pair, size: int | None) -> tuple[np.ndarray, np.ndarray]:
     if image.shape[:2] != mask.shape[:2]:
         raise UserError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but {pair.image.name} is "
                         f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size")
-    if size is not None:  # the seed resizes first, so resizing once up front is the same pipeline
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
     return image, mask
 
 
-def load_pairs(pairs: list[Pair], size: int | None) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Decode and check every pair (collecting all problems), optionally resized to ``size``."""
-    images, masks, errors = [], [], []
+def load_pairs(pairs: list[Pair], size: int | None) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple]]:
+    """Decode and check every pair (collecting all problems), optionally resized to ``size``.
+
+    Also returns, per pair, its original ``(width, height, foreground fraction)``.
+    """
+    images, masks, stats, errors = [], [], [], []
     for pair in pairs:
         try:
-            image, mask = _decode(pair, size)
+            image, mask = _decode(pair)
         except UserError as exc:
             errors.append(str(exc))
             continue
+        stats.append((image.shape[1], image.shape[0], float(mask.mean())))
+        if size is not None:  # the seed resizes first, so resizing once up front is the same pipeline
+            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+            mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
         images.append(image)
         masks.append(mask)
     _raise_all(errors)
-    return images, masks
+    return images, masks, stats
 
 
 @dataclass
@@ -188,7 +244,7 @@ class Splits:
     explicit_val: bool
 
 
-def resolve_splits(root: str | Path, val_fraction: float, seed: int) -> Splits:
+def resolve_splits(root: str | Location, val_fraction: float, seed: int) -> Splits:
     pairs, val = discover(root)
     if val is not None:
         return Splits(pairs, val, True)
@@ -196,21 +252,58 @@ def resolve_splits(root: str | Path, val_fraction: float, seed: int) -> Splits:
     return Splits(train, val, False)
 
 
-def check(root: str | Path, val_fraction: float = 0.2, seed: int = 42) -> dict:
-    """Validate a dataset folder fully (pairing, decoding, sizes, split); return a summary."""
-    splits = resolve_splits(root, val_fraction, seed)
-    summary = {"train": len(splits.train), "val": len(splits.val), "explicit_val": splits.explicit_val}
+def _summary(splits: Splits, stats: list[tuple]) -> dict:
     sizes: dict[tuple[int, int], int] = {}
-    fg = []
-    images, masks = load_pairs(splits.train + splits.val, size=None)
-    for image, mask in zip(images, masks):
-        sizes[(image.shape[1], image.shape[0])] = sizes.get((image.shape[1], image.shape[0]), 0) + 1
-        fg.append(float(mask.mean()))
-    summary["sizes"] = sizes
-    summary["foreground_mean"] = float(np.mean(fg))
-    summary["foreground_min"] = float(np.min(fg))
-    summary["foreground_max"] = float(np.max(fg))
-    return summary
+    for w, h, _ in stats:
+        sizes[(w, h)] = sizes.get((w, h), 0) + 1
+    fg = [f for _, _, f in stats]
+    return {"train": len(splits.train), "val": len(splits.val), "explicit_val": splits.explicit_val,
+            "sizes": sizes, "foreground_mean": float(np.mean(fg)), "foreground_min": float(np.min(fg)),
+            "foreground_max": float(np.max(fg))}
+
+
+def check(root: str | Location, val_fraction: float = 0.2, seed: int = 42) -> dict:
+    """Validate a dataset fully (pairing, decoding, sizes, split); return a summary."""
+    splits = resolve_splits(root, val_fraction, seed)
+    return _summary(splits, load_pairs(splits.train + splits.val, size=None)[2])
+
+
+@dataclass
+class Arrays:
+    names: list[str]
+    images: np.ndarray  # N x size x size x 3, uint8 RGB
+    masks: np.ndarray   # N x size x size, uint8 {0, 1}
+
+
+@dataclass
+class Data:
+    """A dataset decoded, checked and resized once: what every training worker receives.
+
+    The driver loads it and puts it in Ray's object store; workers map its arrays
+    without copying, so a sweep decodes the images once rather than once per trial.
+    """
+    root: str
+    size: int
+    train: Arrays
+    val: Arrays
+    summary: dict
+
+
+def load(root: str | Location, size: int, val_fraction: float = 0.2, seed: int = 42) -> Data:
+    """Validate the dataset at ``root`` fully (like :func:`check`) and load it resized to ``size``."""
+    splits = resolve_splits(root, val_fraction, seed)
+    images, masks, stats = load_pairs(splits.train + splits.val, size)
+    n = len(splits.train)
+
+    def arrays(pairs: list[Pair], a: int, b: int) -> Arrays:
+        return Arrays([p.name for p in pairs], np.stack(images[a:b]), np.stack(masks[a:b]))
+
+    return Data(locate(root).uri, size, arrays(splits.train, 0, n), arrays(splits.val, n, len(images)),
+                _summary(splits, stats))
+
+
+def load_for(cfg, root: str | Location) -> Data:
+    return load(root, cfg.data.image_size, cfg.data.val_fraction, cfg.data.split_seed)
 
 
 # -- torch dataset ---------------------------------------------------------------------------
@@ -223,9 +316,9 @@ class SegmentationDataset(torch.utils.data.Dataset):
     runs repeat the uninterrupted run exactly.
     """
 
-    def __init__(self, pairs: list[Pair], size: int, transform, seed: int = 0):
-        self.names = [p.name for p in pairs]
-        self.images, self.masks = load_pairs(pairs, size)
+    def __init__(self, arrays: Arrays, transform, seed: int = 0):
+        self.names = arrays.names
+        self.images, self.masks = arrays.images, arrays.masks  # may be read-only (Ray's object store)
         self.transform = transform
         self.seed = seed
 
@@ -236,28 +329,62 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.transform.set_random_seed(self.seed * 100_003 + epoch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.transform(image=self.images[i], mask=self.masks[i])
+        out = self.transform(image=self.images[i], mask=self.masks[i].copy())
         return out["image"], out["mask"].unsqueeze(0).float()
 
 
-def resolve_root(cfg) -> Path:
+def resolve_root(cfg) -> Location:
     """``data.path``, or the cached synthetic set when it is null."""
     if cfg.data.path is not None:
-        return Path(cfg.data.path).expanduser()
+        return locate(cfg.data.path)
     from lfa_ray.synth import synthetic_dataset
 
-    return synthetic_dataset(cfg.data.synthetic_n, cfg.data.target)
+    return locate(synthetic_dataset(cfg.data.synthetic_n, cfg.data.target))
 
 
-def build_datasets(cfg, root: str | Path, rank: int = 0) -> tuple[SegmentationDataset, SegmentationDataset]:
+def build_datasets(cfg, data: Data, rank: int = 0) -> tuple[SegmentationDataset, SegmentationDataset]:
     """Train (augmented, seeded per rank) and validation datasets for a profile."""
     from lfa_ray.augment import train_transform, val_transform
 
-    splits = resolve_splits(root, cfg.data.val_fraction, cfg.data.split_seed)
-    size = cfg.data.image_size
-    return (SegmentationDataset(splits.train, size, train_transform(cfg.train.aug_strength),
-                                seed=cfg.train.seed * 1000 + rank),
-            SegmentationDataset(splits.val, size, val_transform()))
+    return (SegmentationDataset(data.train, train_transform(cfg.train.aug_strength), seed=cfg.train.seed * 1000 + rank),
+            SegmentationDataset(data.val, val_transform()))
+
+
+# -- packing ---------------------------------------------------------------------------------
+
+def pack(src: str | Location, out: str | Location) -> dict:
+    """Write the dataset at ``src`` (any layout) into one Parquet file ``out``, checked first.
+
+    The encoded bytes are stored as they are, so decoding a packed image gives the same pixels.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src, out = locate(src), locate(out)
+    if not is_packed(out):
+        raise UserError(f"{out}: the packed dataset's name must end in {PACKED_SUFFIX}")
+    if out.exists():
+        raise UserError(f"{out}: already exists; choose a new OUT or delete it first")
+    pairs, val = discover(src)
+    labelled = [(p, "" if val is None else "train") for p in pairs] + [(p, "val") for p in val or []]
+    rows, errors = [], []
+    for pair, split_name in labelled:
+        try:
+            image, _ = _decode(pair)
+        except UserError as exc:
+            errors.append(str(exc))
+            continue
+        rows.append({"name": pair.name, "split": split_name, "image": pair.image.read_bytes(),
+                     "mask": pair.mask.read_bytes(), "image_file": pair.image.name, "mask_file": pair.mask.name,
+                     "width": image.shape[1], "height": image.shape[0]})
+    _raise_all(errors)
+    schema = pa.schema([("name", pa.string()), ("split", pa.string()), ("image", pa.binary()), ("mask", pa.binary()),
+                        ("image_file", pa.string()), ("mask_file", pa.string()), ("width", pa.int32()),
+                        ("height", pa.int32())])
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, row_group_size=64)
+    out.write_bytes(buf.getvalue())
+    return {"pairs": len(rows), "val": len(val or []), "bytes": buf.tell(), "out": out.uri}
 
 
 # -- command line ----------------------------------------------------------------------------
@@ -286,11 +413,17 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.n} synthetic cassettes ({args.target} masks) to {out}")
 
 
+def _cmd_pack(args: argparse.Namespace) -> None:
+    r = pack(args.dir, args.out)
+    split_kind = f"{r['val']} of them an explicit validation set" if r["val"] else "split at training time"
+    print(f"packed {r['pairs']} pairs ({split_kind}) into {r['out']} ({r['bytes'] / 2**20:.1f} MiB)")
+
+
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lfa-data", description="Check or make LFA segmentation datasets.")
+    parser = argparse.ArgumentParser(prog="lfa-data", description="Check, make or pack LFA segmentation datasets.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("check", help="validate a dataset folder and print counts, sizes, foreground")
+    p = sub.add_parser("check", help="validate a dataset (folder or packed) and print counts, sizes, foreground")
     p.add_argument("dir")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--split-seed", type=int, default=42)
@@ -301,6 +434,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", choices=["window", "lines"], default="window")
     p.set_defaults(func=_cmd_synth)
+    p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
+    p.add_argument("dir")
+    p.add_argument("out", help="OUT.parquet: a local path or a URI such as s3://bucket/data.parquet")
+    p.set_defaults(func=_cmd_pack)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -10,10 +10,9 @@ summed over all workers, so every rank sees the same numbers.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import nn
 
 from lfa_ray.config import Config
 from lfa_ray.model import UNet
+from lfa_ray.storage import Location, locate
 
 log = logging.getLogger("lfa_ray")
 STATE_FILE = "state.pt"
@@ -172,28 +172,20 @@ def training_state(parts: Parts, progress: "Progress", config: dict) -> dict:
     }
 
 
-def atomic_save(obj: dict, path: str | Path) -> Path:
-    """``torch.save`` through a temp file and ``os.replace``: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+def state_bytes(obj: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
-def save_state(state: dict, directory: str | Path) -> Path:
-    """Write ``state`` to ``directory/state.pt`` atomically."""
-    return atomic_save(state, Path(directory) / STATE_FILE)
+def save_state(state: dict, directory: str | Path | Location) -> Location:
+    """Write ``state`` to ``directory/state.pt`` atomically (local folder or object storage)."""
+    return (locate(directory) / STATE_FILE).write_bytes(state_bytes(state))
 
 
-def load_state(directory: str | Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=False)
+def load_state(directory: str | Path | Location, device: torch.device | str = "cpu") -> dict:
+    data = (locate(directory) / STATE_FILE).read_bytes()
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
 
 
 def restore(parts: Parts, state: dict) -> "Progress":

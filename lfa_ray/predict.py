@@ -1,14 +1,16 @@
 """``python -m lfa_ray.predict --checkpoint PATH INPUT [--out DIR]``: masks for new photos.
 
 ``--checkpoint`` takes a sweep folder (its ``final/model.pt``), a run folder
-(its ``model.pt``), a ``model.pt`` file or a ``checkpoint_epoch_*`` folder.
-``INPUT`` is an image file or a folder of images. For each image it writes
-``NAME_mask.png`` (0/255, at the image's original size) and ``NAME_overlay.png``.
+(its ``model.pt``), a ``model.pt`` file or a ``checkpoint_epoch_*`` folder, local
+or on object storage (``s3://...``). ``INPUT`` is an image file or a folder of
+images (local or a URI). For each image it writes ``NAME_mask.png`` (0/255, at
+the image's original size) and ``NAME_overlay.png`` into the local ``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import pickle
 from pathlib import Path
 
@@ -18,16 +20,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lfa_ray.data import IMAGE_EXTS, decode_image, list_files
+from lfa_ray.data import IMAGE_EXTS, decode_image
 from lfa_ray.errors import UserError, cli_entry
-from lfa_ray.loop import STATE_FILE, load_state
+from lfa_ray.loop import STATE_FILE
 from lfa_ray.model import UNet
 from lfa_ray.runlog import overlay
+from lfa_ray.storage import Location, locate
 
 
-def find_model(path: str | Path) -> Path:
+def find_model(path: str | Path | Location) -> Location:
     """The weights file behind any of the accepted ``--checkpoint`` forms."""
-    path = Path(path)
+    path = locate(path)
     for candidate in (path / "final" / "model.pt", path / "model.pt", path / STATE_FILE, path):
         if candidate.is_file():
             return candidate
@@ -35,12 +38,11 @@ def find_model(path: str | Path) -> Path:
                     f"a model.pt file or a checkpoint_epoch_* folder")
 
 
-def load_model(path: str | Path, device: torch.device) -> tuple[UNet, int]:
+def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet, int]:
     """The UNET and its training image size."""
     file = find_model(path)
     try:
-        state = load_state(file.parent, device) if file.name == STATE_FILE else \
-            torch.load(file, map_location=device, weights_only=False)
+        state = torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=False)
         cfg = state["config"]
         model = UNet(features=cfg["model"]["features"])
         model.load_state_dict(state["model"])
@@ -50,12 +52,12 @@ def load_model(path: str | Path, device: torch.device) -> tuple[UNet, int]:
     return model.to(device).eval(), int(cfg["data"]["image_size"])
 
 
-def find_images(path: str | Path) -> list[Path]:
-    path = Path(path)
+def find_images(path: str | Path) -> list[Location]:
+    path = locate(path)
     if path.is_file():
         return [path]
     if path.is_dir():
-        images = [p for p in list_files(path) if p.suffix.lower() in IMAGE_EXTS]
+        images = [f for f in path.files() if Path(f.name).suffix.lower() in IMAGE_EXTS]
         if images:
             return images
         raise UserError(f"{path}: no images (.png .jpg .gif .tif .bmp) in this folder")
@@ -86,13 +88,14 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
         chunk = files[start:start + batch_size]
         images = [_decode(f) for f in chunk]
         for f, image, mask in zip(chunk, images, predict(model, images, size, dev)):
-            Image.fromarray(mask * 255).save(out_dir / f"{f.stem}_mask.png")
-            Image.fromarray(overlay(image, np.zeros_like(mask), mask)).save(out_dir / f"{f.stem}_overlay.png")
-            written.append(out_dir / f"{f.stem}_mask.png")
+            stem = Path(f.name).stem
+            Image.fromarray(mask * 255).save(out_dir / f"{stem}_mask.png")
+            Image.fromarray(overlay(image, np.zeros_like(mask), mask)).save(out_dir / f"{stem}_overlay.png")
+            written.append(out_dir / f"{stem}_mask.png")
     return written
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Location) -> np.ndarray:
     try:
         return decode_image(path)
     except Exception:  # noqa: BLE001 - name the file, whatever PIL raised

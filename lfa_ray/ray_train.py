@@ -9,7 +9,7 @@ import logging
 import os
 import socket
 import tempfile
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Optional
 
 import ray
@@ -19,15 +19,34 @@ from ray.train import Checkpoint, CheckpointConfig, LoggingConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer
 
 from lfa_ray.config import Config, config_from_dict
-from lfa_ray.data import build_datasets
+from lfa_ray.data import Data, build_datasets, load_for
 from lfa_ray.errors import UserError
-from lfa_ray.loop import EpochResult, atomic_save, build, fit, format_metrics, load_state, log, make_loaders, save_state, unwrap
+from lfa_ray.loop import (EpochResult, build, fit, format_metrics, load_state, log, make_loaders, save_state,
+                          state_bytes, unwrap)
 from lfa_ray.runlog import RunLog
+from lfa_ray.storage import Location, on_filesystem
 
 # Ray Train's controller collects each report on its poll interval (2 s by default),
 # and ray.train.report blocks until then: with short epochs that is most of an epoch.
 # 0.1 s keeps a report at a few ms (docs/PERFORMANCE.md). Propagated to the controller.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+
+
+@dataclass(frozen=True)
+class SharedData:
+    """A loaded dataset put in Ray's object store once, for every worker of every run to map."""
+    ref: ray.ObjectRef
+    root: str
+    size: int
+
+
+def share(data: Data) -> SharedData:
+    return SharedData(ray.put(data), data.root, data.size)
+
+
+def data_for(cfg: Config, shared: SharedData) -> SharedData:
+    """``shared``, or, for a config with another ``data.image_size`` (a searched one), its own load."""
+    return shared if cfg.data.image_size == shared.size else share(load_for(cfg, shared.root))
 
 
 def checkpoint_dir_name(epoch: int) -> str:
@@ -37,7 +56,8 @@ def checkpoint_dir_name(epoch: int) -> str:
 def train_func_per_worker(config: dict) -> None:
     """Run :func:`lfa_ray.loop.fit` on one Ray Train worker.
 
-    ``config``: ``cfg`` (Config.to_dict()), ``data_root``, optional ``run_dir``
+    ``config``: ``cfg`` (Config.to_dict()), ``data`` (an object-store reference to the
+    :class:`lfa_ray.data.Data` the driver loaded), optional ``run_dir``
     (rank 0 writes metrics.csv and TensorBoard there) and ``resume_from`` (a
     checkpoint directory used when Ray has no checkpoint of this run yet).
     """
@@ -47,8 +67,8 @@ def train_func_per_worker(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
 
-    # [1] Data: every worker builds the datasets and reads its own shard.
-    train_ds, val_ds = build_datasets(cfg, config["data_root"], rank)
+    # [1] Data: decoded once by the driver; each worker maps it from the object store and reads its shard.
+    train_ds, val_ds = build_datasets(cfg, ray.get(config["data"]), rank)
     train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.train.batch_size,
                                             seed=cfg.train.seed, rank=rank, world=world,
                                             loader_workers=cfg.data.loader_workers)
@@ -140,20 +160,21 @@ def check_resources(cfg: Config) -> None:
                         f"use --set scaling.cpus_per_worker={int(biggest)}")
 
 
-def make_trainer(cfg: Config, *, data_root: str, storage_path: str, name: str,
+def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
                  run_dir: Optional[str] = None, resume_from: Optional[str] = None,
                  callbacks: Optional[list] = None) -> TorchTrainer:
-    """A TorchTrainer for one training run of ``cfg`` stored at ``storage_path/name``."""
+    """A TorchTrainer for one training run of ``cfg`` on ``data``, stored at ``storage/name``
+    (a local folder or object storage); ``run_dir`` and ``resume_from`` are paths or URIs."""
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
     return TorchTrainer(
         train_func_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "data_root": str(data_root), "run_dir": run_dir,
+        train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
                            "resume_from": resume_from},
         # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=name, storage_path=storage_path, callbacks=callbacks,
+            name=name, **storage.ray_storage(), callbacks=callbacks,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute="val_dice",
                                                checkpoint_score_order="max"),
@@ -163,16 +184,17 @@ def make_trainer(cfg: Config, *, data_root: str, storage_path: str, name: str,
     )
 
 
-def best_checkpoint_dir(result) -> Optional[str]:
-    """Local path of the best (val_dice) checkpoint of a finished TorchTrainer run."""
-    if not result.best_checkpoints:
-        return result.checkpoint.path if result.checkpoint else None
-    best, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", float("-inf")))
-    return best.path
+def best_checkpoint(result) -> Optional[Location]:
+    """Where the best (val_dice) checkpoint of a finished TorchTrainer run is."""
+    if result.best_checkpoints:
+        best, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", float("-inf")))
+    else:
+        best = result.checkpoint
+    return on_filesystem(best.filesystem, best.path) if best else None
 
 
-def export_model(checkpoint_dir: str | Path, out: str | Path) -> Path:
+def export_model(checkpoint: Location, out: Location) -> Location:
     """Write the inference model (weights, config, metrics epoch) from a checkpoint to ``out`` atomically."""
-    state = load_state(checkpoint_dir)
-    return atomic_save({"model": state["model"], "config": state["config"], "progress": state["progress"],
-                        "checkpoint": str(checkpoint_dir)}, out)
+    state = load_state(checkpoint)
+    return out.write_bytes(state_bytes({"model": state["model"], "config": state["config"],
+                                        "progress": state["progress"], "checkpoint": checkpoint.uri}))

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
 
 import matplotlib
 
@@ -12,8 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from lfa_ray.config import Config, atomic_write_text  # noqa: E402
+from lfa_ray.config import Config  # noqa: E402
 from lfa_ray.runlog import read_metrics  # noqa: E402
+from lfa_ray.storage import Location  # noqa: E402
 
 CURVE_COLUMNS = ["trial_id", "epoch", "val_dice", "val_loss"]
 
@@ -27,7 +28,7 @@ def collect(grid, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     metric = cfg.tune.metric
     rows, curves = [], []
     for result in grid:
-        trial_id = Path(result.path).name.removeprefix("trial_")  # NNN_id: N is the order the searcher proposed
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")  # NNN_id: N is the order the searcher proposed
         df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         params = {k: result.config.get(k) for k in cfg.tune.search_space}
         row = {"trial_id": trial_id, **params, "status": "ERROR" if result.error else "TERMINATED",
@@ -65,20 +66,27 @@ def param_value(row: pd.Series, key: str):
     return v.item() if hasattr(v, "item") else v
 
 
-def write_trials(table: pd.DataFrame, exp_dir: Path) -> None:
-    for name, write in (("trials.parquet", lambda p: table.to_parquet(p, index=False)),
-                        ("trials.csv", lambda p: table.to_csv(p, index=False))):
-        tmp = exp_dir / f".{name}.tmp"
-        write(tmp)
-        tmp.replace(exp_dir / name)
+def write_trials(table: pd.DataFrame, exp_dir: Location) -> None:
+    for name, write in (("trials.parquet", lambda f: table.to_parquet(f, index=False)),
+                        ("trials.csv", lambda f: f.write(table.to_csv(index=False).encode()))):
+        buf = io.BytesIO()
+        write(buf)
+        (exp_dir / name).write_bytes(buf.getvalue())
 
 
-def final_metrics(final_dir: Path) -> dict:
+def _save(fig, out: Location) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    out.write_bytes(buf.getvalue())
+
+
+def final_metrics(final_dir: Location) -> dict:
     rows = read_metrics(final_dir / "metrics.csv")
     return {**rows[-1], "best_val_dice": max(r["val_dice"] for r in rows)} if rows else {}
 
 
-def _plots(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
+def _plots(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     metric = cfg.tune.metric
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for trial_id, c in curves.groupby("trial_id"):
@@ -88,8 +96,7 @@ def _plots(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame
     ax.set(xlabel="epoch", ylabel="val_dice", title="val_dice per epoch (dashed: stopped early by ASHA)")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
-    fig.savefig(exp_dir / "trials_val_dice.png", dpi=110)
-    plt.close(fig)
+    _save(fig, exp_dir / "trials_val_dice.png")
 
     keys = list(cfg.tune.search_space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
@@ -101,8 +108,7 @@ def _plots(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame
         ax.set(xlabel=key, ylabel=f"best {metric}")
     fig.suptitle(f"searched parameters vs best {metric} (gray: stopped early)")
     fig.tight_layout()
-    fig.savefig(exp_dir / "params_vs_metric.png", dpi=110)
-    plt.close(fig)
+    _save(fig, exp_dir / "params_vs_metric.png")
     return ["trials_val_dice.png", "params_vs_metric.png"]
 
 
@@ -117,8 +123,8 @@ def _md_table(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def write_summary(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame, best_params: dict,
-                  final: dict, model: Path) -> None:
+def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame, best_params: dict,
+                  final: dict, model: Location) -> None:
     metric = cfg.tune.metric
     plots = _plots(exp_dir, cfg, table, curves)
     shown = ["trial_id", *cfg.tune.search_space, f"best_{metric}", f"last_{metric}", "epochs", "stopped_early",
@@ -145,4 +151,4 @@ def write_summary(exp_dir: Path, cfg: Config, table: pd.DataFrame, curves: pd.Da
         f"`tensorboard --logdir {exp_dir}` shows every trial, an HParams view and the final run.",
         "",
     ]
-    atomic_write_text(exp_dir / "summary.md", "\n".join(text))
+    (exp_dir / "summary.md").write_text("\n".join(text))

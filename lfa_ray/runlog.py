@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -11,7 +13,7 @@ import numpy as np
 import torch
 from tensorboardX import SummaryWriter
 
-from lfa_ray.config import atomic_write_text
+from lfa_ray.storage import Location, locate
 
 COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou", "best_val_dice",
            "lr", "epoch_seconds", "images_per_second", "time"]
@@ -28,26 +30,27 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarra
     return out.clip(0, 255).astype(np.uint8)
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
+def read_metrics(path: str | Path | Location) -> list[dict]:
+    loc = locate(path)
+    if not loc.is_file():
         return []
-    with path.open() as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(loc.read_text()))]
 
 
 class RunLog:
-    """Appends each epoch to ``metrics.csv`` and TensorBoard under ``run_dir``.
+    """Appends each epoch to ``metrics.csv`` and TensorBoard under ``run_dir`` (a path or a URI).
 
     On resume, rows after the restored epoch are dropped (they belong to the
     interrupted attempt) and TensorBoard hides its events from that step on.
+    For a run on object storage the files are written to a local folder and
+    uploaded after every epoch.
     """
 
-    def __init__(self, run_dir: str | Path, start_epoch: int = 0):
-        self.run_dir = Path(run_dir)
-        self.csv_path = self.run_dir / "metrics.csv"
-        self.rows = [r for r in read_metrics(self.csv_path) if r["epoch"] <= start_epoch]
-        self.writer = SummaryWriter(str(self.run_dir), purge_step=start_epoch + 1 if start_epoch else None,
+    def __init__(self, run_dir: str | Path | Location, start_epoch: int = 0):
+        self.run_dir = locate(run_dir)
+        self.rows = [r for r in read_metrics(self.run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
+        self.staging = self.run_dir.local if self.run_dir.is_local else Path(tempfile.mkdtemp(prefix="lfa_ray-log-"))
+        self.writer = SummaryWriter(str(self.staging), purge_step=start_epoch + 1 if start_epoch else None,
                                     flush_secs=5)
 
     def log(self, metrics: dict) -> None:
@@ -56,11 +59,16 @@ class RunLog:
         w = csv.DictWriter(buf, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(self.rows)
-        atomic_write_text(self.csv_path, buf.getvalue())
+        (self.run_dir / "metrics.csv").write_text(buf.getvalue())
         step = int(metrics["epoch"])
         for key in COLUMNS[1:-1]:
             self.writer.add_scalar(key, metrics[key], step)
+        self._flush()
+
+    def _flush(self) -> None:
         self.writer.flush()
+        if not self.run_dir.is_local:
+            self.run_dir.upload(self.staging)
 
     @torch.no_grad()
     def log_overlays(self, model: torch.nn.Module, val_ds, step: int, device: torch.device) -> None:
@@ -75,7 +83,10 @@ class RunLog:
         model.train(was_training)
         tiles = [overlay(val_ds.images[i], val_ds.masks[i], pred[i]) for i in range(n)]
         self.writer.add_image("val/overlay", np.concatenate(tiles, axis=1), step, dataformats="HWC")
-        self.writer.flush()
+        self._flush()
 
     def close(self) -> None:
         self.writer.close()
+        if not self.run_dir.is_local:
+            self.run_dir.upload(self.staging)
+            shutil.rmtree(self.staging, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,6 +20,7 @@ from typing import Optional
 from lfa_ray.config import Config, default_profile, dump_config, load_config
 from lfa_ray.errors import UserError, cli_entry
 from lfa_ray.loop import STATE_FILE, load_state
+from lfa_ray.storage import Location, locate
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                         help="override a profile key, e.g. --set train.lr=3e-4 (repeatable)")
 
 
-def resolve_config(args: argparse.Namespace, base: Optional[Path] = None, base_raw: Optional[dict] = None,
+def resolve_config(args: argparse.Namespace, base: Optional[Location] = None, base_raw: Optional[dict] = None,
                    where: str = "") -> Config:
     overrides = list(args.overrides)
     if args.data:
@@ -46,11 +46,15 @@ def profile_stem(args: argparse.Namespace) -> str:
     return Path(path).stem if path else "default"
 
 
-def is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and any(path.glob("checkpoint_epoch_*"))
+def _checkpoints(run_dir: Location) -> list[Location]:
+    return [c for c in run_dir.children() if c.name.startswith("checkpoint_epoch_")]
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+def is_run_dir(loc: Location) -> bool:
+    return (loc / "config.yaml").is_file() and bool(_checkpoints(loc))
+
+
+def latest_checkpoint(run_dir: Location) -> Optional[Location]:
     """The latest checkpoint Ray registered for a run (the one it restores), if any.
 
     A folder copied by a run killed before it registered the checkpoint may be
@@ -61,22 +65,22 @@ def latest_checkpoint(run_dir: Path) -> Optional[Path]:
     if snapshot.is_file():
         latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
         return run_dir / latest["checkpoint_dir_name"] if latest else None
-    found = sorted(p for p in run_dir.glob("checkpoint_epoch_*") if (p / STATE_FILE).is_file())
+    found = [c for c in _checkpoints(run_dir) if (c / STATE_FILE).is_file()]
     return found[-1] if found else None
 
 
 @dataclass
 class Plan:
     cfg: Config
-    run_dir: Path
-    resume_from: Optional[Path]  # a checkpoint to start a new run from
+    run_dir: Location
+    resume_from: Optional[Location]  # a checkpoint to start a new run from
     continuing: bool  # the run exists and Ray restores its latest checkpoint
     reset: bool
 
 
 def plan(args: argparse.Namespace) -> Plan:
     """Work out what to run and check it all before anything is started or written."""
-    source = Path(args.resume_from).expanduser() if args.resume_from else None
+    source = locate(args.resume_from) if args.resume_from else None
     if source is not None and not source.exists():
         raise UserError(f"--resume-from {source}: not found; pass a run folder or a checkpoint_epoch_* folder")
     if source is not None and args.reset:
@@ -101,48 +105,47 @@ def plan(args: argparse.Namespace) -> Plan:
                         f"train.epochs is {cfg.train.epochs}; raise it, e.g. --set train.epochs="
                         f"{state['progress']['epoch'] + 10}")
     if continuing_dir is not None and not args.name:
-        run_dir = continuing_dir.resolve()
+        run_dir = continuing_dir
     else:
-        run_dir = (Path(cfg.storage.path).expanduser() / (args.name or f"train-{profile_stem(args)}")).resolve()
+        run_dir = locate(cfg.storage.path) / (args.name or f"train-{profile_stem(args)}")
 
-    continuing = continuing_dir is not None and continuing_dir.resolve() == run_dir
+    continuing = continuing_dir is not None and continuing_dir.uri == run_dir.uri
     resume_from = None
     if source is not None and not continuing:
-        resume_from = latest_checkpoint(continuing_dir) if continuing_dir is not None else source.resolve()
-    if run_dir.exists() and any(run_dir.iterdir()) and not continuing and not args.reset:
+        resume_from = latest_checkpoint(continuing_dir) if continuing_dir is not None else source
+    if run_dir.exists() and run_dir.children() and not continuing and not args.reset:
         raise UserError(f"{run_dir} already exists; continue it with --resume-from {run_dir}, "
                         f"start it again with --reset, or pick another --name")
     return Plan(cfg, run_dir, resume_from, continuing, args.reset)
 
 
-def run(p: Plan) -> Path:
+def run(p: Plan) -> Location:
     """Validate the data, start Ray, train; returns the run folder."""
-    from lfa_ray.data import check, resolve_root
     from lfa_ray import ray_train
+    from lfa_ray.data import load_for, resolve_root
 
-    data_root = resolve_root(p.cfg)
-    summary = check(data_root, p.cfg.data.val_fraction, p.cfg.data.split_seed)
-    print(f"data: {data_root} ({summary['train']} train, {summary['val']} val)")
+    data = load_for(p.cfg, resolve_root(p.cfg))
+    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val)")
     ray_train.init_ray()
     ray_train.check_resources(p.cfg)
 
-    if p.reset and p.run_dir.exists():
-        shutil.rmtree(p.run_dir)
+    if p.reset:
+        p.run_dir.rmtree()
     created = not p.run_dir.exists()
-    p.run_dir.mkdir(parents=True, exist_ok=True)
+    p.run_dir.mkdir()
     dump_config(p.cfg, p.run_dir / "config.yaml")
-    trainer = ray_train.make_trainer(p.cfg, data_root=str(data_root), storage_path=str(p.run_dir.parent),
-                                     name=p.run_dir.name, run_dir=str(p.run_dir),
-                                     resume_from=str(p.resume_from) if p.resume_from else None)
+    trainer = ray_train.make_trainer(p.cfg, data=ray_train.share(data), storage=p.run_dir.parent,
+                                     name=p.run_dir.name, run_dir=p.run_dir.uri,
+                                     resume_from=p.resume_from.uri if p.resume_from else None)
     try:
         result = trainer.fit()
     except BaseException as exc:
         if created and latest_checkpoint(p.run_dir) is None:
-            shutil.rmtree(p.run_dir, ignore_errors=True)  # nothing worth keeping; don't block a retry
+            p.run_dir.rmtree()  # nothing worth keeping; don't block a retry
         if isinstance(exc, Exception) and not isinstance(exc, UserError):
             raise UserError(f"training failed: {exc}".splitlines()[0] + " (full log above)") from None
         raise
-    best = ray_train.best_checkpoint_dir(result)
+    best = ray_train.best_checkpoint(result)
     model = ray_train.export_model(best, p.run_dir / "model.pt")
     m = result.metrics or {}
     print(f"\nrun {p.run_dir.name}: {int(m.get('epoch', 0))} epochs, best val_dice {m.get('best_val_dice', 0):.4f}")

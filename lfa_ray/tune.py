@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import shutil
-from pathlib import Path
 
 from lfa_ray.config import Config, config_from_dict, dump_config, load_config
 from lfa_ray.errors import UserError, cli_entry
 from lfa_ray.search import apply_params, seed_point, to_tune, validate_space
+from lfa_ray.storage import Location, locate
 from lfa_ray.train import add_common_args, profile_stem, resolve_config
 
 FINAL = "final"
@@ -26,8 +25,11 @@ FINAL = "final"
 TRIAL_RESOURCES = {"CPU": 0, "memory": 100 * 2**20}
 
 
-def trial_fn(params: dict, *, base: dict, data_root: str, exp_path: str) -> None:
-    """One trial: the profile with ``params`` applied, trained by a TorchTrainer inside the trial's folder."""
+def trial_fn(params: dict, *, base: dict, data, exp_dir: Location) -> None:
+    """One trial: the profile with ``params`` applied, trained by a TorchTrainer inside the trial's folder.
+
+    ``data`` is the sweep's dataset in the object store (:class:`lfa_ray.ray_train.SharedData`).
+    """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -38,8 +40,8 @@ def trial_fn(params: dict, *, base: dict, data_root: str, exp_path: str) -> None
     # The Train run lives in the trial's folder in persistent storage (not Tune's local staging
     # copy), named deterministically, so a restored trial's TorchTrainer finds its checkpoints
     # there and continues from the latest.
-    trainer = make_trainer(cfg, data_root=data_root, storage_path=f"{exp_path}/{trial_name}",
-                           name="train", callbacks=[TuneReportCallback()])
+    trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train",
+                           callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -68,11 +70,12 @@ def default_concurrency(cfg: Config) -> int:
     return max(1, fits)
 
 
-def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = False,
+def make_tuner(cfg: Config, exp_dir: Location, data, *, restore: bool = False,
                restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
                time_budget_s: float | None = None):
     """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
-    ``time_budget_s`` exist for the benchmarks that compare TPE + ASHA with plain random search."""
+    ``time_budget_s`` exist for the benchmarks that compare TPE + ASHA with plain random search.
+    ``data``: the loaded dataset in the object store (:class:`lfa_ray.ray_train.SharedData`)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -80,11 +83,12 @@ def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = Fa
     from ray.tune.search.optuna import OptunaSearch
 
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, base=trial_config(cfg).to_dict(), data_root=data_root,
-                             exp_path=str(exp_dir)), TRIAL_RESOURCES)
+        tune.with_parameters(trial_fn, base=trial_config(cfg).to_dict(), data=data,
+                             exp_dir=exp_dir), TRIAL_RESOURCES)
+    storage = exp_dir.ray_storage()
     if restore:
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=False, restart_errored=restart_errored)
+        return tune.Tuner.restore(exp_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                                  restart_errored=restart_errored, storage_filesystem=storage["storage_filesystem"])
     t = cfg.tune
     first = seed_point(t.search_space)
     points = [first] if first else None
@@ -108,18 +112,19 @@ def make_tuner(cfg: Config, exp_dir: Path, data_root: str, *, restore: bool = Fa
             trial_dirname_creator=trial_name,
             time_budget_s=time_budget_s,
         ),
-        run_config=tune.RunConfig(name=exp_dir.name, storage_path=str(exp_dir.parent),
+        run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
 
-def is_experiment(path: Path) -> bool:
+def is_experiment(loc: Location) -> bool:
     from ray import tune
 
-    return path.is_dir() and (path / "config.yaml").is_file() and tune.Tuner.can_restore(str(path))
+    return ((loc / "config.yaml").is_file()
+            and tune.Tuner.can_restore(loc.path, storage_filesystem=loc.ray_storage()["storage_filesystem"]))
 
 
-def plan(args: argparse.Namespace) -> tuple[Config, Path]:
+def plan(args: argparse.Namespace) -> tuple[Config, Location]:
     """Resolve and check everything before Ray starts or anything is written."""
     if args.resume:
         if not args.name:
@@ -128,8 +133,7 @@ def plan(args: argparse.Namespace) -> tuple[Config, Path]:
         if args.data or others:
             raise UserError("--resume continues a sweep with its own config.yaml; drop --data and --set "
                             "(except storage.path, to say where the sweep is)")
-        storage = Path(resolve_config(args).storage.path)
-        exp_dir = (storage / args.name).expanduser().resolve()
+        exp_dir = locate(resolve_config(args).storage.path) / args.name
         if not exp_dir.exists():
             raise UserError(f"{exp_dir}: no such sweep; check --name (and storage.path)")
         if not is_experiment(exp_dir):
@@ -152,8 +156,8 @@ def plan(args: argparse.Namespace) -> tuple[Config, Path]:
         raise UserError(f"tune.metric '{cfg.tune.metric}' is not reported; use val_dice, val_iou, val_accuracy, "
                         f"val_loss or train_loss")
     validate_space(cfg)
-    exp_dir = (Path(cfg.storage.path).expanduser() / (args.name or f"tune-{profile_stem(args)}")).resolve()
-    if exp_dir.exists() and any(exp_dir.iterdir()):
+    exp_dir = locate(cfg.storage.path) / (args.name or f"tune-{profile_stem(args)}")
+    if exp_dir.exists() and exp_dir.children():
         raise UserError(f"{exp_dir} already exists; continue it with --resume --name {exp_dir.name}, "
                         f"or pick another --name")
     return cfg, exp_dir
@@ -167,39 +171,38 @@ def final_config(cfg: Config, best_params: dict) -> Config:
     return config_from_dict(raw)
 
 
-def run_final(cfg: Config, exp_dir: Path, data_root: str) -> Path:
+def run_final(cfg: Config, exp_dir: Location, data) -> Location:
     """Retrain the best config into ``final/`` (continuing its own checkpoints if it was interrupted)."""
     from lfa_ray import ray_train
 
     final_dir = exp_dir / FINAL
-    final_dir.mkdir(exist_ok=True)
+    final_dir.mkdir()
     dump_config(cfg, final_dir / "config.yaml")
-    trainer = ray_train.make_trainer(cfg, data_root=data_root, storage_path=str(exp_dir), name=FINAL,
-                                     run_dir=str(final_dir))
+    trainer = ray_train.make_trainer(cfg, data=data, storage=exp_dir, name=FINAL, run_dir=final_dir.uri)
     result = trainer.fit()
-    return ray_train.export_model(ray_train.best_checkpoint_dir(result), final_dir / "model.pt")
+    return ray_train.export_model(ray_train.best_checkpoint(result), final_dir / "model.pt")
 
 
-def run(cfg: Config, exp_dir: Path, *, resume: bool, restart_errored: bool = False) -> Path:
+def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
     from lfa_ray import ray_train, report
-    from lfa_ray.data import check, resolve_root
+    from lfa_ray.data import load_for, resolve_root
 
-    data_root = resolve_root(cfg)
-    summary = check(data_root, cfg.data.val_fraction, cfg.data.split_seed)
-    print(f"data: {data_root} ({summary['train']} train, {summary['val']} val)")
+    data = load_for(cfg, resolve_root(cfg))
+    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val)")
     ray_train.init_ray()
     ray_train.check_resources(cfg)
+    data = ray_train.share(data)  # decoded once for the whole sweep
 
     created = not exp_dir.exists()
     if not resume:
-        exp_dir.mkdir(parents=True, exist_ok=True)
+        exp_dir.mkdir()
         dump_config(cfg, exp_dir / "config.yaml")
     try:
-        tuner = make_tuner(cfg, exp_dir, str(data_root), restore=resume, restart_errored=restart_errored)
+        tuner = make_tuner(cfg, exp_dir, data, restore=resume, restart_errored=restart_errored)
         grid = tuner.fit()
     except BaseException:
-        if created and not any(exp_dir.glob("trial_*")):
-            shutil.rmtree(exp_dir, ignore_errors=True)  # nothing ran: don't block a corrected retry
+        if created and not any(c.name.startswith("trial_") for c in exp_dir.children()):
+            exp_dir.rmtree()  # nothing ran: don't block a corrected retry
         raise
     if grid.num_terminated + grid.num_errors < cfg.tune.num_samples:
         raise UserError(f"sweep stopped before all {cfg.tune.num_samples} trials finished; "
@@ -217,7 +220,7 @@ def run(cfg: Config, exp_dir: Path, *, resume: bool, restart_errored: bool = Fal
     model = exp_dir / FINAL / "model.pt"
     if not model.exists():
         print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL}")
-        model = run_final(final_cfg, exp_dir, str(data_root))
+        model = run_final(final_cfg, exp_dir, data)
     final_metrics = report.final_metrics(exp_dir / FINAL)
     report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model)
     print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early by ASHA")

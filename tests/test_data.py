@@ -1,4 +1,5 @@
 from pathlib import Path
+import warnings
 
 import numpy as np
 import pytest
@@ -166,8 +167,7 @@ def test_synth_command_writes_seed_layout_that_loads(tmp_path, capsys):
 def test_dataset_resizes_and_augments_image_and_mask_together(synth_dir):
     from lfa_ray.augment import train_transform
 
-    pairs, _ = data.discover(synth_dir)
-    ds = data.SegmentationDataset(pairs[:4], 48, train_transform(1.0), seed=1)
+    ds = data.SegmentationDataset(data.load(synth_dir, 48).train, train_transform(1.0), seed=1)
     ds.set_epoch(1)
     x1, y1 = ds[0]
     ds.set_epoch(1)
@@ -183,9 +183,9 @@ def test_dataset_resizes_and_augments_image_and_mask_together(synth_dir):
 def test_zero_strength_is_resize_and_normalize_only(synth_dir):
     from lfa_ray.augment import train_transform, val_transform
 
-    pairs, _ = data.discover(synth_dir)
-    a = data.SegmentationDataset(pairs[:2], 48, train_transform(0.0))
-    b = data.SegmentationDataset(pairs[:2], 48, val_transform())
+    arrays = data.load(synth_dir, 48).train
+    a = data.SegmentationDataset(arrays, train_transform(0.0))
+    b = data.SegmentationDataset(arrays, val_transform())
     a.set_epoch(3)
     assert np.array_equal(a[0][0].numpy(), b[0][0].numpy())
     assert np.array_equal(a[0][1].numpy(), b[0][1].numpy())
@@ -204,3 +204,21 @@ def test_geometry_is_shared_between_image_and_mask():
         img_fg = out["image"][0] > 0.5
         agree = (img_fg == (out["mask"] > 0)).float().mean()
         assert agree > 0.97  # photometric jitter and interpolation may move a few edge pixels
+
+
+def test_load_decodes_once_into_read_only_safe_arrays(synth_dir):
+    """What workers map from Ray's object store: stacked, resized, split like check(), read-only."""
+    loaded = data.load(synth_dir, 40, val_fraction=0.2, seed=42)
+    splits = data.resolve_splits(synth_dir, 0.2, 42)
+    assert loaded.train.names == [p.name for p in splits.train] and loaded.val.names == [p.name for p in splits.val]
+    assert loaded.train.images.shape == (len(splits.train), 40, 40, 3) and loaded.val.masks.shape[1:] == (40, 40)
+    assert loaded.summary == data.check(synth_dir, 0.2, 42)
+    for a in (loaded.train.images, loaded.train.masks):
+        a.setflags(write=False)
+    from lfa_ray.augment import train_transform
+
+    ds = data.SegmentationDataset(loaded.train, train_transform(0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns on non-writable numpy arrays
+        x, y = ds[0]
+    assert y.shape == (1, 40, 40) and set(y.unique().tolist()) <= {0.0, 1.0}

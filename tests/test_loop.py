@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lfa_ray import loop
-from lfa_ray.data import build_datasets
+from lfa_ray.data import build_datasets, load_for
 from conftest import tiny_config
 
 CPU = torch.device("cpu")
@@ -14,7 +14,7 @@ CPU = torch.device("cpu")
 
 def _run(cfg, data_dir, state=None):
     torch.manual_seed(0)
-    tr, va = build_datasets(cfg, data_dir)
+    tr, va = build_datasets(cfg, load_for(cfg, data_dir))
     parts = loop.build(cfg, CPU)
     tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
     results = []

@@ -1,0 +1,187 @@
+"""Storage anywhere and packed datasets, against a real S3 API (moto's server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from lfa_ray import data
+from lfa_ray.errors import UserError
+from lfa_ray.storage import locate
+from conftest import REPO, error_line, set_args, tiny_overrides
+
+BUCKET = "lfa-test"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """A real S3 API on loopback with one bucket; the AWS variables point this process and its children at it."""
+    import boto3
+
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=log, stderr=subprocess.STDOUT)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                boto3.client("s3").create_bucket(Bucket=BUCKET)
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                if time.time() > deadline or server.poll() is not None:
+                    raise
+                time.sleep(0.3)
+        yield f"s3://{BUCKET}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_locations_read_write_list_and_delete_on_s3(s3):
+    root = locate(f"{s3}/loc")
+    assert not root.exists()
+    (root / "a.txt").write_text("one")
+    (root / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    assert root.is_dir() and (root / "a.txt").is_file() and (root / "a.txt").read_text() == "one"
+    assert [c.name for c in root.children()] == ["a.txt", "sub"] and [f.name for f in root.files()] == ["a.txt"]
+    assert (root / "sub" / "b.bin").uri == f"{s3}/loc/sub/b.bin"
+    root.rmtree()
+    assert not root.exists()
+
+
+def test_packed_dataset_round_trips_exactly(small_dir, tmp_path, s3, capsys):
+    """Same names, same split, same pixels as the folder — locally and from a URI."""
+    local = tmp_path / "small.parquet"
+    assert data.main(["pack", str(small_dir), str(local)]) == 0
+    assert "packed 24 pairs" in capsys.readouterr().out
+    remote = f"{s3}/packed/small.parquet"
+    assert data.main(["pack", str(small_dir), remote]) == 0
+    folder = data.load(small_dir, 48)
+    for packed in (data.load(local, 48), data.load(remote, 48)):
+        assert packed.train.names == folder.train.names and packed.val.names == folder.val.names
+        for a, b in ((packed.train, folder.train), (packed.val, folder.val)):
+            assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+        assert packed.summary == folder.summary
+    # at the original size too: the encoded bytes are stored as they are
+    pairs, _ = data.discover(remote)
+    first = next(p for p in data.discover(small_dir)[0] if p.name == pairs[0].name)
+    assert np.array_equal(data.decode_image(pairs[0].image), np.asarray(Image.open(first.image.local).convert("RGB")))
+    assert data.main(["check", remote]) == 0
+    assert "24 pairs, all decode" in capsys.readouterr().out
+
+
+def test_packed_dataset_keeps_an_explicit_validation_set(tmp_path):
+    src = tmp_path / "explicit"
+    for sub, n in (("train", 3), ("val", 2)):
+        for kind in ("images", "masks"):
+            (src / sub / kind).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(src / sub / "images" / f"{sub}{i}.png")
+            Image.fromarray(np.eye(20, 30, dtype=np.uint8) * 255).save(src / sub / "masks" / f"{sub}{i}.png")
+    out = tmp_path / "explicit.parquet"
+    data.pack(src, out)
+    splits = data.resolve_splits(out, 0.5, 0)
+    assert splits.explicit_val and [p.name for p in splits.val] == ["val0", "val1"] and len(splits.train) == 3
+
+
+def test_bad_pack_and_packed_input(small_dir, tmp_path, capsys):
+    out = tmp_path / "p.parquet"
+    out.write_bytes(b"keep me")
+    assert data.main(["pack", str(small_dir), str(out)]) == 2
+    assert "already exists" in error_line(capsys) and out.read_bytes() == b"keep me"
+    assert data.main(["pack", str(small_dir), str(tmp_path / "p.zip")]) == 2
+    assert "must end in .parquet" in error_line(capsys)
+    with pytest.raises(UserError, match="not a readable Parquet file"):
+        data.discover(out)
+    with pytest.raises(UserError, match="packed dataset not found"):
+        data.discover(tmp_path / "missing.parquet")
+    pd.DataFrame({"name": ["a"]}).to_parquet(tmp_path / "other.parquet")
+    with pytest.raises(UserError, match="not a packed lfa_ray dataset"):
+        data.discover(tmp_path / "other.parquet")
+
+
+@pytest.mark.slow
+def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s3):
+    """Results, checkpoints and TensorBoard logs in the bucket, none locally; SIGINT, --resume, predict."""
+    data.pack(small_dir, f"{s3}/data/small.parquet")
+    storage = f"{s3}/results"
+    exp = locate(f"{storage}/s3sweep")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    work = tmp_path / "work"  # the commands' working directory: nothing may land here
+    work.mkdir()
+    base = [sys.executable, "-m", "lfa_ray.tune", "--config", str(REPO / "tune_configs" / "default.yaml"),
+            "--name", "s3sweep"]
+    sets = set_args(tiny_overrides(f"{s3}/data/small.parquet", storage, **{
+        "tune.num_samples": 3, "tune.max_concurrent_trials": 1, "final.epochs": 3}))
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(base + sets, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(c.name.startswith("trial_002_") for c in exp.children()):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) != 0, (tmp_path / "first.log").read_text()[-3000:]
+    first = next(c for c in exp.children() if c.name.startswith("trial_001_"))
+    first_results = (first / "result.json").read_text()
+    assert first_results and not (exp / "final" / "model.pt").exists()
+
+    resumed = subprocess.run(base + ["--resume", "--set", f"storage.path={storage}"], cwd=work, env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = [c for c in exp.children() if c.name.startswith("trial_")]
+    assert len(trials) == 3 and (first / "result.json").read_text() == first_results  # not re-run
+    for t in trials:
+        names = [c.name for c in t.children()]
+        assert any(n.startswith("events.out.tfevents") for n in names), names  # Tune's TensorBoard logs
+        assert any((c / "state.pt").is_file() for c in (t / "train").children()
+                   if c.name.startswith("checkpoint_epoch_"))
+    for name in ("config.yaml", "best_config.yaml", "trials.parquet", "trials.csv", "summary.md",
+                 "trials_val_dice.png", "final/model.pt", "final/metrics.csv"):
+        assert (exp / name).is_file(), name
+    assert any(c.name.startswith("events.out.tfevents") for c in (exp / "final").children())
+    assert f"final model:  {storage}/s3sweep/final/model.pt" in resumed.stdout
+    assert sorted(p.name for p in work.iterdir()) == []  # nothing in local results
+
+    # predict and lfa_ray.train --resume-from read from the bucket
+    images = tmp_path / "photos"
+    images.mkdir()
+    for p in sorted((small_dir / "train_images").iterdir())[:3]:
+        (images / p.name).write_bytes(p.read_bytes())
+    pred = subprocess.run([sys.executable, "-m", "lfa_ray.predict", "--checkpoint", exp.uri, str(images),
+                           "--out", str(tmp_path / "pred")], cwd=work, env=env, capture_output=True, text=True)
+    assert pred.returncode == 0, pred.stderr[-3000:]
+    for p in images.iterdir():
+        assert Image.open(tmp_path / "pred" / f"{p.stem}_mask.png").size == Image.open(p).size
+    cont = subprocess.run([sys.executable, "-m", "lfa_ray.train", "--resume-from", f"{exp.uri}/final",
+                           "--name", "more", "--set", "train.epochs=4"], cwd=work, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert cont.returncode == 0, cont.stdout[-3000:] + cont.stderr[-3000:]
+    assert (locate(storage) / "more" / "checkpoint_epoch_0004" / "state.pt").is_file()
+    assert (locate(storage) / "more" / "model.pt").is_file()
+    assert sorted(p.name for p in work.iterdir()) == []
