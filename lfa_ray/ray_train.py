@@ -138,26 +138,35 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
 
 
 def check_resources(cfg: Config) -> None:
-    """Refuse scaling settings the cluster can never satisfy (Ray would wait forever)."""
+    """Refuse scaling settings the cluster can never satisfy (Ray would wait forever).
+
+    A cluster lfa_ray started itself is all there is; a cluster it joined (``RAY_ADDRESS``, e.g.
+    one from cluster.yaml) may have an autoscaler that adds GPU nodes on demand, so there a
+    shortfall is only reported.
+    """
     s = cfg.scaling
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    need_cpus = s.num_workers * s.cpus_per_worker
-    if need_cpus > cpus:
-        raise UserError(
-            f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker} needs "
-            f"{need_cpus} CPUs but the Ray cluster has {cpus:g}; lower them, e.g. "
-            f"--set scaling.num_workers={max(1, int(cpus // s.cpus_per_worker)) or 1} "
-            f"--set scaling.cpus_per_worker={max(1, min(s.cpus_per_worker, int(cpus)))}")
-    if s.use_gpu and s.num_workers > gpus:
-        raise UserError(f"scaling.use_gpu with scaling.num_workers={s.num_workers} needs {s.num_workers} GPUs "
-                        f"but the Ray cluster has {gpus:g}; "
-                        + ("use --set scaling.use_gpu=false" if gpus == 0 else
-                           f"use --set scaling.num_workers={int(gpus)}"))
     biggest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
-    if s.cpus_per_worker > biggest:
-        raise UserError(f"scaling.cpus_per_worker={s.cpus_per_worker} is more than any node has ({biggest:g}); "
-                        f"use --set scaling.cpus_per_worker={int(biggest)}")
+    need_cpus = s.num_workers * s.cpus_per_worker
+    problem = None
+    if need_cpus > cpus:
+        problem = (f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker} needs "
+                   f"{need_cpus} CPUs but the Ray cluster has {cpus:g}; lower them, e.g. "
+                   f"--set scaling.num_workers={max(1, int(cpus // s.cpus_per_worker)) or 1} "
+                   f"--set scaling.cpus_per_worker={max(1, min(s.cpus_per_worker, int(cpus)))}")
+    elif s.use_gpu and s.num_workers > gpus:
+        problem = (f"scaling.use_gpu with scaling.num_workers={s.num_workers} needs {s.num_workers} GPUs "
+                   f"but the Ray cluster has {gpus:g}; "
+                   + ("use --set scaling.use_gpu=false" if gpus == 0 else f"use --set scaling.num_workers={int(gpus)}"))
+    elif s.cpus_per_worker > biggest:
+        problem = (f"scaling.cpus_per_worker={s.cpus_per_worker} is more than any node has ({biggest:g}); "
+                   f"use --set scaling.cpus_per_worker={int(biggest)}")
+    if problem and os.environ.get("RAY_ADDRESS"):
+        print(f"note: {problem.split('; ')[0]} right now; training waits for the cluster's autoscaler "
+              f"to add nodes (and waits forever if its node types cannot provide them)")
+    elif problem:
+        raise UserError(problem)
 
 
 def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,

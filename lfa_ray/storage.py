@@ -117,7 +117,11 @@ class Location:
         return self.write_bytes(text.encode())
 
     def mkdir(self) -> None:
-        self.fs.create_dir(self.path, recursive=True)
+        try:
+            self.fs.create_dir(self.path, recursive=True)
+        except OSError as exc:
+            raise UserError(f"{self.uri}: cannot be created ({str(exc).splitlines()[0]}); check that the "
+                            f"bucket exists and the credentials may write there") from None
 
     def rmtree(self) -> None:
         if self.exists():

@@ -107,7 +107,9 @@ def plan(args: argparse.Namespace) -> Plan:
     if continuing_dir is not None and not args.name:
         run_dir = continuing_dir
     else:
-        run_dir = locate(cfg.storage.path) / (args.name or f"train-{profile_stem(args)}")
+        storage = locate(cfg.storage.path)
+        storage.mkdir()  # fails here, before Ray starts, for a missing bucket or a read-only place
+        run_dir = storage / (args.name or f"train-{profile_stem(args)}")
 
     continuing = continuing_dir is not None and continuing_dir.uri == run_dir.uri
     resume_from = None

@@ -156,7 +156,9 @@ def plan(args: argparse.Namespace) -> tuple[Config, Location]:
         raise UserError(f"tune.metric '{cfg.tune.metric}' is not reported; use val_dice, val_iou, val_accuracy, "
                         f"val_loss or train_loss")
     validate_space(cfg)
-    exp_dir = locate(cfg.storage.path) / (args.name or f"tune-{profile_stem(args)}")
+    storage = locate(cfg.storage.path)
+    storage.mkdir()  # fails here, before Ray starts, for a missing bucket or a read-only place
+    exp_dir = storage / (args.name or f"tune-{profile_stem(args)}")
     if exp_dir.exists() and exp_dir.children():
         raise UserError(f"{exp_dir} already exists; continue it with --resume --name {exp_dir.name}, "
                         f"or pick another --name")

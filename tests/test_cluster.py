@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -94,18 +95,26 @@ def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_di
                               **kw)
 
     head = ray("start", "--head", f"--port={port}", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-               "--num-cpus=1", f"--temp-dir={temp}", "--include-dashboard=true")
+               "--num-cpus=1", f"--temp-dir={temp}", "--include-dashboard=true",
+               f"--dashboard-agent-listen-port={_free_port()}")
     try:
         assert head.returncode == 0, head.stdout + head.stderr
         node2 = ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"node2": 1}',
-                    f"--temp-dir={temp}")
+                    # its own temp dir: sharing the head's, its runtime-env agent deletes the job's
+                    # working_dir package (the driver's cwd) when its own workers are done with it
+                    f"--temp-dir={temp}-node2", f"--dashboard-agent-listen-port={_free_port()}")
         assert node2.returncode == 0, node2.stdout + node2.stderr
         storage = tmp_path / "results"
         sets = set_args(tiny_overrides(small_dir, storage, **{
             "tune.num_samples": 2, "tune.max_concurrent_trials": 2, "tune.scheduler.max_t": 2,
             "tune.scheduler.grace_period": 2, "final.epochs": 2}))
-        job = ray("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
-                  "python", "-m", "lfa_ray.tune", "--name", "twonode", *sets, timeout=600)
+        for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
+            job = ray("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
+                      "python", "-m", "lfa_ray.tune", "--name", "twonode", *sets, timeout=600)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(1)
+        (tmp_path / "job.log").write_text(job.stdout + job.stderr)
         assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
         assert "succeeded" in job.stdout + job.stderr
         exp = storage / "twonode"
@@ -117,20 +126,33 @@ def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_di
         nodes = {a["node_id"] for a in json.loads(workers.stdout)}
         assert len(nodes) == 2, nodes  # the two concurrent trials' workers: one on each node
     finally:
-        left = _stop_cluster(temp)
+        left = _stop_cluster(temp)  # matches {temp}-node2 too
         shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(f"{temp}-node2", ignore_errors=True)
     assert not left, left
 
 
-def _stop_cluster(temp: Path) -> list[str]:
-    """Stop both nodes: every process of this cluster (its paths are under ``temp``), not other Rays."""
+def _stop_cluster(temp: Path) -> list[int]:
+    """Stop both nodes: every process whose command line names ``temp`` (GCS, raylets, dashboard,
+    monitors) and their children (workers, agents), and no other Ray on this machine."""
     import psutil
 
-    procs = [p for p in psutil.process_iter(["cmdline"]) if str(temp) in " ".join(p.info["cmdline"] or [])]
+    procs = set()
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if str(temp) in " ".join(p.info["cmdline"] or []):
+                procs.update([p, *p.children(recursive=True)])
+        except psutil.Error:
+            pass
     for p in procs:
-        p.terminate()
+        try:
+            p.terminate()
+        except psutil.Error:
+            pass
     _, alive = psutil.wait_procs(procs, timeout=15)
     for p in alive:
-        p.kill()
-    _, alive = psutil.wait_procs(alive, timeout=5)
-    return [" ".join(p.cmdline()[:3]) for p in alive if p.is_running()]
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return [p.pid for p in psutil.wait_procs(alive, timeout=5)[1]]

@@ -12,9 +12,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lfa_ray import train
+from lfa_ray.errors import UserError
 from lfa_ray.loop import load_state
 from lfa_ray.runlog import read_metrics
-from conftest import REPO, error_line, set_args, tiny_overrides
+from conftest import REPO, error_line, set_args, tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -68,6 +69,18 @@ def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
     assert len(rows) == 2
     # 19 training images split over 2 workers: 10 + 10 (DistributedSampler pads one), all counted
     assert load_state(tmp_path / "ddp" / "checkpoint_epoch_0002")["progress"]["epoch"] == 2
+
+
+def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, small_dir, tmp_path, monkeypatch,
+                                                                 capsys):
+    from lfa_ray.ray_train import check_resources
+
+    cfg = tiny_config(small_dir, tmp_path, **{"scaling.use_gpu": "true"})
+    with pytest.raises(UserError, match="the Ray cluster has 0"):
+        check_resources(cfg)  # a cluster lfa_ray started: all there is
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # joined (cluster.yaml, ray job submit): it may autoscale
+    check_resources(cfg)
+    assert "waits for the cluster's autoscaler" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, fragment", [
