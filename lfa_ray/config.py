@@ -18,7 +18,6 @@ from typing import Any, Optional, Union
 import yaml
 
 from lfa_ray.errors import UserError
-from lfa_ray.storage import Location, locate
 
 
 @dataclass
@@ -60,6 +59,7 @@ class ScalingConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
+    max_failures: int = 0  # restarts of a run's workers from its latest checkpoint after a worker/node dies
 
 
 @dataclass
@@ -200,6 +200,9 @@ def check_values(cfg: Config, where: str) -> None:
             raise UserError(f"{where}: {key} must be at least 1, got {flat[key]!r}")
     if cfg.data.loader_workers < 0:
         raise UserError(f"{where}: data.loader_workers must be 0 or more, got {cfg.data.loader_workers}")
+    if cfg.scaling.max_failures < -1:
+        raise UserError(f"{where}: scaling.max_failures must be 0 or more (-1: no limit), "
+                        f"got {cfg.scaling.max_failures}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise UserError(f"{where}: data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}")
     if not 0.0 <= cfg.train.aug_strength <= 1.0:
@@ -257,12 +260,18 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def read_yaml(path: str | Path) -> dict:
-    loc = locate(path)
-    if not loc.is_file():
+def read_yaml(path) -> dict:
+    """A profile from a local path or a URI."""
+    if "://" in str(path):
+        from lfa_ray.storage import locate  # pyarrow only for URIs: the loop and gpu_check run without it
+
+        source = locate(path)
+    else:
+        source = Path(path).expanduser()
+    if not source.is_file():
         raise UserError(f"{path}: profile not found; pass an existing file to --config (see tune_configs/)")
     try:
-        text = loc.read_text()
+        text = source.read_text()
     except OSError as exc:
         raise UserError(f"{path}: cannot read profile ({exc.strerror or exc})") from None
     try:
@@ -308,5 +317,7 @@ def config_from_dict(raw: dict) -> Config:
     return _build(Config, raw, "", "config")
 
 
-def dump_config(cfg: Config, path: str | Path | Location) -> None:
+def dump_config(cfg: Config, path) -> None:
+    from lfa_ray.storage import locate
+
     locate(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -15,8 +15,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -25,7 +24,9 @@ from torch import nn
 
 from lfa_ray.config import Config
 from lfa_ray.model import UNet
-from lfa_ray.storage import Location, locate
+
+if TYPE_CHECKING:
+    from lfa_ray.storage import Location
 
 log = logging.getLogger("lfa_ray")
 STATE_FILE = "state.pt"
@@ -178,12 +179,17 @@ def state_bytes(obj: dict) -> bytes:
     return buf.getvalue()
 
 
-def save_state(state: dict, directory: str | Path | Location) -> Location:
-    """Write ``state`` to ``directory/state.pt`` atomically (local folder or object storage)."""
+def save_state(state: dict, directory) -> "Location":
+    """Write ``state`` to ``directory/state.pt`` atomically (a local folder or a URI)."""
+    from lfa_ray.storage import locate  # pyarrow: only where checkpoints are stored (the loop runs without)
+
     return (locate(directory) / STATE_FILE).write_bytes(state_bytes(state))
 
 
-def load_state(directory: str | Path | Location, device: torch.device | str = "cpu") -> dict:
+def load_state(directory, device: torch.device | str = "cpu") -> dict:
+    """``directory/state.pt`` (a local folder or a URI)."""
+    from lfa_ray.storage import locate
+
     data = (locate(directory) / STATE_FILE).read_bytes()
     return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
 

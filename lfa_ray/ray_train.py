@@ -15,7 +15,7 @@ from typing import Optional
 import ray
 import ray.train
 import ray.train.torch
-from ray.train import Checkpoint, CheckpointConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lfa_ray.config import Config, config_from_dict
@@ -184,6 +184,8 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, **storage.ray_storage(), callbacks=callbacks,
+            # A dead worker or node (a reclaimed spot instance) restarts the workers from the latest checkpoint.
+            failure_config=FailureConfig(max_failures=s.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute="val_dice",
                                                checkpoint_score_order="max"),

@@ -94,3 +94,15 @@ def test_grad_clip_and_dice_loss_run(small_dir, tmp_path):
                                               "train.epochs": 1})
     _, results = _run(cfg, small_dir)
     assert results[0].metrics["train_loss"] > 0.5  # bce + (1 - dice) on an untrained model
+
+
+def test_the_loop_runs_without_ray_or_pyarrow():
+    """The loop (and benchmarks/gpu_check.py on a bare GPU machine) imports neither Ray nor pyarrow."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['ray'] = sys.modules['pyarrow'] = None\n"
+            "from lfa_ray import loop\nfrom lfa_ray.config import load_config\n"
+            "loop.build(load_config(None, ['model.features=[4,8]']), __import__('torch').device('cpu'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -63,6 +63,34 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
     assert not (run / "checkpoint_epoch_0004").exists()
 
 
+def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small_dir, tmp_path):
+    """What a reclaimed spot node does to a run: with scaling.max_failures the run goes on and finishes."""
+    import threading
+
+    import psutil
+
+    run = tmp_path / "spot"
+    killed = []
+
+    def kill_the_worker_after_epoch_2():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (run / "checkpoint_epoch_0002" / "state.pt").exists():
+            time.sleep(0.05)
+        for p in psutil.process_iter(["cmdline"]):
+            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
+                p.kill()
+                killed.append(p.pid)
+
+    killer = threading.Thread(target=kill_the_worker_after_epoch_2)
+    killer.start()
+    code = train.main(_args(small_dir, tmp_path, "--name", "spot", **{"train.epochs": 6, "scaling.max_failures": 1}))
+    killer.join()
+    assert killed and code == 0
+    epochs = [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # the restarted attempt's rows replace the lost one's
+    assert load_state(run / "checkpoint_epoch_0006")["progress"]["epoch"] == 6
+
+
 def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
     assert train.main(_args(small_dir, tmp_path, "--name", "ddp", **{"scaling.num_workers": 2})) == 0
     rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
