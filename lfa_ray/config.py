@@ -267,7 +267,7 @@ def read_yaml(path) -> dict:
 
         source = locate(path)
     else:
-        source = Path(path).expanduser()
+        source = Path(str(path)).expanduser()  # a local Location too
     if not source.is_file():
         raise UserError(f"{path}: profile not found; pass an existing file to --config (see tune_configs/)")
     try:

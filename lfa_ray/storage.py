@@ -10,12 +10,10 @@ Ray and the AWS tools all read.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow.fs as pafs
 
@@ -76,17 +74,14 @@ class Location:
     def is_file(self) -> bool:
         return self._info().type == pafs.FileType.File
 
-    def children(self) -> list["Location"]:
-        """Files and folders directly inside, sorted by name, hidden ones left out."""
+    def children(self, files_only: bool = False) -> list["Location"]:
+        """What is directly inside (files only, if asked), sorted by name, hidden entries left out."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        return sorted((Location(self.fs, i.path, self.scheme) for i in infos
-                       if not i.base_name.startswith(".")), key=lambda loc: loc.name)
+        return sorted((Location(self.fs, i.path, self.scheme) for i in infos if not i.base_name.startswith(".")
+                       and (i.type == pafs.FileType.File or not files_only)), key=lambda loc: loc.name)
 
     def files(self) -> list["Location"]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
-        return sorted((Location(self.fs, i.path, self.scheme) for i in infos
-                       if i.type == pafs.FileType.File and not i.base_name.startswith(".")),
-                      key=lambda loc: loc.name)
+        return self.children(files_only=True)
 
     def read_bytes(self) -> bytes:
         with self.fs.open_input_stream(self.path) as f:
@@ -159,14 +154,3 @@ def on_filesystem(fs: pafs.FileSystem, path: str) -> Location:
     """A Location for a (filesystem, path) pair that Ray hands back, e.g. a checkpoint's."""
     scheme = "" if fs.type_name == "local" else {"gcs": "gs"}.get(fs.type_name, fs.type_name)
     return Location(fs, path.rstrip("/"), scheme)
-
-
-@contextlib.contextmanager
-def local_copy(loc: Location) -> Iterator[Path]:
-    """A local folder with ``loc``'s files: the folder itself when local, else a temporary download."""
-    if loc.is_local:
-        yield loc.local
-        return
-    with tempfile.TemporaryDirectory(prefix="lfa_ray-") as tmp:
-        pafs.copy_files(loc.path, tmp, source_filesystem=loc.fs, destination_filesystem=pafs.LocalFileSystem())
-        yield Path(tmp)

@@ -110,7 +110,7 @@ def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_di
             "tune.scheduler.grace_period": 2, "final.epochs": 2}))
         for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
             job = ray("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
-                      "python", "-m", "lfa_ray.tune", "--name", "twonode", *sets, timeout=600)
+                      sys.executable, "-m", "lfa_ray.tune", "--name", "twonode", *sets, timeout=600)
             if "No available agent" not in job.stderr:
                 break
             time.sleep(1)
