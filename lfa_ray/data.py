@@ -43,16 +43,13 @@ PACKED_COLUMNS = ["name", "split", "image", "mask", "image_file", "mask_file", "
 
 @dataclass(frozen=True)
 class Packed:
-    """One image or mask held in a packed dataset."""
-    label: str  # for messages: FILE.parquet:<original file name>
+    """One image or mask already in memory (a packed dataset's row, or a file read once)."""
+    label: str  # for messages: where it came from
+    name: str  # its file name
     data: bytes
 
     def __str__(self) -> str:
         return self.label
-
-    @property
-    def name(self) -> str:
-        return self.label.rsplit(":", 1)[-1]
 
     def read_bytes(self) -> bytes:
         return self.data
@@ -124,8 +121,9 @@ def _discover_packed(root: Location) -> tuple[list[Pair], list[Pair] | None]:
                         f"write it with python -m lfa_ray.data pack")
     pairs: dict[str, list[Pair]] = {"train": [], "val": [], "": []}
     for row in table.select(["name", "split", "image", "mask", "image_file", "mask_file"]).to_pylist():
-        pairs[row["split"]].append(Pair(row["name"], Packed(f"{root}:{row['image_file']}", row["image"]),
-                                        Packed(f"{root}:{row['mask_file']}", row["mask"])))
+        pairs[row["split"]].append(Pair(
+            row["name"], Packed(f"{root}:{row['image_file']}", row["image_file"], row["image"]),
+            Packed(f"{root}:{row['mask_file']}", row["mask_file"], row["mask"])))
     if not (pairs["train"] or pairs[""]):
         raise UserError(f"{root}: packed dataset has no training images; pack a folder that has some")
     if pairs["val"]:
@@ -369,13 +367,14 @@ def pack(src: str | Location, out: str | Location) -> dict:
     labelled = [(p, "" if val is None else "train") for p in pairs] + [(p, "val") for p in val or []]
     rows, errors = [], []
     for pair, split_name in labelled:
+        image_src, mask_src = (Packed(str(f), f.name, f.read_bytes()) for f in (pair.image, pair.mask))  # read once
         try:
-            image, _ = _decode(pair)
+            image, _ = _decode(Pair(pair.name, image_src, mask_src))
         except UserError as exc:
             errors.append(str(exc))
             continue
-        rows.append({"name": pair.name, "split": split_name, "image": pair.image.read_bytes(),
-                     "mask": pair.mask.read_bytes(), "image_file": pair.image.name, "mask_file": pair.mask.name,
+        rows.append({"name": pair.name, "split": split_name, "image": image_src.data, "mask": mask_src.data,
+                     "image_file": image_src.name, "mask_file": mask_src.name,
                      "width": image.shape[1], "height": image.shape[0]})
     _raise_all(errors)
     schema = pa.schema([("name", pa.string()), ("split", pa.string()), ("image", pa.binary()), ("mask", pa.binary()),
