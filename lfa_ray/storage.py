@@ -118,6 +118,9 @@ class Location:
             raise UserError(f"{self.uri}: cannot be created ({str(exc).splitlines()[0]}); check that the "
                             f"bucket exists and the credentials may write there") from None
 
+    def unlink(self) -> None:
+        self.fs.delete_file(self.path)
+
     def rmtree(self) -> None:
         if self.exists():
             self.fs.delete_dir(self.path)

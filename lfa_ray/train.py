@@ -54,19 +54,38 @@ def is_run_dir(loc: Location) -> bool:
     return (loc / "config.yaml").is_file() and bool(_checkpoints(loc))
 
 
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _read_snapshot(run_dir: Location) -> Optional[dict]:
+    """Ray's record of a run's checkpoints; None when there is none or it was cut short (Ray
+    rewrites it in place, so a machine lost at that moment leaves it empty)."""
+    snapshot = run_dir / SNAPSHOT
+    try:
+        return json.loads(snapshot.read_text()) if snapshot.is_file() else None
+    except ValueError:
+        return None
+
+
 def latest_checkpoint(run_dir: Location) -> Optional[Location]:
     """The latest checkpoint Ray registered for a run (the one it restores), if any.
 
     A folder copied by a run killed before it registered the checkpoint may be
-    incomplete, so Ray's own snapshot decides; a run folder without one (copied
-    by hand) falls back to the highest epoch with a state file.
+    incomplete, so Ray's own snapshot decides; without a readable one (a folder
+    copied by hand, or a snapshot cut short) it is the newest checkpoint whose
+    state file loads.
     """
-    snapshot = run_dir / "checkpoint_manager_snapshot.json"
-    if snapshot.is_file():
-        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result")
+    snapshot = _read_snapshot(run_dir)
+    if snapshot is not None:
+        latest = snapshot.get("latest_checkpoint_result")
         return run_dir / latest["checkpoint_dir_name"] if latest else None
-    found = [c for c in _checkpoints(run_dir) if (c / STATE_FILE).is_file()]
-    return found[-1] if found else None
+    for c in reversed(_checkpoints(run_dir)):
+        try:
+            load_state(c)
+            return c
+        except Exception:  # noqa: BLE001 - missing or partly copied state.pt: try the one before
+            continue
+    return None
 
 
 @dataclass
@@ -74,7 +93,8 @@ class Plan:
     cfg: Config
     run_dir: Location
     resume_from: Optional[Location]  # a checkpoint to start a new run from
-    continuing: bool  # the run exists and Ray restores its latest checkpoint
+    continuing: bool  # the run exists and Ray restores its latest checkpoint (or resume_from, if Ray's
+    # record of its checkpoints was cut short)
     reset: bool
 
 
@@ -115,6 +135,8 @@ def plan(args: argparse.Namespace) -> Plan:
     resume_from = None
     if source is not None and not continuing:
         resume_from = latest_checkpoint(continuing_dir) if continuing_dir is not None else source
+    if continuing and (run_dir / SNAPSHOT).exists() and _read_snapshot(run_dir) is None:
+        resume_from = latest_checkpoint(run_dir)  # Ray cannot restore from it; run() sets it aside
     if run_dir.exists() and run_dir.children() and not continuing and not args.reset:
         raise UserError(f"{run_dir} already exists; continue it with --resume-from {run_dir}, "
                         f"start it again with --reset, or pick another --name")
@@ -136,6 +158,8 @@ def run(p: Plan) -> Location:
     created = not p.run_dir.exists()
     p.run_dir.mkdir()
     dump_config(p.cfg, p.run_dir / "config.yaml")
+    if p.continuing and p.resume_from is not None:
+        (p.run_dir / SNAPSHOT).unlink()  # cut short, unreadable: Ray starts a new record, from resume_from
     trainer = ray_train.make_trainer(p.cfg, data=ray_train.share(data), storage=p.run_dir.parent,
                                      name=p.run_dir.name, run_dir=p.run_dir.uri,
                                      resume_from=p.resume_from.uri if p.resume_from else None)

@@ -99,6 +99,17 @@ def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
     assert load_state(tmp_path / "ddp" / "checkpoint_epoch_0002")["progress"]["epoch"] == 2
 
 
+def test_a_run_whose_ray_snapshot_was_cut_short_continues_from_its_newest_checkpoint(ray_cluster, small_dir,
+                                                                                      tmp_path):
+    """Ray rewrites checkpoint_manager_snapshot.json in place; a machine lost then leaves it empty."""
+    assert train.main(_args(small_dir, tmp_path, "--name", "cut")) == 0
+    run = tmp_path / "cut"
+    (run / "checkpoint_manager_snapshot.json").write_text("")
+    assert train.main(["--resume-from", str(run), "--set", "train.epochs=3"]) == 0
+    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1.0, 2.0, 3.0]
+    assert load_state(run / "checkpoint_epoch_0003")["progress"]["epoch"] == 3
+
+
 def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, small_dir, tmp_path, monkeypatch,
                                                                  capsys):
     from lfa_ray.ray_train import check_resources
