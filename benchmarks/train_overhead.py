@@ -35,12 +35,17 @@ def epoch_walls(times: list[float]) -> list[float]:
     return [b - a for a, b in zip(times, times[1:])]
 
 
-def plain(cfg, data) -> dict:
-    torch.set_num_threads(cfg.scaling.cpus_per_worker)  # what Ray gives a worker of that many CPUs
+def plain(cfg, data, device: torch.device = torch.device("cpu")) -> dict:
+    """The loop with the loaders, workers and pinned memory a Ray Train worker on ``device`` uses."""
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.scaling.cpus_per_worker)  # what Ray gives a worker of that many CPUs
     t0 = time.perf_counter()
     tr, va = build_datasets(cfg, data)
-    tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
-    parts = loop.build(cfg, torch.device("cpu"))
+    tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed,
+                               loader_workers=loop.loader_workers(cfg.data.loader_workers, device,
+                                                                  cfg.scaling.cpus_per_worker),
+                               pin_memory=device.type == "cuda")
+    parts = loop.build(cfg, device)
     setup = time.perf_counter() - t0
     ends, compute = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -51,11 +56,12 @@ def plain(cfg, data) -> dict:
             ends.append(time.time())
 
         start = time.time()
-        loop.fit(cfg, parts, tl, vl, torch.device("cpu"), on_epoch=on_epoch)
+        loop.fit(cfg, parts, tl, vl, device, on_epoch=on_epoch)
     return {"setup": setup, "walls": [ends[0] - start, *epoch_walls(ends)], "compute": compute}
 
 
-def in_trainer(cfg, data) -> dict:
+def in_trainer(cfg, data, gpus_per_worker: float = 0.0) -> dict:
+    """The same run in a 1-worker TorchTrainer (``gpus_per_worker`` > 0: on a GPU)."""
     import ray
 
     from lfa_ray import ray_train
@@ -67,7 +73,7 @@ def in_trainer(cfg, data) -> dict:
         run_dir = Path(storage) / "bench"
         run_dir.mkdir()
         trainer = ray_train.make_trainer(cfg, data=ray_train.share(data), storage=locate(storage), name="bench",
-                                         run_dir=str(run_dir))
+                                         gpus_per_worker=gpus_per_worker, run_dir=str(run_dir))
         t1 = time.perf_counter()
         trainer.fit()
         total = time.perf_counter() - t1
@@ -76,7 +82,7 @@ def in_trainer(cfg, data) -> dict:
     times = [r["time"] for r in rows]
     walls = [rows[0]["epoch_seconds"], *epoch_walls(times)]
     return {"ray_init": ray_init, "total": total, "walls": walls, "compute": [r["epoch_seconds"] for r in rows],
-            "fixed": total - sum(walls)}
+            "fixed": total - sum(walls), "images_per_second": [r["images_per_second"] for r in rows]}
 
 
 def main() -> None:

@@ -28,7 +28,9 @@ class DataConfig:
     split_seed: int = 42
     target: str = "window"  # window (the read window, the seed's ROI) | lines
     synthetic_n: int = 300  # how many synthetic cassettes when path is null
-    loader_workers: int = 0  # DataLoader processes per training worker (0: augment in the worker)
+    # DataLoader processes per training worker; auto: 0 on CPU workers (the cores train the model),
+    # scaling.cpus_per_worker on GPU workers (the training process mostly waits on the GPU)
+    loader_workers: Union[int, str] = "auto"
 
 
 @dataclass
@@ -52,12 +54,14 @@ class TrainConfig:
     checkpoint_every: int = 10
     keep_checkpoints: int = 3
     seed: int = 0
+    compile: bool = False  # torch.compile the model (pays a compile at the start of every run)
 
 
 @dataclass
 class ScalingConfig:
     num_workers: int = 1
-    use_gpu: bool = False
+    use_gpu: Union[bool, str] = "auto"  # auto: GPUs when the Ray cluster has them, else CPU
+    gpus_per_worker: Optional[float] = None  # null: 1 when GPUs are used; 0.25: four trials share a GPU
     cpus_per_worker: int = 1
     max_failures: int = 0  # restarts of a run's workers from its latest checkpoint after a worker/node dies
 
@@ -133,9 +137,14 @@ def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value is None:
+        if value is None and len(args) < len(typing.get_args(tp)):
             return None
-        return _coerce(key, value, args[0], where)
+        for arg in args:
+            try:
+                return _coerce(key, value, arg, where)
+            except UserError:
+                continue
+        raise UserError(f"{where}: {key} must be {' or '.join(_type_name(a) for a in args)}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(tp)
         if not isinstance(value, list) or not value:
@@ -198,8 +207,9 @@ def check_values(cfg: Config, where: str) -> None:
     for key in POSITIVE:
         if flat[key] < 1:
             raise UserError(f"{where}: {key} must be at least 1, got {flat[key]!r}")
-    if cfg.data.loader_workers < 0:
-        raise UserError(f"{where}: data.loader_workers must be 0 or more, got {cfg.data.loader_workers}")
+    if cfg.data.loader_workers != "auto" and (isinstance(cfg.data.loader_workers, str) or cfg.data.loader_workers < 0):
+        raise UserError(f"{where}: data.loader_workers must be 0 or more, or auto, got {cfg.data.loader_workers!r}")
+    _check_gpus(cfg.scaling, where)
     if cfg.scaling.max_failures < -1:
         raise UserError(f"{where}: scaling.max_failures must be 0 or more (-1: no limit), "
                         f"got {cfg.scaling.max_failures}")
@@ -215,6 +225,24 @@ def check_values(cfg: Config, where: str) -> None:
         raise UserError(f"{where}: train.lr_factor must be between 0 and 1, got {cfg.train.lr_factor}")
     if any(f < 1 for f in cfg.model.features):
         raise UserError(f"{where}: model.features must be positive widths, got {cfg.model.features}")
+
+
+def _check_gpus(s: "ScalingConfig", where: str) -> None:
+    if s.use_gpu not in (True, False, "auto"):
+        raise UserError(f"{where}: scaling.use_gpu must be true, false or auto, got {s.use_gpu!r}")
+    g = s.gpus_per_worker
+    if g is None:
+        return
+    if not (0 < g <= 1 or (g > 1 and float(g).is_integer())):
+        raise UserError(f"{where}: scaling.gpus_per_worker must be a fraction in (0, 1] (0.25: four trials "
+                        f"share a GPU) or a whole number of GPUs, got {g}")
+    if s.use_gpu is False:
+        raise UserError(f"{where}: scaling.gpus_per_worker={g:g} but scaling.use_gpu is false; set "
+                        f"scaling.use_gpu to true or auto, or remove scaling.gpus_per_worker")
+    if g < 1 and s.num_workers > 1:
+        raise UserError(f"{where}: scaling.gpus_per_worker={g:g} with scaling.num_workers={s.num_workers}: NCCL "
+                        f"needs a whole GPU per worker of one run; use fractions for trials sharing a GPU "
+                        f"(num_workers: 1) or set scaling.gpus_per_worker=1")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

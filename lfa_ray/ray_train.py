@@ -21,8 +21,8 @@ from ray.train.torch import TorchTrainer
 from lfa_ray.config import Config, config_from_dict
 from lfa_ray.data import Data, build_datasets, load_for
 from lfa_ray.errors import UserError
-from lfa_ray.loop import (EpochResult, build, fit, format_metrics, load_state, log, make_loaders, save_state,
-                          state_bytes, unwrap)
+from lfa_ray.loop import (EpochResult, build, fit, format_metrics, load_state, loader_workers, log, make_loaders,
+                          save_state, state_bytes, unwrap)
 from lfa_ray.runlog import RunLog
 from lfa_ray.storage import Location, on_filesystem
 
@@ -69,15 +69,16 @@ def train_func_per_worker(config: dict) -> None:
 
     # [1] Data: decoded once by the driver; each worker maps it from the object store and reads its shard.
     train_ds, val_ds = build_datasets(cfg, ray.get(config["data"]), rank)
+    workers = loader_workers(cfg.data.loader_workers, device, cfg.scaling.cpus_per_worker)
     train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.train.batch_size,
                                             seed=cfg.train.seed, rank=rank, world=world,
-                                            loader_workers=cfg.data.loader_workers)
+                                            loader_workers=workers, pin_memory=device.type == "cuda")
+    # On a GPU, Ray copies each batch to the device on a side CUDA stream (from pinned memory).
     train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
     val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
 
-    # [2] Model: DistributedDataParallel when there is more than one worker.
-    parts = build(cfg, device)
-    parts.model = ray.train.torch.prepare_model(parts.model)
+    # [2] Model: DistributedDataParallel when there is more than one worker (then torch.compile, if asked).
+    parts = build(cfg, device, wrap=ray.train.torch.prepare_model)
 
     # [3] Resume: Ray's own checkpoint of this run first (restarts), else --resume-from.
     state = None
@@ -117,8 +118,9 @@ def train_func_per_worker(config: dict) -> None:
             run_log.close()
 
 
-def init_ray(num_cpus: Optional[int] = None) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a local one."""
+def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -> None:
+    """Connect to the cluster in RAY_ADDRESS, or start a local one (with all of this machine's CPUs
+    and GPUs unless told otherwise)."""
     if ray.is_initialized():
         return
     if os.environ.get("RAY_ADDRESS"):
@@ -133,55 +135,82 @@ def init_ray(num_cpus: Optional[int] = None) -> None:
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     os.environ["RAY_API_SERVER_ADDRESS"] = url
-    ray.init(num_cpus=num_cpus, dashboard_port=port, logging_level=logging.WARNING, log_to_driver=True,
+    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=port, logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url}})
 
 
-def check_resources(cfg: Config) -> None:
-    """Refuse scaling settings the cluster can never satisfy (Ray would wait forever).
+def _gpu_word(n: float) -> str:
+    return f"{n:g} GPU" + ("" if n == 1 else "s")
 
-    A cluster lfa_ray started itself is all there is; a cluster it joined (``RAY_ADDRESS``, e.g.
-    one from cluster.yaml) may have an autoscaler that adds GPU nodes on demand, so there a
-    shortfall is only reported.
+
+def check_resources(cfg: Config) -> float:
+    """Decide where the training workers run and refuse what the cluster can never satisfy
+    (Ray would wait forever); returns the GPUs each worker holds (0: CPU) and prints one line saying which.
+
+    ``scaling.use_gpu: auto`` uses GPUs when the cluster has them. A cluster lfa_ray started itself
+    is all there is; a cluster it joined (``RAY_ADDRESS``, e.g. one from cluster.yaml) may have an
+    autoscaler that adds nodes on demand, so there a shortfall is only reported.
     """
     s = cfg.scaling
     total = ray.cluster_resources()
     cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
-    biggest = max((n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]), default=0)
+    alive = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    biggest = max((n.get("CPU", 0) for n in alive), default=0)
+    biggest_gpu = max((n.get("GPU", 0) for n in alive), default=0)
+    wants_gpu = s.use_gpu is True or s.gpus_per_worker is not None or (s.use_gpu == "auto" and gpus > 0)
+    per_worker = (s.gpus_per_worker or 1.0) if wants_gpu else 0.0
     need_cpus = s.num_workers * s.cpus_per_worker
+    need_gpus = s.num_workers * per_worker
+    asked = ("scaling.use_gpu: true" if s.use_gpu is True else f"scaling.gpus_per_worker={s.gpus_per_worker:g}"
+             if s.gpus_per_worker is not None else "scaling.use_gpu: auto")
     problem = None
     if need_cpus > cpus:
         problem = (f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker} needs "
                    f"{need_cpus} CPUs but the Ray cluster has {cpus:g}; lower them, e.g. "
                    f"--set scaling.num_workers={max(1, int(cpus // s.cpus_per_worker)) or 1} "
                    f"--set scaling.cpus_per_worker={max(1, min(s.cpus_per_worker, int(cpus)))}")
-    elif s.use_gpu and s.num_workers > gpus:
-        problem = (f"scaling.use_gpu with scaling.num_workers={s.num_workers} needs {s.num_workers} GPUs "
-                   f"but the Ray cluster has {gpus:g}; "
-                   + ("use --set scaling.use_gpu=false" if gpus == 0 else f"use --set scaling.num_workers={int(gpus)}"))
+    elif wants_gpu and gpus == 0:
+        fix = ("--set scaling.use_gpu=auto (CPU when there is no GPU)" if s.use_gpu is True
+               else "--set scaling.gpus_per_worker=null to train on CPU")
+        problem = f"{asked} needs GPUs but the Ray cluster has 0; use {fix}"
+    elif need_gpus > gpus + 1e-9:
+        problem = (f"scaling.num_workers={s.num_workers} x {_gpu_word(per_worker)} per worker needs "
+                   f"{_gpu_word(need_gpus)} but the Ray cluster has {gpus:g}; "
+                   f"use --set scaling.num_workers={max(1, int(gpus // per_worker))}")
     elif s.cpus_per_worker > biggest:
         problem = (f"scaling.cpus_per_worker={s.cpus_per_worker} is more than any node has ({biggest:g}); "
                    f"use --set scaling.cpus_per_worker={int(biggest)}")
+    elif per_worker > biggest_gpu:
+        problem = (f"scaling.gpus_per_worker={per_worker:g} is more than any node has ({biggest_gpu:g}); "
+                   f"use --set scaling.gpus_per_worker={biggest_gpu:g}")
     if problem and os.environ.get("RAY_ADDRESS"):
         print(f"note: {problem.split('; ')[0]} right now; training waits for the cluster's autoscaler "
               f"to add nodes (and waits forever if its node types cannot provide them)")
     elif problem:
         raise UserError(problem)
+    if per_worker:
+        print(f"devices: GPU, {_gpu_word(per_worker)} per training worker ({asked}; the Ray cluster has {gpus:g})")
+    else:
+        why = "scaling.use_gpu: false" if s.use_gpu is False else "no GPU in the Ray cluster"
+        print(f"devices: CPU, {s.cpus_per_worker} per training worker ({why})")
+    return per_worker
 
 
-def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
+def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str, gpus_per_worker: float = 0.0,
                  run_dir: Optional[str] = None, resume_from: Optional[str] = None,
                  callbacks: Optional[list] = None) -> TorchTrainer:
     """A TorchTrainer for one training run of ``cfg`` on ``data``, stored at ``storage/name``
-    (a local folder or object storage); ``run_dir`` and ``resume_from`` are paths or URIs."""
+    (a local folder or object storage); ``run_dir`` and ``resume_from`` are paths or URIs.
+    ``gpus_per_worker`` is what :func:`check_resources` decided (0: CPU workers)."""
     s = cfg.scaling
-    resources = {"CPU": s.cpus_per_worker, **({"GPU": 1} if s.use_gpu else {})}
+    resources = {"CPU": s.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
                            "resume_from": resume_from},
         # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
-        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=s.use_gpu, resources_per_worker=resources),
+        scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpus_per_worker > 0,
+                                     resources_per_worker=resources),
         run_config=RunConfig(
             name=name, **storage.ray_storage(), callbacks=callbacks,
             # A dead worker or node (a reclaimed spot instance) restarts the workers from the latest checkpoint.

@@ -151,7 +151,7 @@ def run(p: Plan) -> Location:
     data = load_for(p.cfg, resolve_root(p.cfg))
     print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val)")
     ray_train.init_ray()
-    ray_train.check_resources(p.cfg)
+    gpus = ray_train.check_resources(p.cfg)
 
     if p.reset:
         p.run_dir.rmtree()
@@ -161,7 +161,7 @@ def run(p: Plan) -> Location:
     if p.continuing and p.resume_from is not None:
         (p.run_dir / SNAPSHOT).unlink()  # cut short, unreadable: Ray starts a new record, from resume_from
     trainer = ray_train.make_trainer(p.cfg, data=ray_train.share(data), storage=p.run_dir.parent,
-                                     name=p.run_dir.name, run_dir=p.run_dir.uri,
+                                     name=p.run_dir.name, gpus_per_worker=gpus, run_dir=p.run_dir.uri,
                                      resume_from=p.resume_from.uri if p.resume_from else None)
     try:
         result = trainer.fit()

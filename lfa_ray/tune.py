@@ -25,10 +25,11 @@ FINAL = "final"
 TRIAL_RESOURCES = {"CPU": 0, "memory": 100 * 2**20}
 
 
-def trial_fn(params: dict, *, base: dict, data, exp_dir: Location) -> None:
+def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_worker: float = 0.0) -> None:
     """One trial: the profile with ``params`` applied, trained by a TorchTrainer inside the trial's folder.
 
-    ``data`` is the sweep's dataset in the object store (:class:`lfa_ray.ray_train.SharedData`).
+    ``data`` is the sweep's dataset in the object store (:class:`lfa_ray.ray_train.SharedData`);
+    ``gpus_per_worker`` what the driver's :func:`lfa_ray.ray_train.check_resources` decided.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -41,7 +42,7 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location) -> None:
     # copy), named deterministically, so a restored trial's TorchTrainer finds its checkpoints
     # there and continues from the latest.
     trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train",
-                           callbacks=[TuneReportCallback()])
+                           gpus_per_worker=gpus_per_worker, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -58,24 +59,28 @@ def trial_config(cfg: Config) -> Config:
     return config_from_dict(raw)
 
 
-def default_concurrency(cfg: Config) -> int:
-    """Trials that fit side by side in the cluster, so no trial waits forever for another's workers."""
+def default_concurrency(cfg: Config, gpus_per_worker: float = 0.0) -> int:
+    """Trials that fit side by side in the cluster, so no trial waits forever for another's workers:
+    its CPUs / (workers x CPUs per worker) and, on GPUs, its GPUs / (workers x GPUs per worker)
+    (four trials share one GPU at 0.25)."""
     import ray
 
     total = ray.cluster_resources()
     s = cfg.scaling
     fits = int(total.get("CPU", 0) // (s.num_workers * s.cpus_per_worker))
-    if s.use_gpu:
-        fits = min(fits, int(total.get("GPU", 0) // s.num_workers))
+    if gpus_per_worker:
+        # the small epsilon keeps 1 / 0.1 at 10 trials, not 9.999...
+        fits = min(fits, int(total.get("GPU", 0) / (s.num_workers * gpus_per_worker) + 1e-9))
     return max(1, fits)
 
 
-def make_tuner(cfg: Config, exp_dir: Location, data, *, restore: bool = False,
+def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float = 0.0, restore: bool = False,
                restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
                time_budget_s: float | None = None):
     """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
     ``time_budget_s`` exist for the benchmarks that compare TPE + ASHA with plain random search.
-    ``data``: the loaded dataset in the object store (:class:`lfa_ray.ray_train.SharedData`)."""
+    ``data``: the loaded dataset in the object store (:class:`lfa_ray.ray_train.SharedData`);
+    ``gpus_per_worker``: from :func:`lfa_ray.ray_train.check_resources` (0: CPU workers)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -84,7 +89,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, restore: bool = False,
 
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, base=trial_config(cfg).to_dict(), data=data,
-                             exp_dir=exp_dir), TRIAL_RESOURCES)
+                             exp_dir=exp_dir, gpus_per_worker=gpus_per_worker), TRIAL_RESOURCES)
     storage = exp_dir.ray_storage()
     if restore:
         return tune.Tuner.restore(exp_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -92,7 +97,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, restore: bool = False,
     t = cfg.tune
     first = seed_point(t.search_space)
     points = [first] if first else None
-    concurrency = t.max_concurrent_trials or default_concurrency(cfg)
+    concurrency = t.max_concurrent_trials or default_concurrency(cfg, gpus_per_worker)
     # Trials hold no CPU, so this limit is what keeps Tune from starting more trials than fit:
     # Tune applies max_concurrent_trials to a Searcher, a BasicVariantGenerator takes its own.
     searcher = (OptunaSearch(points_to_evaluate=points, sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
@@ -173,14 +178,15 @@ def final_config(cfg: Config, best_params: dict) -> Config:
     return config_from_dict(raw)
 
 
-def run_final(cfg: Config, exp_dir: Location, data) -> Location:
+def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0) -> Location:
     """Retrain the best config into ``final/`` (continuing its own checkpoints if it was interrupted)."""
     from lfa_ray import ray_train
 
     final_dir = exp_dir / FINAL
     final_dir.mkdir()
     dump_config(cfg, final_dir / "config.yaml")
-    trainer = ray_train.make_trainer(cfg, data=data, storage=exp_dir, name=FINAL, run_dir=final_dir.uri)
+    trainer = ray_train.make_trainer(cfg, data=data, storage=exp_dir, name=FINAL, run_dir=final_dir.uri,
+                                     gpus_per_worker=gpus_per_worker)
     result = trainer.fit()
     return ray_train.export_model(ray_train.best_checkpoint(result), final_dir / "model.pt")
 
@@ -192,7 +198,7 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
     data = load_for(cfg, resolve_root(cfg))
     print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val)")
     ray_train.init_ray()
-    ray_train.check_resources(cfg)
+    gpus = ray_train.check_resources(cfg)
     data = ray_train.share(data)  # decoded once for the whole sweep
 
     created = not exp_dir.exists()
@@ -200,7 +206,8 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
         exp_dir.mkdir()
         dump_config(cfg, exp_dir / "config.yaml")
     try:
-        tuner = make_tuner(cfg, exp_dir, data, restore=resume, restart_errored=restart_errored)
+        tuner = make_tuner(cfg, exp_dir, data, gpus_per_worker=gpus, restore=resume,
+                           restart_errored=restart_errored)
         grid = tuner.fit()
     except BaseException:
         if created and not any(c.name.startswith("trial_") for c in exp_dir.children()):
@@ -222,7 +229,7 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
     model = exp_dir / FINAL / "model.pt"
     if not model.exists():
         print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL}")
-        model = run_final(final_cfg, exp_dir, data)
+        model = run_final(final_cfg, exp_dir, data, gpus)
     final_metrics = report.final_metrics(exp_dir / FINAL)
     report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model)
     print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early by ASHA")

@@ -46,13 +46,20 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("train.batch_size=eight", "train.batch_size must be an integer"),
     ("train.batch_size=2.5", "train.batch_size must be an integer"),
     ("train.lr=fast", "train.lr must be a number"),
-    ("scaling.use_gpu=maybe", "scaling.use_gpu must be true or false"),
+    ("scaling.use_gpu=maybe", "scaling.use_gpu must be true, false or auto"),
     ("model.features=[]", "model.features must be a non-empty list"),
     ("train.amp=fp8", "train.amp must be one of"),
     ("train.epochs=0", "train.epochs must be at least 1"),
     ("data.val_fraction=1.5", "data.val_fraction must be between 0 and 1"),
     ("train.aug_strength=2", "train.aug_strength must be in [0, 1]"),
     ("train.lr", "expected KEY=VALUE"),
+    ("scaling.gpus_per_worker=1.5", "scaling.gpus_per_worker must be a fraction in (0, 1] (0.25"),
+    ("scaling.gpus_per_worker=0", "scaling.gpus_per_worker must be a fraction in (0, 1]"),
+    ("scaling.gpus_per_worker=-1", "scaling.gpus_per_worker must be a fraction in (0, 1]"),
+    ("scaling.gpus_per_worker=lots", "scaling.gpus_per_worker must be a number"),
+    ("data.loader_workers=-1", "data.loader_workers must be 0 or more, or auto"),
+    ("data.loader_workers=many", "data.loader_workers must be 0 or more, or auto"),
+    ("train.compile=maybe", "train.compile must be true or false"),
     ("train=3", "train must be a mapping"),
 ])
 def test_bad_overrides_name_the_key(item, fragment):
@@ -75,3 +82,23 @@ def test_bad_profile_files_name_the_file(tmp_path):
 
 def test_parse_overrides_nests_dotted_keys():
     assert parse_overrides(["a.b=1", "a.c=x", "d=null"]) == {"a": {"b": 1, "c": "x"}, "d": None}
+
+
+def test_gpu_keys_take_fractions_whole_gpus_and_auto():
+    cfg = load_config(REPO / "tune_configs" / "default.yaml")
+    assert cfg.scaling.use_gpu == "auto" and cfg.scaling.gpus_per_worker is None and cfg.data.loader_workers == "auto"
+    cfg = load_config(None, ["scaling.gpus_per_worker=0.25", "data.loader_workers=3", "scaling.use_gpu=true"])
+    assert cfg.scaling.gpus_per_worker == 0.25 and cfg.data.loader_workers == 3 and cfg.scaling.use_gpu is True
+    assert load_config(None, ["scaling.gpus_per_worker=2", "scaling.num_workers=2"]).scaling.gpus_per_worker == 2.0
+
+
+@pytest.mark.parametrize("items, fragment", [
+    (["scaling.use_gpu=false", "scaling.gpus_per_worker=0.5"],
+     "scaling.gpus_per_worker=0.5 but scaling.use_gpu is false; set scaling.use_gpu to true or auto"),
+    (["scaling.gpus_per_worker=0.5", "scaling.num_workers=2"],
+     "scaling.gpus_per_worker=0.5 with scaling.num_workers=2: NCCL needs a whole GPU per worker"),
+])
+def test_gpu_settings_that_cannot_work_are_refused(items, fragment):
+    with pytest.raises(UserError) as info:
+        load_config(None, items)
+    assert fragment in str(info.value)

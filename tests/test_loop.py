@@ -106,3 +106,33 @@ def test_the_loop_runs_without_ray_or_pyarrow():
             "loop.build(load_config(None, ['model.features=[4,8]']), __import__('torch').device('cpu'))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_compiled_model_trains_like_the_eager_one_and_saves_plain_weights(small_dir, tmp_path):
+    """train.compile on CPU (inductor): same losses as eager, and checkpoints load into a bare UNet."""
+    from lfa_ray.model import UNet
+
+    cfg = tiny_config(small_dir, tmp_path, **{"train.amp": "off"})
+    eager_parts, eager = _run(cfg, small_dir)
+    cfg.train.compile = True
+    parts, compiled = _run(cfg, small_dir)
+    assert hasattr(parts.model, "_orig_mod")  # it really ran compiled
+    for a, b in zip(eager, compiled):
+        assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-3)
+        assert b.metrics["val_loss"] == pytest.approx(a.metrics["val_loss"], rel=1e-3)
+    state = compiled[-1].checkpoint["model"]
+    assert list(state) == list(eager_parts.model.state_dict())  # no _orig_mod. prefix
+    UNet(features=cfg.model.features).load_state_dict(state)
+
+
+def test_loader_workers_auto_and_pinned_memory(small_dir, tmp_path):
+    cuda = torch.device("cuda")  # a device object needs no GPU
+    assert loop.loader_workers("auto", CPU, cpus=4) == 0  # CPU workers: the cores train the model
+    assert loop.loader_workers("auto", cuda, cpus=4) == 4  # GPU workers: augmentation moves out of the way
+    assert loop.loader_workers(2, cuda, cpus=4) == loop.loader_workers(2, CPU, cpus=4) == 2
+    cfg = tiny_config(small_dir, tmp_path)
+    tr, va = build_datasets(cfg, load_for(cfg, small_dir))
+    tl, vl = loop.make_loaders(tr, va, batch_size=4, seed=0, loader_workers=2, pin_memory=True)
+    assert tl.num_workers == vl.num_workers == 2 and tl.pin_memory and vl.pin_memory
+    images, masks = next(iter(tl))  # two worker processes really produce augmented batches
+    assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 1, 32, 32)

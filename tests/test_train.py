@@ -124,7 +124,7 @@ def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, sma
 
 @pytest.mark.parametrize("extra, fragment", [
     (["--set", "scaling.num_workers=5"], "needs 5 CPUs but the Ray cluster has 2"),
-    (["--set", "scaling.use_gpu=true"], "the Ray cluster has 0; use --set scaling.use_gpu=false"),
+    (["--set", "scaling.use_gpu=true"], "needs GPUs but the Ray cluster has 0; use --set scaling.use_gpu=auto"),
     (["--set", "train.bogus=1"], "unknown key 'train.bogus'"),
     (["--set", "train.epochs=many"], "train.epochs must be an integer"),
     (["--data", "/definitely/not/here"], "data folder not found"),
