@@ -291,7 +291,7 @@ def _merge(base: dict, over: dict) -> dict:
 def read_yaml(path) -> dict:
     """A profile from a local path or a URI."""
     if "://" in str(path):
-        from lfa_ray.storage import locate  # pyarrow only for URIs: the loop and gpu_check run without it
+        from lfa_ray.storage import locate  # pyarrow only for URIs: the loop runs without it
 
         source = locate(path)
     else:

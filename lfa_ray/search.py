@@ -24,7 +24,7 @@ from lfa_ray.errors import UserError
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 SEARCHABLE = ("data", "model", "train", "scaling")
 # The seed project's hand-picked config: the first point the searcher evaluates.
-SEED_POINT = {"train.lr": 1.0e-4, "train.batch_size": 8, "train.aug_strength": 1.0}
+SEED_POINT = {"train.lr": 1.0e-4, "train.batch_size": 8, "train.aug_strength": 1.0, "train.weight_decay": 1.0e-6}
 
 
 def _set(d: dict, key: str, value: Any) -> None:
@@ -108,14 +108,15 @@ def to_tune(space: dict) -> dict:
     return out
 
 
-def seed_point(space: dict) -> dict | None:
-    """The seed's config restricted to the searched keys, if it lies inside the space."""
+def seed_point(cfg: Config) -> dict | None:
+    """The seed's config over the searched keys (the profile's own value for keys the seed did not
+    set, e.g. model.features), if that point lies inside the space. Optuna needs every searched key."""
+    space, base = cfg.tune.search_space, cfg.to_dict()
     point = {}
-    for key, value in SEED_POINT.items():
-        if key not in space:
-            continue
-        (kind, args), = space[key].items()
-        inside = value in args if kind == "choice" else args[0] <= value <= args[1]
+    for key, spec in space.items():
+        value = SEED_POINT.get(key, _get(base, key))
+        (kind, args), = spec.items()
+        inside = value in args if kind == "choice" else (isinstance(value, (int, float)) and args[0] <= value <= args[1])
         if not inside:
             return None
         point[key] = value

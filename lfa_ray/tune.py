@@ -95,7 +95,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
         return tune.Tuner.restore(exp_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=restart_errored, storage_filesystem=storage["storage_filesystem"])
     t = cfg.tune
-    first = seed_point(t.search_space)
+    first = seed_point(cfg)
     points = [first] if first else None
     concurrency = t.max_concurrent_trials or default_concurrency(cfg, gpus_per_worker)
     # Trials hold no CPU, so this limit is what keeps Tune from starting more trials than fit:

@@ -102,3 +102,18 @@ def test_gpu_settings_that_cannot_work_are_refused(items, fragment):
     with pytest.raises(UserError) as info:
         load_config(None, items)
     assert fragment in str(info.value)
+
+
+def test_seed_point_covers_every_searched_key_or_none():
+    """Optuna evaluates a first point only if it names every searched key (cloud.yaml searches weight_decay)."""
+    from lfa_ray.search import seed_point
+
+    cloud = load_config(REPO / "tune_configs" / "cloud.yaml")
+    assert seed_point(cloud) == {"train.lr": 1e-4, "train.batch_size": 8, "train.aug_strength": 1.0,
+                                 "train.weight_decay": 1e-6}
+    # a key the seed did not set takes the profile's value
+    cfg = load_config(None, ["tune.search_space={train.lr: {loguniform: [1.0e-5, 1.0e-2]}, "
+                             "model.features: {choice: [[8, 16], [16, 32, 64, 128]]}}"])
+    assert seed_point(cfg) == {"train.lr": 1e-4, "model.features": [16, 32, 64, 128]}
+    cfg = load_config(None, ["tune.search_space={train.lr: {loguniform: [1.0e-3, 1.0e-2]}}"])
+    assert seed_point(cfg) is None  # the seed's lr 1e-4 lies outside

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from lfa_ray.errors import UserError
-from conftest import tiny_config
+from conftest import REPO, tiny_config
 
 pytestmark = pytest.mark.slow
 
@@ -85,3 +85,20 @@ def test_auto_falls_back_to_cpu_and_gpu_settings_without_gpus_are_refused(ray_cl
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # a joined cluster may add GPU nodes: only a note
     assert check_resources(tiny_config(small_dir, tmp_path, **{"scaling.gpus_per_worker": 0.5})) == 0.5
     assert "waits for the cluster's autoscaler" in capsys.readouterr().out
+
+
+def test_the_gpu_suite_runs_every_part_on_cpu_in_smoke_mode(tmp_path):
+    """The suite spends scarce GPU time: every part must run end to end before it gets there."""
+    out = tmp_path / "suite"
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = {f["key"]: f["value"] for f in json.loads((out / "gpu_suite.json").read_text())["figures"]}
+    assert not [k for k in figures if k.endswith((".failed", ".skipped")) or k == "e.sweep"], figures
+    for key in ["b.img_s.off.batch8", "b.img_s.fp16.batch8", "b.img_s.bf16.batch8", "b.img_s.bf16.batch8.compiled",
+                "c.trainer_img_s", "c.epoch_ratio", "c.fixed_s", "d.loader_samples_s.2_workers",
+                "e.best_trial_val_dice", "e.shared_img_s", "e.alone_img_s", "e.sharing_speedup", "f.predict_img_s"]:
+        assert isinstance(figures[key], float) and figures[key] > 0, (key, figures.get(key))
+    assert "devices: CPU" in figures["e.devices"]
+    table = (out / "gpu_suite.md").read_text()
+    assert "| c.epoch_ratio |" in table and "torch" in table.splitlines()[0]
