@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import UnidentifiedImageError
 
 from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.images import IMAGE_EXTS, Photo, read_mask, read_photo
 from lfa_ray.storage import Location, locate
 
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".gif", ".tif", ".tiff", ".bmp"}
 LAYOUTS = [("train_images", "train_masks"), ("images", "masks")]
 MAX_LISTED = 5
 PACKED_SUFFIX = ".parquet"
@@ -155,7 +155,7 @@ def discover(root: str | Location) -> tuple[list[Pair], list[Pair] | None]:
         errors += val_errors
     _raise_all(errors)
     if not pairs:
-        raise UserError(f"{train_layout[0]}: no images (.png .jpg .gif .tif .bmp); add some or fix --data")
+        raise UserError(f"{train_layout[0]}: no images (.png .jpg .heic .gif .tif .bmp .webp); add some or fix --data")
     if explicit_val is not None and not explicit_val:
         raise UserError(f"{val_layout[0]}: validation folder has no images; add some or remove the folder")
     return pairs, explicit_val
@@ -182,55 +182,50 @@ def split(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair]
 # -- decoding --------------------------------------------------------------------------------
 
 def decode_image(src: Location | Packed) -> np.ndarray:
-    """RGB uint8 HxWx3."""
-    with Image.open(io.BytesIO(src.read_bytes())) as img:
-        return np.asarray(img.convert("RGB"))
+    """RGB uint8 HxWx3, oriented as displayed (:func:`lfa_ray.images.read_photo`)."""
+    return read_photo(src).pixels
 
 
-def decode_mask(src: Location | Packed) -> np.ndarray:
-    """uint8 HxW in {0, 1}: any non-zero pixel (of a visible pixel, for masks with alpha) is foreground."""
-    with Image.open(io.BytesIO(src.read_bytes())) as img:
-        if img.mode in ("P", "PA", "RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-            rgba = np.asarray(img.convert("RGBA"))
-            fg = (rgba[..., :3].max(axis=-1) > 0) & (rgba[..., 3] > 0)
-        else:  # 1, L, I, I;16, F
-            fg = np.asarray(img) > 0
-    return fg.astype(np.uint8)
+decode_mask = read_mask
 
 
-def _decode(pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+def _decode(pair: Pair, reduce_to: int | None = None) -> tuple[Photo, np.ndarray]:
+    """The pair's photo (decoded reduced towards ``reduce_to`` where that is faster) and its mask at
+    the photo's displayed size; a mask drawn on the stored pixels of a rotated photo is rotated with it."""
     try:
-        image = decode_image(pair.image)
+        photo = read_photo(pair.image, reduce_to)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UserError(f"{pair.image}: cannot be decoded as an image; replace or remove it") from None
     try:
-        mask = decode_mask(pair.mask)
+        mask = read_mask(pair.mask)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise UserError(f"{pair.mask}: cannot be decoded as an image; replace or remove it") from None
-    if image.shape[:2] != mask.shape[:2]:
+    oriented = photo.orient(mask)
+    if oriented is None:
+        w, h = photo.size
         raise UserError(f"{pair.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but {pair.image.name} is "
-                        f"{image.shape[1]}x{image.shape[0]}; masks must match their image's size")
-    return image, mask
+                        f"{w}x{h}" + (" as displayed (EXIF orientation applied)" if photo.orientation != 1 else "")
+                        + "; masks must match their image's size")
+    return photo, oriented
 
 
 def load_pairs(pairs: list[Pair], size: int | None) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple]]:
-    """Decode and check every pair (collecting all problems), optionally resized to ``size``.
+    """Decode and check every pair (collecting all problems), resized to ``size`` (None: only checked).
 
-    Also returns, per pair, its original ``(width, height, foreground fraction)``.
+    Also returns, per pair, its original ``(width, height, foreground fraction)`` as displayed.
     """
     images, masks, stats, errors = [], [], [], []
     for pair in pairs:
         try:
-            image, mask = _decode(pair)
+            # Only checking: the smallest reduced decode still reads (and so checks) the whole file.
+            photo, mask = _decode(pair, reduce_to=size or 1)
         except UserError as exc:
             errors.append(str(exc))
             continue
-        stats.append((image.shape[1], image.shape[0], float(mask.mean())))
+        stats.append((*photo.size, float(mask.mean())))
         if size is not None:  # the seed resizes first, so resizing once up front is the same pipeline
-            image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-            mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
-        images.append(image)
-        masks.append(mask)
+            images.append(cv2.resize(photo.pixels, (size, size), interpolation=cv2.INTER_AREA))
+            masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
     _raise_all(errors)
     return images, masks, stats
 
@@ -369,13 +364,13 @@ def pack(src: str | Location, out: str | Location) -> dict:
     for pair, split_name in labelled:
         image_src, mask_src = (Packed(str(f), f.name, f.read_bytes()) for f in (pair.image, pair.mask))  # read once
         try:
-            image, _ = _decode(Pair(pair.name, image_src, mask_src))
+            photo, _ = _decode(Pair(pair.name, image_src, mask_src), reduce_to=1)  # checked, sizes known
         except UserError as exc:
             errors.append(str(exc))
             continue
         rows.append({"name": pair.name, "split": split_name, "image": image_src.data, "mask": mask_src.data,
                      "image_file": image_src.name, "mask_file": mask_src.name,
-                     "width": image.shape[1], "height": image.shape[0]})
+                     "width": photo.size[0], "height": photo.size[1]})
     _raise_all(errors)
     schema = pa.schema([("name", pa.string()), ("split", pa.string()), ("image", pa.binary()), ("mask", pa.binary()),
                         ("image_file", pa.string()), ("mask_file", pa.string()), ("width", pa.int32()),

@@ -3,8 +3,9 @@
 ``--checkpoint`` takes a sweep folder (its ``final/model.pt``), a run folder
 (its ``model.pt``), a ``model.pt`` file or a ``checkpoint_epoch_*`` folder, local
 or on object storage (``s3://...``). ``INPUT`` is an image file or a folder of
-images (local or a URI). For each image it writes ``NAME_mask.png`` (0/255, at
-the image's original size) and ``NAME_overlay.png`` into the local ``--out``.
+images (local or a URI), phone photos included (EXIF orientation, HEIC). For each image it
+writes ``NAME_mask.png`` (0/255, at the photo's size as displayed) and ``NAME_overlay.png``
+(a large photo's overlay is at least 1024 px on its short side, not full size) into the local ``--out``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lfa_ray.data import IMAGE_EXTS, decode_image
 from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.images import IMAGE_EXTS, Photo, read_photo
 from lfa_ray.loop import STATE_FILE
 from lfa_ray.model import UNet
 from lfa_ray.runlog import overlay
 from lfa_ray.storage import Location, locate
+
+OVERLAY_SIDE = 1024  # a phone photo's overlay is decoded reduced to at least this (fast, still detailed)
 
 
 def find_model(path: str | Path | Location) -> Location:
@@ -60,19 +63,21 @@ def find_images(path: str | Path) -> list[Location]:
         images = [f for f in path.files() if Path(f.name).suffix.lower() in IMAGE_EXTS]
         if images:
             return images
-        raise UserError(f"{path}: no images (.png .jpg .gif .tif .bmp) in this folder")
+        raise UserError(f"{path}: no images (.png .jpg .heic .gif .tif .bmp .webp) in this folder")
     raise UserError(f"{path}: input not found; pass an image file or a folder of images")
 
 
 @torch.no_grad()
-def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.device) -> list[np.ndarray]:
-    """Binary masks (uint8 0/1), each at its image's original size."""
+def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.device,
+            out_sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
+    """Binary masks (uint8 0/1), each at its image's size or at ``out_sizes`` (width, height)."""
     batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).to(device)  # the seed's normalisation
     logits = model(x.contiguous(memory_format=torch.channels_last)).float()
     out = []
-    for im, lg in zip(images, logits):
-        full = F.interpolate(lg[None], size=im.shape[:2], mode="bilinear", align_corners=False)
+    for i, (im, lg) in enumerate(zip(images, logits)):
+        hw = im.shape[:2] if out_sizes is None else out_sizes[i][::-1]
+        full = F.interpolate(lg[None], size=hw, mode="bilinear", align_corners=False)
         out.append((full[0, 0] > 0).cpu().numpy().astype(np.uint8))
     return out
 
@@ -86,18 +91,21 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
     written = []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        images = [_decode(f) for f in chunk]
-        for f, image, mask in zip(chunk, images, predict(model, images, size, dev)):
+        photos = [_decode(f, reduce_to=max(size, OVERLAY_SIDE // 2)) for f in chunk]
+        masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos])
+        for f, photo, mask in zip(chunk, photos, masks):
             stem = Path(f.name).stem
             Image.fromarray(mask * 255).save(out_dir / f"{stem}_mask.png")
-            Image.fromarray(overlay(image, np.zeros_like(mask), mask)).save(out_dir / f"{stem}_overlay.png")
+            h, w = photo.pixels.shape[:2]
+            small = mask if mask.shape == (h, w) else cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+            Image.fromarray(overlay(photo.pixels, np.zeros_like(small), small)).save(out_dir / f"{stem}_overlay.png")
             written.append(out_dir / f"{stem}_mask.png")
     return written
 
 
-def _decode(path: Location) -> np.ndarray:
+def _decode(path: Location, reduce_to: int) -> Photo:
     try:
-        return decode_image(path)
+        return read_photo(path, reduce_to)
     except Exception:  # noqa: BLE001 - name the file, whatever PIL raised
         raise UserError(f"{path}: cannot be decoded as an image; remove it or fix it") from None
 
