@@ -25,6 +25,7 @@ class DataConfig:
     path: Optional[str] = None  # null: synthetic cassettes, generated once into a cache
     image_size: int = 64
     val_fraction: float = 0.2
+    test_fraction: float = 0.1  # held out, never used for selection; the final model is scored on it once
     split_seed: int = 42
     target: str = "window"  # window (the read window, the seed's ROI) | lines
     synthetic_n: int = 300  # how many synthetic cassettes when path is null
@@ -215,6 +216,9 @@ def check_values(cfg: Config, where: str) -> None:
                         f"got {cfg.scaling.max_failures}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise UserError(f"{where}: data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}")
+    if not 0.0 <= cfg.data.test_fraction < 1.0 or cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
+        raise UserError(f"{where}: data.test_fraction must be in [0, 1) and leave training images beside "
+                        f"data.val_fraction ({cfg.data.val_fraction}), got {cfg.data.test_fraction}")
     if not 0.0 <= cfg.train.aug_strength <= 1.0:
         raise UserError(f"{where}: train.aug_strength must be in [0, 1], got {cfg.train.aug_strength}")
     if cfg.train.lr <= 0:

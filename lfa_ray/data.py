@@ -3,15 +3,16 @@
 Layouts (``DIR`` is ``data.path``, a local folder or a URI such as ``s3://bucket/data``):
 
 - seed layout: ``DIR/train_images/NAME.jpg`` with ``DIR/train_masks/NAME_mask.gif``;
-  optional ``DIR/val_images`` + ``DIR/val_masks`` give an explicit validation set;
+  optional ``DIR/val_images`` + ``DIR/val_masks`` (and ``test_images`` + ``test_masks``) give
+  explicit validation (and test) sets;
 - generic layout: ``DIR/images/NAME.*`` with ``DIR/masks/NAME.*`` (or ``NAME_mask.*``);
-  optional ``DIR/train/`` and ``DIR/val/`` each holding that layout give an explicit split;
+  ``DIR/train/``, ``DIR/val/`` and ``DIR/test/`` each holding a layout give an explicit split;
 - packed: ``FILE.parquet`` written by ``python -m lfa_ray.data pack DIR FILE.parquet`` (one row
   per pair: name, split, the image's and the mask's encoded bytes and file names, width, height),
   so every node of a cluster reads one object instead of a folder of small files.
 
-Without an explicit validation set, a seeded random split (``data.val_fraction``,
-``data.split_seed``) is taken. A mask pixel that is not zero is foreground.
+Without explicit sets, a seeded random split (``data.val_fraction``, ``data.test_fraction``,
+``data.split_seed``) is taken. The test set is never used for selection. A mask pixel that is not zero is foreground.
 
 Command line: ``python -m lfa_ray.data check DIR | synth OUT [--n N] [--seed S] [--target T]
 | pack DIR OUT.parquet``.
@@ -119,46 +120,67 @@ def _discover_packed(root: Location) -> tuple[list[Pair], list[Pair] | None]:
     if missing:
         raise UserError(f"{root}: not a packed lfa_ray dataset (no column {', '.join(missing)}); "
                         f"write it with python -m lfa_ray.data pack")
-    pairs: dict[str, list[Pair]] = {"train": [], "val": [], "": []}
+    pairs: dict[str, list[Pair]] = {"train": [], "val": [], "test": [], "": []}
     for row in table.select(["name", "split", "image", "mask", "image_file", "mask_file"]).to_pylist():
         pairs[row["split"]].append(Pair(
             row["name"], Packed(f"{root}:{row['image_file']}", row["image_file"], row["image"]),
             Packed(f"{root}:{row['mask_file']}", row["mask_file"], row["mask"])))
     if not (pairs["train"] or pairs[""]):
         raise UserError(f"{root}: packed dataset has no training images; pack a folder that has some")
-    if pairs["val"]:
-        return pairs["train"] + pairs[""], pairs["val"]
-    return pairs[""] + pairs["train"], None
+    return Found(pairs["train"] + pairs[""] if pairs["val"] else pairs[""] + pairs["train"],
+                 pairs["val"] or None, pairs["test"] or None)
 
 
-def discover(root: str | Location) -> tuple[list[Pair], list[Pair] | None]:
-    """Pair images with masks under ``root``; returns (pairs, explicit validation pairs or None)."""
+@dataclass
+class Found:
+    """A dataset's pairs: those to split at random, and the explicit validation and test sets (or None)."""
+    pairs: list[Pair]
+    val: list[Pair] | None = None
+    test: list[Pair] | None = None
+
+
+def _split_folder(root: Location, name: str) -> tuple[Location, Location] | None:
+    """The explicit ``name`` split (val or test) of a dataset: ``NAME_images/`` + ``NAME_masks/``
+    (seed layout) or a ``NAME/`` folder holding a layout."""
+    if (root / f"{name}_images").is_dir():
+        return root / f"{name}_images", root / f"{name}_masks"
+    if (root / name).is_dir():
+        layout = _find_layout(root / name)
+        if layout is None:
+            raise UserError(f"{root / name}: {name} folder without images/ + masks/ (or {name}_images/ + "
+                            f"{name}_masks/); add them or remove the folder")
+        return layout
+    return None
+
+
+def discover(root: str | Location) -> Found:
+    """Pair images with masks under ``root``, with its explicit validation and test sets if it has them."""
     root = locate(root)
     if is_packed(root):
         return _discover_packed(root)
     if not root.is_dir():
         raise UserError(f"{root}: data folder not found; pass an existing folder (or a packed .parquet) to --data")
-    explicit_val = None
-    if (root / "train").is_dir() and (root / "val").is_dir():
-        train_layout, val_layout = _find_layout(root / "train"), _find_layout(root / "val")
-    else:
-        train_layout = _find_layout(root)
-        val_layout = (root / "val_images", root / "val_masks") if (root / "val_images").is_dir() else None
+    train_layout = _find_layout(root / "train") if (root / "train").is_dir() else _find_layout(root)
     if train_layout is None:
         raise UserError(f"{root}: no images found; expected train_images/ + train_masks/ "
                         f"or images/ + masks/ (see README, 'Data layouts')")
     pairs, errors = _pair_folder(*train_layout)
-    if val_layout is not None:
-        if not val_layout[1].is_dir():
-            raise UserError(f"{val_layout[0]}: validation images without {val_layout[1]}; add the masks folder")
-        explicit_val, val_errors = _pair_folder(*val_layout)
-        errors += val_errors
+    found = Found(pairs)
+    for name, what in (("val", "validation"), ("test", "test")):
+        layout = _split_folder(root, name)
+        if layout is None:
+            continue
+        if not layout[1].is_dir():
+            raise UserError(f"{layout[0]}: {what} images without {layout[1]}; add the masks folder")
+        explicit, more = _pair_folder(*layout)
+        errors += more
+        if not explicit and not more:
+            raise UserError(f"{layout[0]}: {what} folder has no images; add some or remove the folder")
+        setattr(found, name, explicit)
     _raise_all(errors)
     if not pairs:
         raise UserError(f"{train_layout[0]}: no images (.png .jpg .heic .gif .tif .bmp .webp); add some or fix --data")
-    if explicit_val is not None and not explicit_val:
-        raise UserError(f"{val_layout[0]}: validation folder has no images; add some or remove the folder")
-    return pairs, explicit_val
+    return found
 
 
 def _raise_all(errors: list[str]) -> None:
@@ -167,16 +189,22 @@ def _raise_all(errors: list[str]) -> None:
         raise UserError(f"{len(errors)} problem(s) in the data:\n  " + "\n  ".join(errors[:MAX_LISTED]) + more)
 
 
-def split(pairs: list[Pair], val_fraction: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Seeded random split (the seed's 80/20 with seed 42 by default)."""
-    order = list(pairs)
+def split(found: Found, val_fraction: float, seed: int, test_fraction: float = 0.0) -> "Splits":
+    """The explicit sets where there are some, else a seeded random split of the other pairs: the
+    first ``val_fraction`` validation (the seed's 80/20 with seed 42 by default), the next
+    ``test_fraction`` test (at least one image when asked for), the rest training."""
+    order = list(found.pairs)
     random.Random(seed).shuffle(order)
-    n_val = int(round(len(order) * val_fraction))
-    val, train = order[:n_val], order[n_val:]
+    n_val = 0 if found.val is not None else int(round(len(order) * val_fraction))
+    n_test = 0 if found.test is not None or not test_fraction else max(1, int(round(len(order) * test_fraction)))
+    val = found.val if found.val is not None else order[:n_val]
+    test = found.test if found.test is not None else order[n_val:n_val + n_test]
+    train = order[n_val + n_test:]
     if not train or not val:
-        raise UserError(f"{len(pairs)} image(s) cannot be split with data.val_fraction={val_fraction}: "
-                        f"one side would be empty; add images or change data.val_fraction")
-    return train, val
+        raise UserError(f"{len(found.pairs)} image(s) cannot be split with data.val_fraction={val_fraction}"
+                        + (f" and data.test_fraction={test_fraction}" if n_test else "")
+                        + ": one side would be empty; add images or change the fractions")
+    return Splits(train, val, test, found.val is not None, found.test is not None)
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -189,7 +217,7 @@ def decode_image(src: Location | Packed) -> np.ndarray:
 decode_mask = read_mask
 
 
-def _decode(pair: Pair, reduce_to: int | None = None) -> tuple[Photo, np.ndarray]:
+def decode_pair(pair: Pair, reduce_to: int | None = None) -> tuple[Photo, np.ndarray]:
     """The pair's photo (decoded reduced towards ``reduce_to`` where that is faster) and its mask at
     the photo's displayed size; a mask drawn on the stored pixels of a rotated photo is rotated with it."""
     try:
@@ -218,7 +246,7 @@ def load_pairs(pairs: list[Pair], size: int | None) -> tuple[list[np.ndarray], l
     for pair in pairs:
         try:
             # Only checking: the smallest reduced decode still reads (and so checks) the whole file.
-            photo, mask = _decode(pair, reduce_to=size or 1)
+            photo, mask = decode_pair(pair, reduce_to=size or 1)
         except UserError as exc:
             errors.append(str(exc))
             continue
@@ -234,15 +262,17 @@ def load_pairs(pairs: list[Pair], size: int | None) -> tuple[list[np.ndarray], l
 class Splits:
     train: list[Pair]
     val: list[Pair]
+    test: list[Pair]  # never used for selection: scored once, by lfa_ray.evaluate, on the final model
     explicit_val: bool
+    explicit_test: bool = False
 
 
-def resolve_splits(root: str | Location, val_fraction: float, seed: int) -> Splits:
-    pairs, val = discover(root)
-    if val is not None:
-        return Splits(pairs, val, True)
-    train, val = split(pairs, val_fraction, seed)
-    return Splits(train, val, False)
+def resolve_splits(root: str | Location, val_fraction: float, seed: int, test_fraction: float = 0.0) -> Splits:
+    return split(discover(root), val_fraction, seed, test_fraction)
+
+
+def splits_for(cfg, root: str | Location) -> Splits:
+    return resolve_splits(root, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.test_fraction)
 
 
 def _summary(splits: Splits, stats: list[tuple]) -> dict:
@@ -250,15 +280,16 @@ def _summary(splits: Splits, stats: list[tuple]) -> dict:
     for w, h, _ in stats:
         sizes[(w, h)] = sizes.get((w, h), 0) + 1
     fg = [f for _, _, f in stats]
-    return {"train": len(splits.train), "val": len(splits.val), "explicit_val": splits.explicit_val,
+    return {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+            "explicit_val": splits.explicit_val, "explicit_test": splits.explicit_test,
             "sizes": sizes, "foreground_mean": float(np.mean(fg)), "foreground_min": float(np.min(fg)),
             "foreground_max": float(np.max(fg))}
 
 
-def check(root: str | Location, val_fraction: float = 0.2, seed: int = 42) -> dict:
+def check(root: str | Location, val_fraction: float = 0.2, seed: int = 42, test_fraction: float = 0.0) -> dict:
     """Validate a dataset fully (pairing, decoding, sizes, split); return a summary."""
-    splits = resolve_splits(root, val_fraction, seed)
-    return _summary(splits, load_pairs(splits.train + splits.val, size=None)[2])
+    splits = resolve_splits(root, val_fraction, seed, test_fraction)
+    return _summary(splits, load_pairs(splits.train + splits.val + splits.test, size=None)[2])
 
 
 @dataclass
@@ -282,21 +313,22 @@ class Data:
     summary: dict
 
 
-def load(root: str | Location, size: int, val_fraction: float = 0.2, seed: int = 42) -> Data:
-    """Validate the dataset at ``root`` fully (like :func:`check`) and load it resized to ``size``."""
-    splits = resolve_splits(root, val_fraction, seed)
-    images, masks, stats = load_pairs(splits.train + splits.val, size)
-    n = len(splits.train)
+def load(root: str | Location, size: int, val_fraction: float = 0.2, seed: int = 42,
+         test_fraction: float = 0.0) -> Data:
+    """Validate the dataset at ``root`` fully (like :func:`check`) and load its training and
+    validation sets resized to ``size`` (the test set is checked, not kept: training never sees it)."""
+    splits = resolve_splits(root, val_fraction, seed, test_fraction)
+    images, masks, stats = load_pairs(splits.train + splits.val + splits.test, size)
+    n, m = len(splits.train), len(splits.train) + len(splits.val)
 
     def arrays(pairs: list[Pair], a: int, b: int) -> Arrays:
         return Arrays([p.name for p in pairs], np.stack(images[a:b]), np.stack(masks[a:b]))
 
-    return Data(locate(root).uri, size, arrays(splits.train, 0, n), arrays(splits.val, n, len(images)),
-                _summary(splits, stats))
+    return Data(locate(root).uri, size, arrays(splits.train, 0, n), arrays(splits.val, n, m), _summary(splits, stats))
 
 
 def load_for(cfg, root: str | Location) -> Data:
-    return load(root, cfg.data.image_size, cfg.data.val_fraction, cfg.data.split_seed)
+    return load(root, cfg.data.image_size, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.test_fraction)
 
 
 # -- torch dataset ---------------------------------------------------------------------------
@@ -358,13 +390,14 @@ def pack(src: str | Location, out: str | Location) -> dict:
         raise UserError(f"{out}: the packed dataset's name must end in {PACKED_SUFFIX}")
     if out.exists():
         raise UserError(f"{out}: already exists; choose a new OUT or delete it first")
-    pairs, val = discover(src)
-    labelled = [(p, "" if val is None else "train") for p in pairs] + [(p, "val") for p in val or []]
+    found = discover(src)
+    labelled = ([(p, "" if found.val is None else "train") for p in found.pairs]
+                + [(p, "val") for p in found.val or []] + [(p, "test") for p in found.test or []])
     rows, errors = [], []
     for pair, split_name in labelled:
         image_src, mask_src = (Packed(str(f), f.name, f.read_bytes()) for f in (pair.image, pair.mask))  # read once
         try:
-            photo, _ = _decode(Pair(pair.name, image_src, mask_src), reduce_to=1)  # checked, sizes known
+            photo, _ = decode_pair(Pair(pair.name, image_src, mask_src), reduce_to=1)  # checked, sizes known
         except UserError as exc:
             errors.append(str(exc))
             continue
@@ -378,17 +411,20 @@ def pack(src: str | Location, out: str | Location) -> dict:
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, row_group_size=64)
     out.write_bytes(buf.getvalue())
-    return {"pairs": len(rows), "val": len(val or []), "bytes": buf.tell(), "out": out.uri}
+    return {"pairs": len(rows), "val": len(found.val or []), "test": len(found.test or []), "bytes": buf.tell(),
+            "out": out.uri}
 
 
 # -- command line ----------------------------------------------------------------------------
 
 def _cmd_check(args: argparse.Namespace) -> None:
-    s = check(args.dir, args.val_fraction, args.split_seed)
-    split_kind = "explicit validation folder" if s["explicit_val"] else \
-        f"random split, val_fraction={args.val_fraction}, seed={args.split_seed}"
-    print(f"{args.dir}: {s['train'] + s['val']} pairs, all decode, sizes match")
-    print(f"  train {s['train']}, val {s['val']} ({split_kind})")
+    s = check(args.dir, args.val_fraction, args.split_seed, args.test_fraction)
+    random_split = f"random split, seed {args.split_seed}"
+    kinds = [f"val {s['val']} ({'explicit folder' if s['explicit_val'] else f'{random_split}, fraction {args.val_fraction}'})"]
+    if s["test"]:
+        kinds.append(f"test {s['test']} ({'explicit folder' if s['explicit_test'] else f'fraction {args.test_fraction}'})")
+    print(f"{args.dir}: {s['train'] + s['val'] + s['test']} pairs, all decode, sizes match")
+    print(f"  train {s['train']}, " + ", ".join(kinds))
     sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(s["sizes"].items(), key=lambda kv: -kv[1]))
     print(f"  image sizes: {sizes}")
     print(f"  foreground fraction: mean {s['foreground_mean']:.3f}, "
@@ -409,7 +445,8 @@ def _cmd_synth(args: argparse.Namespace) -> None:
 
 def _cmd_pack(args: argparse.Namespace) -> None:
     r = pack(args.dir, args.out)
-    split_kind = f"{r['val']} of them an explicit validation set" if r["val"] else "split at training time"
+    explicit = [f"{r[k]} {what}" for k, what in (("val", "validation"), ("test", "test")) if r[k]]
+    split_kind = f"explicit sets: {', '.join(explicit)}" if explicit else "split at training time"
     print(f"packed {r['pairs']} pairs ({split_kind}) into {r['out']} ({r['bytes'] / 2**20:.1f} MiB)")
 
 
@@ -420,6 +457,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("check", help="validate a dataset (folder or packed) and print counts, sizes, foreground")
     p.add_argument("dir")
     p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=float, default=0.0)
     p.add_argument("--split-seed", type=int, default=42)
     p.set_defaults(func=_cmd_check)
     p = sub.add_parser("synth", help="write synthetic cassette photos in the seed layout")

@@ -41,8 +41,8 @@ def find_model(path: str | Path | Location) -> Location:
                     f"a model.pt file or a checkpoint_epoch_* folder")
 
 
-def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet, int]:
-    """The UNET and its training image size."""
+def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet, int, dict]:
+    """The UNET, its training image size and the profile it was trained with (``Config.to_dict()``)."""
     file = find_model(path)
     try:
         state = torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=False)
@@ -52,7 +52,7 @@ def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet,
     except (KeyError, TypeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise UserError(f"{file}: not an lfa_ray model ({type(exc).__name__}); pass a model.pt or checkpoint "
                         f"written by lfa_ray") from None
-    return model.to(device).eval(), int(cfg["data"]["image_size"])
+    return model.to(device).eval(), int(cfg["data"]["image_size"]), cfg
 
 
 def find_images(path: str | Path) -> list[Location]:
@@ -84,7 +84,7 @@ def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.devi
 
 def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: str | None = None) -> list[Path]:
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, size = load_model(checkpoint, dev)
+    model, size, _ = load_model(checkpoint, dev)
     files = find_images(inputs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -124,7 +124,8 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame, best_params: dict,
-                  final: dict, model: Location) -> None:
+                  final: dict, model: Location, test: dict | None = None) -> None:
+    """``summary.md``; ``test``: the final model's scores on the test split (lfa_ray.evaluate)."""
     metric = cfg.tune.metric
     plots = _plots(exp_dir, cfg, table, curves)
     shown = ["trial_id", *cfg.tune.search_space, f"best_{metric}", f"last_{metric}", "epochs", "stopped_early",
@@ -141,6 +142,13 @@ def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: p
         "",
         f"Final retrain ({cfg.final.epochs} epochs max): best val_dice {final.get('best_val_dice', math.nan):.4f}, "
         f"last {final.get('val_dice', math.nan):.4f} after {int(final.get('epoch', 0))} epochs; model `{model}`.",
+        "",
+        (f"Test split ({test['images']} photos, never used to choose a trial or an epoch): Dice mean "
+         f"{test['dice_mean']:.4f}, median {test['dice_median']:.4f}, 5th percentile {test['dice_p5']:.4f}, "
+         f"{test['dice_below_0.5']} below 0.5; IoU {test['iou_mean']:.4f}; boundary F1 "
+         f"{test['boundary_f1_mean']:.4f} (`final/test/`: per photo, worst photos)." if test else
+         "No test split (`data.test_fraction: 0` and no test folder): the val_dice above chose the model, "
+         "so it is an optimistic score."),
         "",
         "## Trials",
         "",

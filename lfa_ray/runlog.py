@@ -90,3 +90,15 @@ class RunLog:
         if not self.run_dir.is_local:
             self.run_dir.upload(self.staging)
             shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def write_scalars(run_dir: str | Path | Location, scalars: dict, step: int) -> None:
+    """Add scalars at ``step`` to a run's TensorBoard logs (a new events file beside the run's own)."""
+    run_dir = locate(run_dir)
+    staging = run_dir.local if run_dir.is_local else Path(tempfile.mkdtemp(prefix="lfa_ray-log-"))
+    with SummaryWriter(str(staging), filename_suffix=".scores") as writer:
+        for key, value in scalars.items():
+            writer.add_scalar(key, value, step)
+    if not run_dir.is_local:
+        run_dir.upload(staging)
+        shutil.rmtree(staging, ignore_errors=True)

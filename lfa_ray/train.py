@@ -147,6 +147,7 @@ def run(p: Plan) -> Location:
     """Validate the data, start Ray, train; returns the run folder."""
     from lfa_ray import ray_train
     from lfa_ray.data import load_for, resolve_root
+    from lfa_ray.evaluate import format_summary, score_test
 
     data = load_for(p.cfg, resolve_root(p.cfg))
     print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val)")
@@ -174,7 +175,10 @@ def run(p: Plan) -> Location:
     best = ray_train.best_checkpoint(result)
     model = ray_train.export_model(best, p.run_dir / "model.pt")
     m = result.metrics or {}
+    test = score_test(model, p.cfg, p.run_dir, int(m.get("epoch", 0)), again=True)
     print(f"\nrun {p.run_dir.name}: {int(m.get('epoch', 0))} epochs, best val_dice {m.get('best_val_dice', 0):.4f}")
+    if test:
+        print(f"  test split:      {format_summary(test)} ({p.run_dir / 'test'})")
     print(f"  best checkpoint: {best}")
     print(f"  inference model: {model}")
     print(f"  metrics:         {p.run_dir / 'metrics.csv'}")

@@ -14,6 +14,7 @@ import math
 
 from lfa_ray.config import Config, config_from_dict, dump_config, load_config
 from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.evaluate import format_summary, score_test
 from lfa_ray.search import apply_params, seed_point, to_tune, validate_space
 from lfa_ray.storage import Location, locate
 from lfa_ray.train import add_common_args, profile_stem, resolve_config
@@ -231,12 +232,15 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
         print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL}")
         model = run_final(final_cfg, exp_dir, data, gpus)
     final_metrics = report.final_metrics(exp_dir / FINAL)
-    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model)
+    test = score_test(model, final_cfg, exp_dir / FINAL, int(final_metrics.get("epoch", 0)))
+    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test)
     print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early by ASHA")
     print("  best config:  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in best_params.items()))
     print(f"  best trial {cfg.tune.metric}: {best_row['best_' + cfg.tune.metric]:.4f}")
     print(f"  final model:  {model} (best val_dice {final_metrics.get('best_val_dice', math.nan):.4f})")
+    if test:
+        print(f"  test split:   {format_summary(test)}, never used to choose")
     print(f"  summary:      {exp_dir / 'summary.md'}")
     print(f"  tensorboard --logdir {exp_dir}")
     return exp_dir

@@ -51,6 +51,8 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("train.amp=fp8", "train.amp must be one of"),
     ("train.epochs=0", "train.epochs must be at least 1"),
     ("data.val_fraction=1.5", "data.val_fraction must be between 0 and 1"),
+    ("data.test_fraction=0.8", "data.test_fraction must be in [0, 1) and leave training images beside"),
+    ("data.test_fraction=-0.1", "data.test_fraction must be in [0, 1)"),
     ("train.aug_strength=2", "train.aug_strength must be in [0, 1]"),
     ("train.lr", "expected KEY=VALUE"),
     ("scaling.gpus_per_worker=1.5", "scaling.gpus_per_worker must be a fraction in (0, 1] (0.25"),

@@ -31,7 +31,8 @@ def seed_layout(root: Path, names=("a", "b", "c", "d", "e")) -> Path:
 
 def test_seed_layout_pairs_and_maps_255_to_one(tmp_path):
     root = seed_layout(tmp_path / "d")
-    pairs, val = data.discover(root)
+    found = data.discover(root)
+    pairs, val = found.pairs, found.val
     assert [p.name for p in pairs] == ["a", "b", "c", "d", "e"] and val is None
     mask = data.decode_mask(pairs[0].mask)
     assert set(np.unique(mask)) == {0, 1}
@@ -45,7 +46,7 @@ def test_generic_layout_pairs_by_stem_across_formats(tmp_path):
     _mask(root / "masks" / "x.png")
     _mask(root / "masks" / "y_mask.tif")
     _mask(root / "masks" / "z.gif")
-    pairs, _ = data.discover(root)
+    pairs = data.discover(root).pairs
     assert {p.name: p.mask.name for p in pairs} == {"x": "x.png", "y": "y_mask.tif", "z": "z.gif"}
 
 
@@ -222,3 +223,31 @@ def test_load_decodes_once_into_read_only_safe_arrays(synth_dir):
         warnings.simplefilter("error")  # torch warns on non-writable numpy arrays
         x, y = ds[0]
     assert y.shape == (1, 40, 40) and set(y.unique().tolist()) <= {0.0, 1.0}
+
+
+def test_a_seeded_test_split_is_disjoint_and_leaves_validation_as_it_was(tmp_path):
+    root = seed_layout(tmp_path / "d", names=[f"n{i}" for i in range(20)])
+    old = data.resolve_splits(root, 0.2, 42)
+    s = data.resolve_splits(root, 0.2, 42, test_fraction=0.1)
+    assert s.val == old.val and old.test == [] and len(s.test) == 2 and len(s.train) == 14
+    names = [{p.name for p in part} for part in (s.train, s.val, s.test)]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert data.resolve_splits(root, 0.2, 42, test_fraction=0.1).test == s.test  # seeded
+    assert data.check(root, 0.2, 42, 0.1)["test"] == 2
+
+
+def test_explicit_test_folders_in_either_layout(tmp_path):
+    root = seed_layout(tmp_path / "seed")
+    seed_layout(tmp_path / "seedtest", names=("t1", "t2"))
+    (tmp_path / "seedtest" / "train_images").rename(root / "test_images")
+    (tmp_path / "seedtest" / "train_masks").rename(root / "test_masks")
+    s = data.resolve_splits(root, 0.2, 42, test_fraction=0.5)  # an explicit set wins over the fraction
+    assert s.explicit_test and [p.name for p in s.test] == ["t1", "t2"] and len(s.train) + len(s.val) == 5
+    generic = tmp_path / "generic"
+    seed_layout(generic / "train")
+    seed_layout(generic / "test", names=("t",))
+    s = data.resolve_splits(generic, 0.2, 42)
+    assert s.explicit_test and not s.explicit_val and [p.name for p in s.test] == ["t"] and len(s.val) == 1
+    (generic / "val").mkdir()
+    with pytest.raises(UserError, match=r"val: val folder without images/ \+ masks/"):
+        data.discover(generic)

@@ -88,8 +88,8 @@ def test_packed_dataset_round_trips_exactly(small_dir, tmp_path, s3, capsys):
             assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
         assert packed.summary == folder.summary
     # at the original size too: the encoded bytes are stored as they are
-    pairs, _ = data.discover(remote)
-    first = next(p for p in data.discover(small_dir)[0] if p.name == pairs[0].name)
+    pairs = data.discover(remote).pairs
+    first = next(p for p in data.discover(small_dir).pairs if p.name == pairs[0].name)
     assert np.array_equal(data.decode_image(pairs[0].image), np.asarray(Image.open(first.image.local).convert("RGB")))
     assert data.main(["check", remote]) == 0
     assert "24 pairs, all decode" in capsys.readouterr().out
@@ -227,3 +227,18 @@ def test_bad_storage_and_data_uris_are_refused_before_ray_starts(s3, small_dir, 
         assert main(["--name", "bad", *args]) == 2, args
         assert fragment in error_line(capsys), args
     assert not (locate(f"{s3}/r") / "bad").exists()
+
+
+def test_packed_dataset_keeps_an_explicit_test_set(tmp_path):
+    src = tmp_path / "explicit"
+    for sub, n in (("train", 4), ("test", 2)):
+        for kind in ("images", "masks"):
+            (src / sub / kind).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(src / sub / "images" / f"{sub}{i}.png")
+            Image.fromarray(np.eye(20, 30, dtype=np.uint8) * 255).save(src / sub / "masks" / f"{sub}{i}.png")
+    out = tmp_path / "explicit.parquet"
+    assert data.pack(src, out)["test"] == 2
+    splits = data.resolve_splits(out, 0.25, 0)
+    assert splits.explicit_test and [p.name for p in splits.test] == ["test0", "test1"]
+    assert len(splits.train) == 3 and len(splits.val) == 1

@@ -1,5 +1,6 @@
 """``python -m lfa_ray.train`` end to end on a real local Ray cluster."""
 
+import json
 import os
 import signal
 import subprocess
@@ -40,7 +41,9 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
     events = EventAccumulator(str(run), size_guidance={"images": 0}).Reload()
     assert [e.step for e in events.Scalars("val_dice")] == [1, 2]
     assert events.Images("val/overlay")  # prediction overlays of validation images
-    assert "tensorboard --logdir" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "tensorboard --logdir" in out and "devices: CPU" in out and "test split:" in out
+    assert json.loads((run / "test" / "summary.json").read_text())["images"] == 2  # 24 photos x test_fraction 0.1
 
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
     assert train.main(_args(small_dir, tmp_path, "--name", "run1")) == 2

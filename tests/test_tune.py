@@ -1,5 +1,6 @@
 """``python -m lfa_ray.tune`` and ``lfa_ray.predict`` on a real local Ray cluster with real Optuna."""
 
+import json
 import os
 import signal
 import subprocess
@@ -77,6 +78,11 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     summary = (exp / "summary.md").read_text()
     assert "trials_val_dice.png" in summary and (exp / "trials_val_dice.png").stat().st_size > 0
     assert (exp / "params_vs_metric.png").stat().st_size > 0
+    # the final model scored once on the held-out test split (data.test_fraction), beside val
+    test = json.loads((exp / "final" / "test" / "summary.json").read_text())
+    assert test["images"] == len(pd.read_csv(exp / "final" / "test" / "per_image.csv")) > 0
+    assert test["dice_mean"] > 0.4 and f"Test split ({test['images']} photos" in summary
+    assert [e.step for e in EventAccumulator(str(exp / "final")).Reload().Scalars("test_dice")] == [len(final_rows)]
 
     # TensorBoard: every trial and the final run have val_dice; the final run has overlays; HParams view.
     runs = _scalar_runs(exp, "val_dice")
@@ -86,7 +92,7 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
         assert EventAccumulator(str(exp / f"trial_{trial_id}")).Reload().PluginTagToContent("hparams")
 
     # predict with the sweep folder on synthetic photos it never saw
-    pairs, _ = discover(small_dir)
+    pairs = discover(small_dir).pairs
     written = predict.run(str(exp), str(small_dir / "train_images"), str(tmp_path / "pred"))
     assert len(written) == len(pairs)
     scores = []

@@ -1,0 +1,112 @@
+"""``lfa_ray.evaluate``: scores checked against known values, the CLI on real files, bad input."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lfa_ray import data, evaluate, predict
+from lfa_ray.config import load_config
+from lfa_ray.loop import state_bytes
+from lfa_ray.model import UNet
+from conftest import error_line
+
+
+def test_scores_match_hand_computed_values():
+    truth = np.zeros((40, 40), np.uint8)
+    truth[10:20, 10:30] = 1  # 200 px
+    pred = np.zeros_like(truth)
+    pred[10:20, 10:20] = 1  # 100 px, all inside
+    s = evaluate.scores(pred, truth)
+    assert s["dice"] == pytest.approx(2 * 100 / 300) and s["iou"] == pytest.approx(0.5)
+    assert evaluate.scores(truth, truth) == {"dice": 1.0, "iou": 1.0, "boundary_f1": 1.0}
+    empty = np.zeros_like(truth)
+    assert evaluate.scores(empty, empty) == {"dice": 1.0, "iou": 1.0, "boundary_f1": 1.0}
+    assert evaluate.scores(empty, truth) == {"dice": 0.0, "iou": 0.0, "boundary_f1": 0.0}
+    shifted = np.roll(truth, 1, axis=1)  # one pixel off: within tolerance, though Dice drops
+    assert evaluate.boundary_f1(shifted, truth, tolerance=1.0) == 1.0
+    far = np.roll(truth, 8, axis=0)  # the outlines meet only at the shared columns' ends
+    assert evaluate.boundary_f1(far, truth, tolerance=1.0) < 0.5
+
+
+def _model(tmp_path, data_dir, **sets):
+    items = {"model.features": "[4,8]", "data.image_size": 32, "data.path": str(data_dir), **sets}
+    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    path.write_bytes(state_bytes({"model": UNet(features=[4, 8]).state_dict(), "config": cfg.to_dict()}))
+    return path, cfg
+
+
+def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir, tmp_path, capsys):
+    model, cfg = _model(tmp_path, small_dir, **{"data.test_fraction": 0.25})
+    out = tmp_path / "ev"
+    assert evaluate.main(["--checkpoint", str(model), "--out", str(out), "--worst", "3"]) == 0
+    assert "Dice mean" in capsys.readouterr().out
+    table = pd.read_csv(out / "per_image.csv")
+    test = data.splits_for(cfg, small_dir).test
+    assert sorted(table["name"]) == sorted(p.name for p in test) and len(test) == 6
+    assert (table[["width", "height"]].values == [320, 240]).all()  # the photos' own size, not 32 px
+    # the CSV's Dice is what predict's mask scores against the true mask
+    first = next(p for p in test if p.name == table["name"][0])
+    predict.run(str(model), str(first.image.local), str(tmp_path / "pred"))
+    mask = np.asarray(Image.open(tmp_path / "pred" / f"{first.name}_mask.png")) > 0
+    assert table["dice"][0] == pytest.approx(evaluate.scores(mask, data.decode_mask(first.mask))["dice"], abs=1e-4)
+    assert "| dice |" in (out / "summary.md").read_text()
+    assert Image.open(out / "worst.png").size[0] == 3 * evaluate.TILE
+
+
+def test_evaluate_on_other_data_takes_its_test_folder_or_all_of_it(small_dir, tmp_path, capsys):
+    model, _ = _model(tmp_path, small_dir)
+    other = tmp_path / "other"
+    (other / "train_images").mkdir(parents=True)
+    (other / "train_masks").mkdir()
+    for p in data.discover(small_dir).pairs[:5]:
+        (other / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
+        (other / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
+    assert evaluate.main(["--checkpoint", str(model), "--data", str(other), "--out", str(tmp_path / "all")]) == 0
+    assert len(pd.read_csv(tmp_path / "all" / "per_image.csv")) == 5 and "(all of" in capsys.readouterr().out
+    (other / "train_images").rename(other / "test_images")  # now the same photos are an explicit test set ...
+    (other / "train_masks").rename(other / "test_masks")
+    for p in data.discover(small_dir).pairs[5:8]:  # ... beside three training photos
+        (other / "train_images").mkdir(exist_ok=True)
+        (other / "train_masks").mkdir(exist_ok=True)
+        (other / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
+        (other / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
+    assert evaluate.main(["--checkpoint", str(model), "--data", str(other), "--out", str(tmp_path / "t")]) == 0
+    assert len(pd.read_csv(tmp_path / "t" / "per_image.csv")) == 5 and "(test of" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--checkpoint", "/no/such/model"], "no model here"),
+    (["--data", "/no/such/data"], "data folder not found"),
+    (["--split", "test"], "no test set"),
+    (["--worst", "0"], "--worst and --batch-size must be at least 1"),
+])
+def test_bad_input_exits_2_with_one_line(small_dir, tmp_path, capsys, args, fragment):
+    model, _ = _model(tmp_path, small_dir, **{"data.test_fraction": 0.0})
+    argv = ["--checkpoint", str(model), "--out", str(tmp_path / "ev"), *args]
+    if args[0] == "--checkpoint":
+        argv = args + ["--out", str(tmp_path / "ev")]
+    assert evaluate.main(argv) == 2
+    assert fragment in error_line(capsys)
+    assert not (tmp_path / "ev").exists()
+
+
+def test_a_broken_test_photo_is_named(small_dir, tmp_path, capsys):
+    root = tmp_path / "d"
+    (root / "test_images").mkdir(parents=True)
+    (root / "test_masks").mkdir()
+    (root / "test_images" / "bad.jpg").write_bytes(b"not a jpeg")
+    Image.new("L", (10, 10)).save(root / "test_masks" / "bad_mask.gif")
+    for sub in ("train_images", "train_masks"):
+        (root / sub).mkdir()
+    for p in data.discover(small_dir).pairs[:3]:
+        (root / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
+        (root / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
+    model, _ = _model(tmp_path, small_dir)
+    assert evaluate.main(["--checkpoint", str(model), "--data", str(root), "--out", str(tmp_path / "ev")]) == 2
+    assert "bad.jpg: cannot be decoded as an image" in error_line(capsys)
