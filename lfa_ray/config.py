@@ -56,6 +56,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     seed: int = 0
     compile: bool = False  # torch.compile the model (pays a compile at the start of every run)
+    init_from: Optional[str] = None  # a model.pt / checkpoint / run / sweep (path or URI): start from its weights
 
 
 @dataclass

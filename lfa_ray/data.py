@@ -33,6 +33,7 @@ from PIL import UnidentifiedImageError
 from lfa_ray.errors import UserError, cli_entry
 from lfa_ray.images import IMAGE_EXTS, Photo, read_mask, read_photo
 from lfa_ray.storage import Location, locate
+from lfa_ray.synth import FAMILIES
 
 LAYOUTS = [("train_images", "train_masks"), ("images", "masks")]
 MAX_LISTED = 5
@@ -437,10 +438,10 @@ def _cmd_synth(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
     try:
-        out = write_synthetic(args.out, args.n, seed=args.seed, target=args.target)
+        out = write_synthetic(args.out, args.n, seed=args.seed, target=args.target, family=args.family)
     except FileExistsError:
         raise UserError(f"{args.out}: folder exists and is not empty; choose a new OUT") from None
-    print(f"wrote {args.n} synthetic cassettes ({args.target} masks) to {out}")
+    print(f"wrote {args.n} synthetic cassettes ({args.target} masks, {args.family} styles) to {out}")
 
 
 def _cmd_pack(args: argparse.Namespace) -> None:
@@ -465,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", choices=["window", "lines"], default="window")
+    p.add_argument("--family", choices=FAMILIES, default="plain",
+                   help="plain (neutral tables, white cassettes) or bold (saturated tables, coloured cassettes)")
     p.set_defaults(func=_cmd_synth)
     p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
     p.add_argument("dir")

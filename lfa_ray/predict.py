@@ -55,6 +55,17 @@ def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet,
     return model.to(device).eval(), int(cfg["data"]["image_size"]), cfg
 
 
+def init_weights(path: str, features: list[int]) -> dict:
+    """``train.init_from``: the weights of the model at ``path`` (any ``--checkpoint`` form, local or a
+    URI) for a UNET of ``features``; another architecture is refused."""
+    file = find_model(path)
+    model, _, trained = load_model(file, torch.device("cpu"))
+    if list(trained["model"]["features"]) != list(features):
+        raise UserError(f"train.init_from {file}: that UNET has model.features {trained['model']['features']} but "
+                        f"this profile has {list(features)}; set model.features to match or drop train.init_from")
+    return model.state_dict()
+
+
 def find_images(path: str | Path) -> list[Location]:
     path = locate(path)
     if path.is_file():

@@ -44,6 +44,14 @@ def share(data: Data) -> SharedData:
     return SharedData(ray.put(data), data.root, data.size)
 
 
+def read_init(cfg: Config) -> Optional[dict]:
+    """The weights of ``train.init_from`` (checked against ``model.features``), or None; read by the
+    driver before Ray starts, then shared through the object store, so workers need no access to the file."""
+    from lfa_ray.predict import init_weights
+
+    return init_weights(cfg.train.init_from, cfg.model.features) if cfg.train.init_from else None
+
+
 def data_for(cfg: Config, shared: SharedData) -> SharedData:
     """``shared``, or, for a config with another ``data.image_size`` (a searched one), its own load."""
     return shared if cfg.data.image_size == shared.size else share(load_for(cfg, shared.root))
@@ -88,6 +96,10 @@ def train_func_per_worker(config: dict) -> None:
             state = load_state(d, device)
     elif config.get("resume_from"):
         state = load_state(config["resume_from"], device)
+    elif config.get("init") is not None:  # train.init_from: a new run starting from another model's weights
+        unwrap(parts.model).load_state_dict(ray.get(config["init"]))
+        if rank == 0:
+            log.info("starting from the weights of %s", cfg.train.init_from)
 
     run_log = None
     if rank == 0 and config.get("run_dir"):
@@ -198,16 +210,17 @@ def check_resources(cfg: Config) -> float:
 
 def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str, gpus_per_worker: float = 0.0,
                  run_dir: Optional[str] = None, resume_from: Optional[str] = None,
-                 callbacks: Optional[list] = None) -> TorchTrainer:
+                 init: Optional[ray.ObjectRef] = None, callbacks: Optional[list] = None) -> TorchTrainer:
     """A TorchTrainer for one training run of ``cfg`` on ``data``, stored at ``storage/name``
     (a local folder or object storage); ``run_dir`` and ``resume_from`` are paths or URIs.
-    ``gpus_per_worker`` is what :func:`check_resources` decided (0: CPU workers)."""
+    ``gpus_per_worker`` is what :func:`check_resources` decided (0: CPU workers); ``init`` the
+    weights of ``train.init_from`` in the object store (``ray.put(read_init(cfg))``)."""
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
-                           "resume_from": resume_from},
+                           "resume_from": resume_from, "init": init},
         # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),

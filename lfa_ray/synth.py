@@ -7,6 +7,11 @@ line that is absent, faint or strong, printed C/T marks, then rotation and
 mild perspective, uneven lighting, an occasional cast shadow, blur, sensor
 noise and JPEG compression. Everything is a function of ``(seed, index)``.
 
+``family`` picks the style: ``plain`` (the default: neutral table tops, white cassettes) or
+``bold`` (saturated table tops, coloured cassette bodies), drawn from a separate random stream
+so a plain photo is the same whether or not other families exist. Checks that train on one
+family and test on the other measure how much a change of style costs (benchmarks/transfer.py).
+
 The set is written in the seed's folder layout (``train_images/NAME.jpg`` +
 ``train_masks/NAME_mask.gif``) so the default path exercises the real loader.
 """
@@ -29,6 +34,12 @@ _BACKGROUNDS = [  # table tops and cloths, RGB in [0, 1]
     (0.55, 0.38, 0.22), (0.70, 0.52, 0.33), (0.85, 0.85, 0.83), (0.40, 0.40, 0.42),
     (0.15, 0.15, 0.17), (0.25, 0.35, 0.55), (0.60, 0.65, 0.58), (0.90, 0.88, 0.80),
 ]
+_BOLD_BACKGROUNDS = [  # saturated cloths, mats and painted tables
+    (0.10, 0.25, 0.75), (0.80, 0.15, 0.15), (0.10, 0.55, 0.20), (0.95, 0.75, 0.10),
+    (0.55, 0.15, 0.60), (0.05, 0.60, 0.65), (0.95, 0.45, 0.10), (0.85, 0.30, 0.55),
+]
+_BOLD_BODIES = [(0.45, 0.62, 0.85), (0.50, 0.75, 0.55), (0.90, 0.62, 0.72), (0.95, 0.85, 0.35), (0.25, 0.26, 0.30)]
+FAMILIES = ("plain", "bold")
 _LABELS = ["Ag", "hCG", "LH", "COVID-19", "FLU A/B", "HIV", "TEST"]
 
 
@@ -37,8 +48,8 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.nd
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
-    base = np.array(_BACKGROUNDS[rng.integers(len(_BACKGROUNDS))], np.float32)
+def _background(rng: np.random.Generator, palette: list = _BACKGROUNDS) -> np.ndarray:
+    base = np.array(palette[rng.integers(len(palette))], np.float32)
     base = np.clip(base + rng.normal(0, 0.05, 3), 0, 1)
     img = np.ones((HEIGHT, WIDTH, 3), np.float32) * base
     img *= 1 + 0.08 * _smooth_noise(rng, HEIGHT, WIDTH, 5)[..., None]
@@ -49,10 +60,12 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return img
 
 
-def _cassette(rng: np.random.Generator, length: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _cassette(rng: np.random.Generator, length: int, colour: tuple = (0.93, 0.93, 0.92)
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw the cassette flat: colour, alpha, window mask and line mask, all ``height x length``."""
     height = int(length * rng.uniform(0.24, 0.30))
-    body = np.clip(np.array([0.93, 0.93, 0.92]) + rng.normal(0, 0.03, 3), 0.75, 1.0).astype(np.float32)
+    low = 0.75 if min(colour) > 0.75 else 0.0
+    body = np.clip(np.array(colour) + rng.normal(0, 0.03, 3), low, 1.0).astype(np.float32)
     rgb = np.ones((height, length, 3), np.float32) * body
     rgb *= 1 + 0.01 * _smooth_noise(rng, height, length, 3)[..., None]
 
@@ -113,12 +126,17 @@ def _placement(rng: np.random.Generator, length: int, height: int) -> np.ndarray
     return cv2.getPerspectiveTransform(src, dst.astype(np.float32))
 
 
-def render(seed: int, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def render(seed: int, index: int, family: str = "plain") -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """One synthetic photo (uint8 RGB, HEIGHT x WIDTH) and its masks {'window', 'lines'} (uint8 0/1)."""
     rng = np.random.default_rng([seed, index])
-    img = _background(rng)
+    if family == "bold":
+        style = np.random.default_rng([seed, index, 7])  # its own stream: the main one stays as for plain
+        palette, colour = _BOLD_BACKGROUNDS, _BOLD_BODIES[style.integers(len(_BOLD_BODIES))]
+    else:
+        palette, colour = _BACKGROUNDS, (0.93, 0.93, 0.92)
+    img = _background(rng, palette)
     length = int(WIDTH * rng.uniform(0.62, 0.82))
-    rgb, alpha, window, lines = _cassette(rng, length)
+    rgb, alpha, window, lines = _cassette(rng, length, colour)
     warp = _placement(rng, length, rgb.shape[0])
     size = (WIDTH, HEIGHT)
     rgb = cv2.warpPerspective(rgb, warp, size, flags=cv2.INTER_LINEAR)
@@ -149,7 +167,7 @@ def render(seed: int, index: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), masks
 
 
-def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window") -> Path:
+def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "plain") -> Path:
     """Write ``n`` cassettes into ``out`` in the seed layout; the folder appears complete or not at all."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -160,7 +178,7 @@ def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "wi
         (tmp / "train_images").mkdir()
         (tmp / "train_masks").mkdir()
         for i in range(n):
-            image, masks = render(seed, i)
+            image, masks = render(seed, i, family)
             quality = int(np.random.default_rng([seed, i, 1]).integers(55, 96))
             name = f"cassette_{i:05d}"
             Image.fromarray(image).save(tmp / "train_images" / f"{name}.jpg", quality=quality)

@@ -145,12 +145,15 @@ def plan(args: argparse.Namespace) -> Plan:
 
 def run(p: Plan) -> Location:
     """Validate the data, start Ray, train; returns the run folder."""
+    import ray
+
     from lfa_ray import ray_train
     from lfa_ray.data import load_for, resolve_root
     from lfa_ray.evaluate import format_summary, score_test
 
     data = load_for(p.cfg, resolve_root(p.cfg))
-    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val)")
+    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val, {data.summary['test']} test)")
+    weights = ray_train.read_init(p.cfg)
     ray_train.init_ray()
     gpus = ray_train.check_resources(p.cfg)
 
@@ -163,7 +166,8 @@ def run(p: Plan) -> Location:
         (p.run_dir / SNAPSHOT).unlink()  # cut short, unreadable: Ray starts a new record, from resume_from
     trainer = ray_train.make_trainer(p.cfg, data=ray_train.share(data), storage=p.run_dir.parent,
                                      name=p.run_dir.name, gpus_per_worker=gpus, run_dir=p.run_dir.uri,
-                                     resume_from=p.resume_from.uri if p.resume_from else None)
+                                     resume_from=p.resume_from.uri if p.resume_from else None,
+                                     init=None if weights is None else ray.put(weights))
     try:
         result = trainer.fit()
     except BaseException as exc:

@@ -26,11 +26,12 @@ FINAL = "final"
 TRIAL_RESOURCES = {"CPU": 0, "memory": 100 * 2**20}
 
 
-def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_worker: float = 0.0) -> None:
+def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_worker: float = 0.0, init=None) -> None:
     """One trial: the profile with ``params`` applied, trained by a TorchTrainer inside the trial's folder.
 
     ``data`` is the sweep's dataset in the object store (:class:`lfa_ray.ray_train.SharedData`);
-    ``gpus_per_worker`` what the driver's :func:`lfa_ray.ray_train.check_resources` decided.
+    ``gpus_per_worker`` what the driver's :func:`lfa_ray.ray_train.check_resources` decided; ``init`` the
+    weights of ``train.init_from`` in the object store.
     """
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -43,7 +44,7 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
     # copy), named deterministically, so a restored trial's TorchTrainer finds its checkpoints
     # there and continues from the latest.
     trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train",
-                           gpus_per_worker=gpus_per_worker, callbacks=[TuneReportCallback()])
+                           gpus_per_worker=gpus_per_worker, init=init, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 
@@ -75,7 +76,7 @@ def default_concurrency(cfg: Config, gpus_per_worker: float = 0.0) -> int:
     return max(1, fits)
 
 
-def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float = 0.0, restore: bool = False,
+def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float = 0.0, init=None, restore: bool = False,
                restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
                time_budget_s: float | None = None):
     """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
@@ -90,7 +91,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
 
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, base=trial_config(cfg).to_dict(), data=data,
-                             exp_dir=exp_dir, gpus_per_worker=gpus_per_worker), TRIAL_RESOURCES)
+                             exp_dir=exp_dir, gpus_per_worker=gpus_per_worker, init=init), TRIAL_RESOURCES)
     storage = exp_dir.ray_storage()
     if restore:
         return tune.Tuner.restore(exp_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=False,
@@ -162,6 +163,9 @@ def plan(args: argparse.Namespace) -> tuple[Config, Location]:
         raise UserError(f"tune.metric '{cfg.tune.metric}' is not reported; use val_dice, val_iou, val_accuracy, "
                         f"val_loss or train_loss")
     validate_space(cfg)
+    if cfg.train.init_from and "model.features" in cfg.tune.search_space:
+        raise UserError("train.init_from fixes the architecture; drop model.features from tune.search_space "
+                        "or drop train.init_from")
     storage = locate(cfg.storage.path)
     storage.mkdir()  # fails here, before Ray starts, for a missing bucket or a read-only place
     exp_dir = storage / (args.name or f"tune-{profile_stem(args)}")
@@ -179,7 +183,7 @@ def final_config(cfg: Config, best_params: dict) -> Config:
     return config_from_dict(raw)
 
 
-def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0) -> Location:
+def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0, init=None) -> Location:
     """Retrain the best config into ``final/`` (continuing its own checkpoints if it was interrupted)."""
     from lfa_ray import ray_train
 
@@ -187,27 +191,31 @@ def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0
     final_dir.mkdir()
     dump_config(cfg, final_dir / "config.yaml")
     trainer = ray_train.make_trainer(cfg, data=data, storage=exp_dir, name=FINAL, run_dir=final_dir.uri,
-                                     gpus_per_worker=gpus_per_worker)
+                                     gpus_per_worker=gpus_per_worker, init=init)
     result = trainer.fit()
     return ray_train.export_model(ray_train.best_checkpoint(result), final_dir / "model.pt")
 
 
 def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
+    import ray
+
     from lfa_ray import ray_train, report
     from lfa_ray.data import load_for, resolve_root
 
     data = load_for(cfg, resolve_root(cfg))
-    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val)")
+    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val, {data.summary['test']} test)")
+    weights = ray_train.read_init(cfg)
     ray_train.init_ray()
     gpus = ray_train.check_resources(cfg)
     data = ray_train.share(data)  # decoded once for the whole sweep
+    init = None if weights is None else ray.put(weights)
 
     created = not exp_dir.exists()
     if not resume:
         exp_dir.mkdir()
         dump_config(cfg, exp_dir / "config.yaml")
     try:
-        tuner = make_tuner(cfg, exp_dir, data, gpus_per_worker=gpus, restore=resume,
+        tuner = make_tuner(cfg, exp_dir, data, gpus_per_worker=gpus, init=init, restore=resume,
                            restart_errored=restart_errored)
         grid = tuner.fit()
     except BaseException:
@@ -230,7 +238,7 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
     model = exp_dir / FINAL / "model.pt"
     if not model.exists():
         print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL}")
-        model = run_final(final_cfg, exp_dir, data, gpus)
+        model = run_final(final_cfg, exp_dir, data, gpus, init)
     final_metrics = report.final_metrics(exp_dir / FINAL)
     test = score_test(model, final_cfg, exp_dir / FINAL, int(final_metrics.get("epoch", 0)))
     report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test)

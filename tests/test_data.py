@@ -1,6 +1,7 @@
 from pathlib import Path
 import warnings
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -251,3 +252,14 @@ def test_explicit_test_folders_in_either_layout(tmp_path):
     (generic / "val").mkdir()
     with pytest.raises(UserError, match=r"val: val folder without images/ \+ masks/"):
         data.discover(generic)
+
+
+def test_bold_family_restyles_the_same_cassettes(tmp_path, capsys):
+    """Same geometry and masks as the plain photo of that seed and index, other colours."""
+    plain, plain_masks = render(5, 3)
+    bold, bold_masks = render(5, 3, "bold")
+    assert all(np.array_equal(plain_masks[k], bold_masks[k]) for k in plain_masks)
+    hsv = [cv2.cvtColor(im, cv2.COLOR_RGB2HSV)[..., 1].mean() for im in (plain, bold)]
+    assert hsv[1] > hsv[0] + 40  # far more saturated
+    assert data.main(["synth", str(tmp_path / "b"), "--n", "3", "--family", "bold"]) == 0
+    assert "bold styles" in capsys.readouterr().out and data.check(tmp_path / "b", 0.34)["train"] == 2

@@ -32,6 +32,17 @@ def _jpeg(path: Path, image: np.ndarray, orientation: int | None = None, quality
     return path
 
 
+def _rotated_pairs(root: Path, names: str, mask: np.ndarray) -> Path:
+    """A generic-layout dataset of the scene stored sideways (EXIF orientation 6), with ``mask`` for each."""
+    image, _ = _scene()
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name in names:
+        _jpeg(root / "images" / f"{name}.jpg", image, orientation=6)
+        Image.fromarray(mask).save(root / "masks" / f"{name}.png")
+    return root
+
+
 def _bright(image: np.ndarray) -> np.ndarray:
     return image.mean(axis=-1) > 135
 
@@ -49,14 +60,8 @@ def test_exif_rotated_photo_is_decoded_as_displayed_and_its_mask_matches(tmp_pat
 def test_a_pair_with_an_exif_rotated_photo_trains_aligned(tmp_path, mask_drawn_on):
     """A mask drawn on the photo as displayed is used as is; one drawn on its stored pixels (a tool
     that ignored EXIF) matches only after the same rotation, so it is rotated with the photo."""
-    image, mask = _scene()
-    root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for name in "abcde":
-        _jpeg(root / "images" / f"{name}.jpg", image, orientation=6)
-        Image.fromarray(np.rot90(mask, k=-1) if mask_drawn_on == "displayed" else mask).save(
-            root / "masks" / f"{name}.png")
+    _, mask = _scene()
+    root = _rotated_pairs(tmp_path / "d", "abcde", np.rot90(mask, k=-1) if mask_drawn_on == "displayed" else mask)
     loaded = data.load(root, size=40, val_fraction=0.2)
     assert data.check(root)["sizes"] == {(80, 120): 5}
     img, m = loaded.train.images[0], loaded.train.masks[0]
@@ -65,13 +70,7 @@ def test_a_pair_with_an_exif_rotated_photo_trains_aligned(tmp_path, mask_drawn_o
 
 
 def test_a_mask_that_fits_neither_orientation_is_refused_with_the_displayed_size(tmp_path):
-    image, mask = _scene()
-    root = tmp_path / "d"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for name in "ab":
-        _jpeg(root / "images" / f"{name}.jpg", image, orientation=6)
-        Image.fromarray(mask[:50]).save(root / "masks" / f"{name}.png")
+    root = _rotated_pairs(tmp_path / "d", "ab", _scene()[1][:50])
     with pytest.raises(UserError, match=r"a.png: mask is 120x50 but a.jpg is 80x120 as displayed \(EXIF"):
         data.check(root, val_fraction=0.5)
 

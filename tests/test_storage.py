@@ -95,18 +95,21 @@ def test_packed_dataset_round_trips_exactly(small_dir, tmp_path, s3, capsys):
     assert "24 pairs, all decode" in capsys.readouterr().out
 
 
-def test_packed_dataset_keeps_an_explicit_validation_set(tmp_path):
+@pytest.mark.parametrize("explicit, n_val, n_test", [("val", 2, 0), ("test", 1, 2)])
+def test_packed_dataset_keeps_explicit_validation_and_test_sets(tmp_path, explicit, n_val, n_test):
     src = tmp_path / "explicit"
-    for sub, n in (("train", 3), ("val", 2)):
+    for sub, n in (("train", 4 if explicit == "test" else 3), (explicit, 2)):
         for kind in ("images", "masks"):
             (src / sub / kind).mkdir(parents=True)
         for i in range(n):
             Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(src / sub / "images" / f"{sub}{i}.png")
             Image.fromarray(np.eye(20, 30, dtype=np.uint8) * 255).save(src / sub / "masks" / f"{sub}{i}.png")
     out = tmp_path / "explicit.parquet"
-    data.pack(src, out)
-    splits = data.resolve_splits(out, 0.5, 0)
-    assert splits.explicit_val and [p.name for p in splits.val] == ["val0", "val1"] and len(splits.train) == 3
+    assert data.pack(src, out)[explicit] == 2
+    splits = data.resolve_splits(out, 0.25, 0)
+    assert [p.name for p in getattr(splits, explicit)] == [f"{explicit}0", f"{explicit}1"]
+    assert getattr(splits, f"explicit_{explicit}") and len(splits.train) == 3
+    assert (len(splits.val), len(splits.test)) == (n_val, n_test)
 
 
 def test_bad_pack_and_packed_input(small_dir, tmp_path, capsys):
@@ -227,18 +230,3 @@ def test_bad_storage_and_data_uris_are_refused_before_ray_starts(s3, small_dir, 
         assert main(["--name", "bad", *args]) == 2, args
         assert fragment in error_line(capsys), args
     assert not (locate(f"{s3}/r") / "bad").exists()
-
-
-def test_packed_dataset_keeps_an_explicit_test_set(tmp_path):
-    src = tmp_path / "explicit"
-    for sub, n in (("train", 4), ("test", 2)):
-        for kind in ("images", "masks"):
-            (src / sub / kind).mkdir(parents=True)
-        for i in range(n):
-            Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(src / sub / "images" / f"{sub}{i}.png")
-            Image.fromarray(np.eye(20, 30, dtype=np.uint8) * 255).save(src / sub / "masks" / f"{sub}{i}.png")
-    out = tmp_path / "explicit.parquet"
-    assert data.pack(src, out)["test"] == 2
-    splits = data.resolve_splits(out, 0.25, 0)
-    assert splits.explicit_test and [p.name for p in splits.test] == ["test0", "test1"]
-    assert len(splits.train) == 3 and len(splits.val) == 1

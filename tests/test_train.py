@@ -133,6 +133,7 @@ def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, sma
     (["--data", "/definitely/not/here"], "data folder not found"),
     (["--config", "/no/such/profile.yaml"], "profile not found"),
     (["--resume-from", "/no/such/run"], "--resume-from /no/such/run: not found"),
+    (["--set", "train.init_from=/no/such/model.pt"], "--checkpoint /no/such/model.pt: no model here"),
 ])
 def test_bad_input_exits_2_with_one_line_and_leaves_no_run_folder(ray_cluster, small_dir, tmp_path, capsys,
                                                                   extra, fragment):
@@ -226,3 +227,30 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
     steps_per_epoch = -(-19 // 4)  # 19 training images, batch 4
     for k, v in saved["optimizer"]["state"].items():
         assert int(nxt["optimizer"]["state"][k]["step"]) == int(v["step"]) + steps_per_epoch
+
+
+def test_init_from_starts_a_new_run_from_another_models_weights(ray_cluster, small_dir, tmp_path, capsys):
+    """Warm start: the weights of a model.pt (here a finished run's), not its optimizer or epoch count."""
+    from lfa_ray.config import load_config
+    from lfa_ray.loop import state_bytes
+    from lfa_ray.model import UNet
+
+    assert train.main(_args(small_dir, tmp_path, "--name", "pre", **{"train.epochs": 2})) == 0
+    pretrained = torch.load(tmp_path / "pre" / "model.pt", weights_only=False)["model"]
+    # lr 1e-9: one epoch leaves the weights where they started, so the checkpoint shows the start
+    for name, init in (("warm", str(tmp_path / "pre" / "model.pt")), ("cold", "null")):
+        assert train.main(_args(small_dir, tmp_path, "--name", name, **{"train.epochs": 1, "train.lr": 1e-9,
+                                                                          "train.init_from": init})) == 0
+    convs = [k for k in pretrained if k.endswith(".weight") and pretrained[k].dim() == 4]
+    for name, same in (("warm", True), ("cold", False)):
+        state = load_state(tmp_path / name / "checkpoint_epoch_0001")
+        assert state["progress"]["epoch"] == 1  # a new run: epochs count from 1
+        assert all(torch.allclose(state["model"][k], pretrained[k], atol=1e-6) for k in convs) == same, name
+
+    other = tmp_path / "other.pt"  # another architecture is refused before anything starts
+    other.write_bytes(state_bytes({"model": UNet(features=[4, 8, 16]).state_dict(),
+                                   "config": load_config(None, ["model.features=[4,8,16]"]).to_dict()}))
+    capsys.readouterr()
+    assert train.main(_args(small_dir, tmp_path, "--name", "bad", **{"train.init_from": str(other)})) == 2
+    assert "that UNET has model.features [4, 8, 16] but this profile has [4, 8]" in error_line(capsys)
+    assert not (tmp_path / "bad").exists()
