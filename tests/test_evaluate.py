@@ -1,7 +1,5 @@
 """``lfa_ray.evaluate``: scores checked against known values, the CLI on real files, bad input."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
