@@ -36,6 +36,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -295,9 +296,12 @@ def part_e(rep: Report, device: torch.device, smoke: bool, timeout: float) -> Pa
             f"+ final retrain of {len(final)} epochs; process start to exit")
     rep.add("e.best_trial_val_dice", float(trials["best_val_dice"].max()), "")
     rep.add("e.final_val_dice", float(final["val_dice"].max()), "", "final retrain, best epoch")
+    test = exp / "final" / "test" / "summary.json"
+    if test.is_file():
+        rep.add("e.final_test_dice", json.loads(test.read_text())["dice_mean"], "", "the final model on the test split")
     devices = [line for line in done.stdout.splitlines() if line.startswith("devices:")]
     rep.add("e.devices", devices[0] if devices else "?", "")
-    n_train = round(cfg.data.synthetic_n * (1 - cfg.data.val_fraction))
+    n_train = int(re.search(r"\((\d+) train,", done.stdout).group(1))  # the sweep's "data: ..." line
     spans, alone = _trial_rates(exp, n_train)
     shared, concurrency = _shared_rate(spans)  # gpu.yaml on one GPU: 4
     rep.add("e.shared_img_s", shared, "img/s", f"summed over the {concurrency} trials in an epoch at the same "
