@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import pickle
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Optional
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lfa_ray.config import Config
+from lfa_ray.errors import UserError
 from lfa_ray.model import UNet
 
 if TYPE_CHECKING:
@@ -210,11 +212,16 @@ def save_state(state: dict, directory) -> "Location":
 
 
 def load_state(directory, device: torch.device | str = "cpu") -> dict:
-    """``directory/state.pt`` (a local folder or a URI)."""
+    """``directory/state.pt`` (a local folder or a URI), read as data only (``weights_only``): a
+    file that would run code when unpickled, or any other unreadable one, is refused with its name."""
     from lfa_ray.storage import locate
 
-    data = (locate(directory) / STATE_FILE).read_bytes()
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    file = locate(directory) / STATE_FILE
+    try:
+        return torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:
+        raise UserError(f"{file}: not a checkpoint lfa_ray can load ({type(exc).__name__}); lfa_ray reads only "
+                        f"the tensors and plain values it writes, never code") from None
 
 
 def restore(parts: Parts, state: dict) -> "Progress":

@@ -45,13 +45,14 @@ def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet,
     """The UNET, its training image size and the profile it was trained with (``Config.to_dict()``)."""
     file = find_model(path)
     try:
-        state = torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=False)
+        # weights_only: tensors and plain values; a file that would run code when unpickled is refused
+        state = torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=True)
         cfg = state["config"]
         model = UNet(features=cfg["model"]["features"])
         model.load_state_dict(state["model"])
     except (KeyError, TypeError, RuntimeError, OSError, EOFError, pickle.UnpicklingError) as exc:
         raise UserError(f"{file}: not an lfa_ray model ({type(exc).__name__}); pass a model.pt or checkpoint "
-                        f"written by lfa_ray") from None
+                        f"written by lfa_ray (only tensors and plain values are read, never code)") from None
     return model.to(device).eval(), int(cfg["data"]["image_size"]), cfg
 
 

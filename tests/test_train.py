@@ -254,3 +254,31 @@ def test_init_from_starts_a_new_run_from_another_models_weights(ray_cluster, sma
     assert train.main(_args(small_dir, tmp_path, "--name", "bad", **{"train.init_from": str(other)})) == 2
     assert "that UNET has model.features [4, 8, 16] but this profile has [4, 8]" in error_line(capsys)
     assert not (tmp_path / "bad").exists()
+
+
+class _Payload:
+    """What a hostile model file carries: unpickling it would create ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_model_and_checkpoint_files_never_run_code(small_dir, tmp_path, capsys):
+    """predict and --resume-from read tensors and plain values only: a pickle payload is refused, unrun."""
+    from lfa_ray import predict
+
+    marker = tmp_path / "payload-ran"
+    evil = {"model": {}, "config": {}, "progress": {"epoch": 1}, "x": _Payload(marker)}
+    (tmp_path / "ckpt").mkdir()
+    torch.save(evil, tmp_path / "ckpt" / "state.pt")
+    torch.save(evil, tmp_path / "model.pt")
+    image = next((small_dir / "train_images").iterdir())
+    assert predict.main(["--checkpoint", str(tmp_path / "model.pt"), str(image), "--out", str(tmp_path / "p")]) == 2
+    assert "model.pt: not an lfa_ray model (UnpicklingError)" in error_line(capsys)
+    assert train.main(["--resume-from", str(tmp_path / "ckpt"), "--name", "x",
+                       "--set", f"storage.path={tmp_path}"]) == 2
+    assert "state.pt: not a checkpoint lfa_ray can load (UnpicklingError)" in error_line(capsys)
+    assert not marker.exists()
