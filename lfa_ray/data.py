@@ -210,14 +210,6 @@ def split(found: Found, val_fraction: float, seed: int, test_fraction: float = 0
 
 # -- decoding --------------------------------------------------------------------------------
 
-def decode_image(src: Location | Packed) -> np.ndarray:
-    """RGB uint8 HxWx3, oriented as displayed (:func:`lfa_ray.images.read_photo`)."""
-    return read_photo(src).pixels
-
-
-decode_mask = read_mask
-
-
 def decode_pair(pair: Pair, reduce_to: int | None = None) -> tuple[Photo, np.ndarray]:
     """The pair's photo (decoded reduced towards ``reduce_to`` where that is faster) and its mask at
     the photo's displayed size; a mask drawn on the stored pixels of a rotated photo is rotated with it."""

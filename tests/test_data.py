@@ -8,6 +8,7 @@ from PIL import Image
 
 from lfa_ray import data
 from lfa_ray.errors import UserError
+from lfa_ray.images import read_mask
 from lfa_ray.synth import render
 
 
@@ -35,7 +36,7 @@ def test_seed_layout_pairs_and_maps_255_to_one(tmp_path):
     found = data.discover(root)
     pairs, val = found.pairs, found.val
     assert [p.name for p in pairs] == ["a", "b", "c", "d", "e"] and val is None
-    mask = data.decode_mask(pairs[0].mask)
+    mask = read_mask(pairs[0].mask)
     assert set(np.unique(mask)) == {0, 1}
     assert mask.sum() == 15 * 10
 
@@ -55,7 +56,7 @@ def test_generic_layout_pairs_by_stem_across_formats(tmp_path):
 def test_any_nonzero_mask_pixel_is_foreground(tmp_path, mode):
     path = tmp_path / f"m.{'png'}"
     _mask(path, mode=mode, value=1 if mode == "L" else 255)
-    m = data.decode_mask(path)
+    m = read_mask(path)
     assert m.sum() == 150 and m.max() == 1
 
 
@@ -64,7 +65,7 @@ def test_rgba_mask_transparent_pixels_are_background(tmp_path):
     arr[..., :3] = 255  # white everywhere, but only the top half is visible
     arr[:5, :, 3] = 255
     Image.fromarray(arr, "RGBA").save(tmp_path / "m.png")
-    assert data.decode_mask(tmp_path / "m.png").sum() == 50
+    assert read_mask(tmp_path / "m.png").sum() == 50
 
 
 def test_explicit_validation_folders(tmp_path):

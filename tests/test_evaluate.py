@@ -8,6 +8,7 @@ from PIL import Image
 
 from lfa_ray import data, evaluate, predict
 from lfa_ray.config import load_config
+from lfa_ray.images import read_mask
 from lfa_ray.loop import state_bytes
 from lfa_ray.model import UNet
 from conftest import error_line
@@ -52,7 +53,7 @@ def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir
     first = next(p for p in test if p.name == table["name"][0])
     predict.run(str(model), str(first.image.local), str(tmp_path / "pred"))
     mask = np.asarray(Image.open(tmp_path / "pred" / f"{first.name}_mask.png")) > 0
-    assert table["dice"][0] == pytest.approx(evaluate.scores(mask, data.decode_mask(first.mask))["dice"], abs=1e-4)
+    assert table["dice"][0] == pytest.approx(evaluate.scores(mask, read_mask(first.mask))["dice"], abs=1e-4)
     assert "| dice |" in (out / "summary.md").read_text()
     assert Image.open(out / "worst.png").size[0] == 3 * evaluate.TILE
 

@@ -16,6 +16,7 @@ from PIL import Image
 
 from lfa_ray import data
 from lfa_ray.errors import UserError
+from lfa_ray.images import read_photo
 from lfa_ray.storage import locate
 from conftest import REPO, error_line, set_args, tiny_overrides
 
@@ -90,7 +91,7 @@ def test_packed_dataset_round_trips_exactly(small_dir, tmp_path, s3, capsys):
     # at the original size too: the encoded bytes are stored as they are
     pairs = data.discover(remote).pairs
     first = next(p for p in data.discover(small_dir).pairs if p.name == pairs[0].name)
-    assert np.array_equal(data.decode_image(pairs[0].image), np.asarray(Image.open(first.image.local).convert("RGB")))
+    assert np.array_equal(read_photo(pairs[0].image).pixels, np.asarray(Image.open(first.image.local).convert("RGB")))
     assert data.main(["check", remote]) == 0
     assert "24 pairs, all decode" in capsys.readouterr().out
 

@@ -16,7 +16,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lfa_ray import predict, tune
 from lfa_ray.config import load_config
-from lfa_ray.data import decode_mask, discover
+from lfa_ray.data import discover
+from lfa_ray.images import read_mask
 from lfa_ray.search import SEED_POINT
 from conftest import REPO, error_line, set_args, tiny_overrides
 
@@ -98,7 +99,7 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     scores = []
     for pair in pairs:
         mask = np.asarray(Image.open(tmp_path / "pred" / f"{pair.name}_mask.png")) > 0
-        truth = decode_mask(pair.mask).astype(bool)
+        truth = read_mask(pair.mask).astype(bool)
         assert mask.shape == truth.shape  # the image's own size, not the training size
         scores.append(_dice(mask, truth))
     assert np.mean(scores) > 0.4, scores
