@@ -83,6 +83,7 @@ class Evaluation:
 
 
 def _thumb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """An overlay at most TILE px on its long side; the masks may be larger than ``image`` (full size)."""
     h, w = image.shape[:2]
     scale = TILE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
@@ -104,9 +105,7 @@ def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch
             rows.append({"name": pair.name, "width": photo.size[0], "height": photo.size[1],
                          "true_area": float(truth.mean()), "predicted_area": float(pred.mean()),
                          **scores(pred, truth)})
-            small = cv2.resize(truth, photo.pixels.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-            small_pred = cv2.resize(pred, photo.pixels.shape[1::-1], interpolation=cv2.INTER_NEAREST)
-            tiles[pair.name] = _thumb(photo.pixels, small, small_pred)
+            tiles[pair.name] = _thumb(photo.pixels, truth, pred)
     return Evaluation(pd.DataFrame(rows), tiles)
 
 
