@@ -1,16 +1,21 @@
-"""Synthetic LFA cassette photos with read-window and line masks.
+"""Synthetic LFA cassette photos with read-window and line masks, randomised the way phone photos vary.
 
-Each image is drawn like a phone photo of a test cassette on a table: a
-textured background, the plastic body with bevelled edges and a drop shadow,
-the sample well, the read window (membrane) with a control line and a test
-line that is absent, faint or strong, printed C/T marks, then rotation and
-mild perspective, uneven lighting, an occasional cast shadow, blur, sensor
-noise and JPEG compression. Everything is a function of ``(seed, index)``.
+Each image is drawn like a phone photo of a test cassette: a background (table tops, wood, cloth,
+printed paper, saturated colours, checks, stripes, dots), the cassette (bodies of several colours
+and shapes with bevelled edges, a drop shadow, a sample well, printed brands and labels) with its
+read window (recessed or flush, membranes of several tints and proportions) holding a control line
+and a test line that is absent, faint or strong, and C/T marks. Then the framing, from far to
+close-up (the cassette covers 10-80 % of the photo; close-ups crop its ends, never the window), in
+portrait or landscape photos of several aspect ratios; rotation (mostly along the photo's long
+side, sometimes any angle), perspective from a tilted phone, sometimes fingers over one end or a
+holder around it; uneven lighting, cast shadows, glare, colour casts, blur or motion blur, sensor
+noise (and JPEG compression when written). Window pixels hidden by fingers are not in the mask.
 
-``family`` picks the style: ``plain`` (the default: neutral table tops, white cassettes) or
-``bold`` (saturated table tops, coloured cassette bodies), drawn from a separate random stream
-so a plain photo is the same whether or not other families exist. Checks that train on one
-family and test on the other measure how much a change of style costs (benchmarks/transfer.py).
+Everything is a function of ``(seed, index)``, so a set is the same on every machine.
+``family`` restricts the style draws (body colours and background kinds) to one named family of
+``STYLE_FAMILIES``: ``all`` (the default), ``plain`` (neutral cassettes on tables, wood, cloth,
+paper) or ``bold`` (coloured cassettes on saturated and patterned backgrounds). Checks that train
+on one family and test on the other measure how much a change of style costs (benchmarks/transfer.py).
 
 The set is written in the seed's folder layout (``train_images/NAME.jpg`` +
 ``train_masks/NAME_mask.gif``) so the default path exercises the real loader.
@@ -27,54 +32,93 @@ import cv2
 import numpy as np
 from PIL import Image
 
-WIDTH, HEIGHT = 320, 240
-VERSION = 1  # bump when the drawing changes, so cached sets are regenerated
+VERSION = 2  # bump when the drawing changes, so cached sets are regenerated
+LONG_SIDE = 320
+ASPECTS = [4 / 3, 3 / 2, 16 / 9, 1.0]  # long / short side; each as landscape or portrait
+FRAMING = (0.10, 0.80)  # the cassette's area as a share of the photo's: far to close-up (ends cropped)
 
-_BACKGROUNDS = [  # table tops and cloths, RGB in [0, 1]
-    (0.55, 0.38, 0.22), (0.70, 0.52, 0.33), (0.85, 0.85, 0.83), (0.40, 0.40, 0.42),
-    (0.15, 0.15, 0.17), (0.25, 0.35, 0.55), (0.60, 0.65, 0.58), (0.90, 0.88, 0.80),
-]
-_BOLD_BACKGROUNDS = [  # saturated cloths, mats and painted tables
-    (0.10, 0.25, 0.75), (0.80, 0.15, 0.15), (0.10, 0.55, 0.20), (0.95, 0.75, 0.10),
-    (0.55, 0.15, 0.60), (0.05, 0.60, 0.65), (0.95, 0.45, 0.10), (0.85, 0.30, 0.55),
-]
-_BOLD_BODIES = [(0.45, 0.62, 0.85), (0.50, 0.75, 0.55), (0.90, 0.62, 0.72), (0.95, 0.85, 0.35), (0.25, 0.26, 0.30)]
-FAMILIES = ("plain", "bold")
-_LABELS = ["Ag", "hCG", "LH", "COVID-19", "FLU A/B", "HIV", "TEST"]
+# Style families: which body colours and background kinds a photo may draw.
+BODIES = {
+    "white": (0.93, 0.93, 0.92), "grey": (0.78, 0.79, 0.80), "cream": (0.92, 0.88, 0.76),
+    "blue": (0.45, 0.62, 0.85), "green": (0.50, 0.75, 0.55), "pink": (0.90, 0.62, 0.72),
+    "yellow": (0.95, 0.85, 0.35), "dark": (0.22, 0.23, 0.26),
+}
+BACKGROUNDS = ("table", "wood", "cloth", "saturated", "checks", "stripes", "dots", "paper")
+STYLE_FAMILIES = {
+    "all": (tuple(BODIES), BACKGROUNDS),
+    "plain": (("white", "grey", "cream"), ("table", "wood", "cloth", "paper")),  # neutral cassettes and tables
+    "bold": (("blue", "green", "pink", "yellow", "dark"), ("saturated", "checks", "stripes", "dots")),
+}
+FAMILIES = tuple(STYLE_FAMILIES)
+_TABLES = [(0.55, 0.38, 0.22), (0.70, 0.52, 0.33), (0.85, 0.85, 0.83), (0.40, 0.40, 0.42),
+           (0.15, 0.15, 0.17), (0.25, 0.35, 0.55), (0.60, 0.65, 0.58), (0.90, 0.88, 0.80)]
+_LABELS = ["Ag", "hCG", "LH", "COVID-19", "FLU A/B", "HIV", "TEST", "hsCRP", "Strep A", "Malaria", "RSV", "PSA"]
+_MEMBRANES = [(0.96, 0.93, 0.94), (0.95, 0.93, 0.85), (0.90, 0.90, 0.90), (0.97, 0.89, 0.91)]
+_BRANDS = ["QuickVue", "RapidCheck", "SureTest", "ClearLine", "BinaxNOW", "OneStep", "Accu", "iHealth", "FlowFlex"]
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
-    grid = rng.standard_normal((cells, max(2, cells * w // h))).astype(np.float32)
+    grid = rng.standard_normal((cells, max(2, cells * w // max(h, 1)))).astype(np.float32)
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def _background(rng: np.random.Generator, palette: list = _BACKGROUNDS) -> np.ndarray:
-    base = np.array(palette[rng.integers(len(palette))], np.float32)
-    base = np.clip(base + rng.normal(0, 0.05, 3), 0, 1)
-    img = np.ones((HEIGHT, WIDTH, 3), np.float32) * base
-    img *= 1 + 0.08 * _smooth_noise(rng, HEIGHT, WIDTH, 5)[..., None]
-    if rng.random() < 0.4:  # wood grain
-        y = np.arange(HEIGHT, dtype=np.float32)[:, None] + 6 * _smooth_noise(rng, HEIGHT, WIDTH, 4)
-        img *= (1 + 0.07 * np.sin(y * rng.uniform(0.15, 0.5)))[..., None]
-    img += rng.normal(0, 0.015, img.shape).astype(np.float32)
-    return img
+def _hsv(h: float, s: float, v: float) -> np.ndarray:
+    px = np.uint8([[[int(h * 179) % 180, int(s * 255), int(v * 255)]]])
+    return cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255
 
 
-def _cassette(rng: np.random.Generator, length: int, colour: tuple = (0.93, 0.93, 0.92)
+def _background(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if kind == "saturated" or kind in ("checks", "stripes", "dots"):
+        a = _hsv(rng.uniform(), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.95))
+    else:
+        a = np.clip(np.array(_TABLES[rng.integers(len(_TABLES))], np.float32) + rng.normal(0, 0.05, 3), 0, 1)
+    img = np.ones((h, w, 3), np.float32) * a
+    if kind in ("checks", "stripes", "dots"):
+        b = _hsv(rng.uniform(), rng.uniform(0.0, 1.0), rng.uniform(0.2, 1.0))
+        period = rng.uniform(10, 40)
+        th = rng.uniform(0, np.pi)
+        u, v = xx * np.cos(th) + yy * np.sin(th), -xx * np.sin(th) + yy * np.cos(th)
+        if kind == "checks":
+            on = (np.floor(u / period) + np.floor(v / period)) % 2 == 0
+        elif kind == "stripes":
+            on = np.floor(u / period) % 2 == 0
+        else:
+            on = ((u % period - period / 2) ** 2 + (v % period - period / 2) ** 2) < (period * 0.3) ** 2
+        img[on] = b
+    elif kind == "wood":
+        y = yy + 6 * _smooth_noise(rng, h, w, 4)
+        img *= (1 + 0.08 * np.sin(y * rng.uniform(0.15, 0.5)))[..., None]
+    elif kind == "cloth":
+        img *= (1 + 0.05 * np.sin(xx * 1.3) * np.sin(yy * 1.3))[..., None]
+    elif kind == "paper":  # a printed leaflet: white with text lines
+        img[:] = np.clip(0.93 + rng.normal(0, 0.02), 0, 1)
+        for y in np.arange(rng.uniform(5, 15), h, rng.uniform(9, 16)):
+            x0 = rng.uniform(0, w * 0.2)
+            img[int(y):int(y) + 2, int(x0):int(x0 + rng.uniform(0.4, 0.9) * w)] *= 0.35
+    img *= 1 + 0.08 * _smooth_noise(rng, h, w, 5)[..., None]
+    return img + rng.normal(0, 0.015, img.shape).astype(np.float32)
+
+
+def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: str
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Draw the cassette flat: colour, alpha, window mask and line mask, all ``height x length``."""
-    height = int(length * rng.uniform(0.24, 0.30))
-    low = 0.75 if min(colour) > 0.75 else 0.0
-    body = np.clip(np.array(colour) + rng.normal(0, 0.03, 3), low, 1.0).astype(np.float32)
+    height = int(length * ratio)
+    body = np.clip(np.array(BODIES[body_name], np.float32) + rng.normal(0, 0.03, 3), 0.05, 1.0).astype(np.float32)
     rgb = np.ones((height, length, 3), np.float32) * body
     rgb *= 1 + 0.01 * _smooth_noise(rng, height, length, 3)[..., None]
 
     alpha = np.zeros((height, length), np.uint8)
-    r = max(3, height // 6)
+    shape = rng.integers(3)  # 0: rounded rectangle, 1: nearly square corners, 2: tapered sample end
+    r = max(2, height // (6 if shape == 0 else 14))
     cv2.rectangle(alpha, (r, 0), (length - 1 - r, height - 1), 255, -1)
     cv2.rectangle(alpha, (0, r), (length - 1, height - 1 - r), 255, -1)
     for cx, cy in [(r, r), (length - 1 - r, r), (r, height - 1 - r), (length - 1 - r, height - 1 - r)]:
         cv2.circle(alpha, (cx, cy), r, 255, -1)
+    if shape == 2:
+        cut = int(height * 0.22)
+        for pts in ([(0, 0), (int(length * 0.08), 0), (0, cut)], [(0, height), (int(length * 0.08), height), (0, height - cut)]):
+            cv2.fillPoly(alpha, [np.array(pts, np.int32)], 0)
     edge = cv2.distanceTransform(alpha, cv2.DIST_L2, 3)
     rgb *= (1 - 0.28 * np.exp(-edge / 3.0))[..., None]  # bevelled rim
 
@@ -86,12 +130,16 @@ def _cassette(rng: np.random.Generator, length: int, colour: tuple = (0.93, 0.93
     cv2.ellipse(rgb, (wx, wy), (ax, ay), 0, 0, 360, tuple(float(c) for c in pad), -1)
 
     # Read window: a recessed frame around the membrane.
-    x0 = int(length * rng.uniform(0.40, 0.46))
-    x1 = x0 + int(length * rng.uniform(0.30, 0.38))
-    half = int(height * rng.uniform(0.15, 0.21))
+    x0 = int(length * rng.uniform(0.34, 0.48))
+    x1 = x0 + int(length * rng.uniform(0.22, 0.42))
+    half = int(height * rng.uniform(0.12, 0.25))
     y0, y1 = wy - half, wy + half
-    cv2.rectangle(rgb, (x0 - 3, y0 - 3), (x1 + 3, y1 + 3), tuple(float(c) for c in body * 0.7), -1)
-    membrane = np.clip(np.array([0.96, 0.93, 0.94]) + rng.normal(0, 0.02, 3), 0, 1)
+    rim = int(rng.integers(0, 5))  # the recessed frame's width; 0: the membrane sits flush
+    if rim:
+        shade = body * rng.uniform(0.5, 0.85)
+        cv2.rectangle(rgb, (x0 - rim, y0 - rim), (x1 + rim, y1 + rim), tuple(float(c) for c in shade), -1)
+    tint = _MEMBRANES[rng.integers(len(_MEMBRANES))]
+    membrane = np.clip(np.array(tint) + rng.normal(0, 0.02, 3), 0, 1)
     rgb[y0:y1 + 1, x0:x1 + 1] = membrane
     window = np.zeros((height, length), np.uint8)
     window[y0:y1 + 1, x0:x1 + 1] = 255
@@ -111,34 +159,99 @@ def _cassette(rng: np.random.Generator, length: int, colour: tuple = (0.93, 0.93
         cv2.putText(ink, mark, (lx - 3, y0 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.3, 255, 1, cv2.LINE_AA)
     label = _LABELS[rng.integers(len(_LABELS))]
     cv2.putText(ink, label, (x1 + 8, wy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3, 255, 1, cv2.LINE_AA)
-    rgb *= 1 - 0.6 * (ink.astype(np.float32) / 255)[..., None]
+    if rng.random() < 0.6:  # a printed brand: a coloured band or just the name along the top edge
+        brand = _BRANDS[rng.integers(len(_BRANDS))]
+        if rng.random() < 0.5:
+            band = _hsv(rng.uniform(), rng.uniform(0.5, 1), rng.uniform(0.4, 0.9))
+            rgb[max(1, int(height * 0.05)):max(2, int(height * 0.2)), int(length * 0.3):int(length * 0.95)] = band
+        cv2.putText(ink, brand, (int(length * 0.32), max(8, int(height * 0.17))), cv2.FONT_HERSHEY_SIMPLEX,
+                    0.28, 255, 1, cv2.LINE_AA)
+    dark_ink = body.mean() > 0.45
+    ink_f = (ink.astype(np.float32) / 255)[..., None]
+    rgb = rgb * (1 - 0.6 * ink_f) if dark_ink else rgb * (1 - ink_f) + 0.9 * ink_f
     return rgb, alpha, window, lines
 
 
-def _placement(rng: np.random.Generator, length: int, height: int) -> np.ndarray:
-    """Homography from the flat cassette to the photo: rotation, offset, mild perspective."""
-    angle = np.deg2rad(rng.uniform(-25, 25) + (180 if rng.random() < 0.2 else 0))
-    centre = np.array([WIDTH / 2, HEIGHT / 2]) + rng.uniform(-0.1, 0.1, 2) * [WIDTH, HEIGHT]
+def _placement(rng: np.random.Generator, length: int, height: int, window: np.ndarray, w: int, h: int
+               ) -> np.ndarray:
+    """Homography from the flat cassette to the photo: a rotation (mostly along the photo's long
+    side), an offset and perspective from a tilted phone, keeping the read window in frame."""
+    along = 0.0 if w >= h else 90.0
+    angle = np.deg2rad((along + rng.normal(0, 15) if rng.random() < 0.9 else rng.uniform(0, 360))
+                       + (180 if rng.random() < 0.3 else 0))
     src = np.array([[0, 0], [length, 0], [length, height], [0, height]], np.float32)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    dst = (src - [length / 2, height / 2]) @ rot.T + centre
-    dst += rng.uniform(-0.04, 0.04, dst.shape) * length
-    return cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    corners = (src - [length / 2, height / 2]) @ rot.T
+    span = corners.max(0) - corners.min(0)
+    room = np.abs(np.array([w, h]) - span) / 2 + 0.05 * span  # a close-up may be off-centre too
+    centre = np.array([w / 2, h / 2]) + rng.uniform(-1, 1, 2) * room
+    tilt = rng.uniform(0.0, 0.12)
+    dst = corners + centre + rng.uniform(-tilt, tilt, corners.shape) * length
+    warp = cv2.getPerspectiveTransform(src, dst.astype(np.float32))
+    ys, xs = np.nonzero(window)
+    box = np.array([[[xs.min(), ys.min()], [xs.max(), ys.min()], [xs.max(), ys.max()], [xs.min(), ys.max()]]],
+                   np.float32)
+    seen = cv2.perspectiveTransform(box, warp)[0]
+    margin = 0.03 * min(w, h)
+    low, high = seen.min(0) - margin, seen.max(0) + margin - [w, h]
+    shift = np.where(low < 0, -low, 0) - np.where(high > 0, high, 0)  # move the window fully into view
+    return cv2.getPerspectiveTransform(src, (dst + shift).astype(np.float32))
 
 
-def render(seed: int, index: int, family: str = "plain") -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One synthetic photo (uint8 RGB, HEIGHT x WIDTH) and its masks {'window', 'lines'} (uint8 0/1)."""
+def _occluders(rng: np.random.Generator, w: int, h: int, a: np.ndarray, warp: np.ndarray, length: int,
+               height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fingers (skin-coloured rounded strokes) at the cassette's ends, or a holder frame around it:
+    (coverage 0..1, colour)."""
+    cover = np.zeros((h, w), np.float32)
+    colour = np.zeros((h, w, 3), np.float32)
+    if rng.random() < 0.25:  # fingers holding one end: skin-coloured, round-tipped, from outside the frame side
+        skin = _hsv(rng.uniform(0.02, 0.08), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
+        at_start = rng.random() < 0.5
+        for _ in range(int(rng.integers(1, 3))):
+            y = height * rng.uniform(0.15, 0.85)
+            tip_x = length * (rng.uniform(0.04, 0.12) if at_start else rng.uniform(0.88, 0.96))
+            base_x = tip_x + (-1 if at_start else 1) * length * rng.uniform(0.25, 0.4)
+            tip, base = cv2.perspectiveTransform(np.array([[[tip_x, y], [base_x, y + rng.normal(0, height * 0.3)]]],
+                                                          np.float32), warp)[0]
+            thick = max(3, int(height * rng.uniform(0.3, 0.45) * np.linalg.norm(tip - base) / (length * 0.32)))
+            stroke = np.zeros((h, w), np.uint8)
+            cv2.line(stroke, tuple(int(v) for v in base), tuple(int(v) for v in tip), 255, thick)
+            cv2.circle(stroke, tuple(int(v) for v in tip), thick // 2, 255, -1)
+            cover = np.maximum(cover, cv2.GaussianBlur(stroke.astype(np.float32) / 255, (0, 0), 1.2))
+        colour[:] = skin
+    elif rng.random() < 0.15:  # a holder: a dark frame just around the cassette
+        ring = cv2.dilate((a > 0.5).astype(np.uint8), np.ones((9, 9), np.uint8)) - (a > 0.5).astype(np.uint8)
+        cover = cv2.GaussianBlur(ring.astype(np.float32), (0, 0), 1.0)
+        colour[:] = _hsv(rng.uniform(), rng.uniform(0, 0.5), rng.uniform(0.1, 0.4))
+    return cover, colour
+
+
+# how often each background is drawn (within a family, renormalised): mostly tables, as photos are
+_BACKGROUND_WEIGHT = {"table": 3, "wood": 2, "cloth": 1, "paper": 1, "saturated": 2, "checks": 1, "stripes": 1,
+                      "dots": 1}
+
+
+def _draw_style(rng: np.random.Generator, family: str) -> tuple[str, str]:
+    bodies, backgrounds = STYLE_FAMILIES[family]
+    weights = np.array([_BACKGROUND_WEIGHT[b] for b in backgrounds], np.float64)
+    return bodies[rng.integers(len(bodies))], backgrounds[rng.choice(len(backgrounds), p=weights / weights.sum())]
+
+
+def render(seed: int, index: int, family: str = "all") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One synthetic photo (uint8 RGB) and its masks {'window', 'lines'} (uint8 0/1)."""
     rng = np.random.default_rng([seed, index])
-    if family == "bold":
-        style = np.random.default_rng([seed, index, 7])  # its own stream: the main one stays as for plain
-        palette, colour = _BOLD_BACKGROUNDS, _BOLD_BODIES[style.integers(len(_BOLD_BODIES))]
-    else:
-        palette, colour = _BACKGROUNDS, (0.93, 0.93, 0.92)
-    img = _background(rng, palette)
-    length = int(WIDTH * rng.uniform(0.62, 0.82))
-    rgb, alpha, window, lines = _cassette(rng, length, colour)
-    warp = _placement(rng, length, rgb.shape[0])
-    size = (WIDTH, HEIGHT)
+    body_name, background = _draw_style(rng, family)
+    aspect = ASPECTS[rng.integers(len(ASPECTS))]
+    w, h = LONG_SIDE, int(round(LONG_SIDE / aspect))
+    if rng.random() < 0.35:
+        w, h = h, w  # portrait
+    img = _background(rng, h, w, background)
+    ratio = rng.uniform(0.22, 0.34)  # the cassette's width / length
+    share = np.exp(rng.uniform(*np.log(FRAMING)))  # log-uniform: as many far shots as close-ups
+    length = int(min(np.sqrt(share * w * h / ratio), 1.3 * max(w, h)))
+    rgb, alpha, window, lines = _cassette(rng, length, ratio, body_name)
+    warp = _placement(rng, length, rgb.shape[0], window, w, h)
+    size = (w, h)
     rgb = cv2.warpPerspective(rgb, warp, size, flags=cv2.INTER_LINEAR)
     a = cv2.warpPerspective(alpha, warp, size, flags=cv2.INTER_LINEAR).astype(np.float32) / 255
     masks = {name: (cv2.warpPerspective(m, warp, size, flags=cv2.INTER_NEAREST) > 127).astype(np.uint8)
@@ -148,26 +261,47 @@ def render(seed: int, index: int, family: str = "plain") -> tuple[np.ndarray, di
     shadow = cv2.GaussianBlur(cv2.warpAffine(a, shift, size), (0, 0), 4)
     img *= (1 - 0.4 * shadow)[..., None]
     img = img * (1 - a[..., None]) + rgb * a[..., None]
+    cover, colour = _occluders(rng, w, h, a, warp, length, alpha.shape[0])
+    if cover.any():
+        img = img * (1 - cover[..., None]) + colour * cover[..., None]
+        hidden = cover > 0.5
+        for m in masks.values():
+            m[hidden] = 0
 
-    # Lighting: a linear gradient, vignette, white balance and exposure.
-    yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
+    # Lighting: a linear gradient, vignette, colour cast and exposure, cast shadows and glare.
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     phi = rng.uniform(0, 2 * np.pi)
-    ramp = ((xx - WIDTH / 2) * np.cos(phi) + (yy - HEIGHT / 2) * np.sin(phi)) / WIDTH
-    vignette = 1 - 0.25 * (((xx - WIDTH / 2) / WIDTH) ** 2 + ((yy - HEIGHT / 2) / HEIGHT) ** 2)
-    img *= ((1 + rng.uniform(-0.5, 0.5) * ramp) * vignette)[..., None]
-    img *= (1 + rng.normal(0, 0.04, 3)).astype(np.float32) * rng.uniform(0.75, 1.12)
-    if rng.random() < 0.4:  # a hand or phone casting a soft shadow over part of the scene
-        p = rng.uniform(0, 1, 2) * [WIDTH, HEIGHT]
+    ramp = ((xx - w / 2) * np.cos(phi) + (yy - h / 2) * np.sin(phi)) / max(w, h)
+    vignette = 1 - 0.25 * (((xx - w / 2) / w) ** 2 + ((yy - h / 2) / h) ** 2)
+    img *= ((1 + rng.uniform(-0.6, 0.6) * ramp) * vignette)[..., None]
+    cast = rng.normal(0, 0.04, 3) if rng.random() < 0.6 else rng.normal(0, 0.12, 3)  # sometimes a strong cast
+    img *= (1 + cast).astype(np.float32) * rng.uniform(0.7, 1.15)
+    if rng.random() < 0.45:  # a hand or phone casting a soft shadow over part of the scene
+        p = rng.uniform(0, 1, 2) * [w, h]
         th = rng.uniform(0, 2 * np.pi)
         side = ((xx - p[0]) * np.cos(th) + (yy - p[1]) * np.sin(th) > 0).astype(np.float32)
-        img *= (1 - rng.uniform(0.2, 0.45) * cv2.GaussianBlur(side, (0, 0), 8))[..., None]
-    if rng.random() < 0.7:
+        img *= (1 - rng.uniform(0.2, 0.5) * cv2.GaussianBlur(side, (0, 0), 8))[..., None]
+    if rng.random() < 0.3:  # glare: a soft specular highlight, possibly over the window
+        c = rng.uniform(0.2, 0.8, 2) * [w, h]
+        axes = rng.uniform(0.04, 0.15, 2) * max(w, h)
+        spot = np.zeros((h, w), np.float32)
+        cv2.ellipse(spot, (int(c[0]), int(c[1])), (int(axes[0]), int(axes[1])), rng.uniform(0, 180), 0, 360, 1.0, -1)
+        img += (rng.uniform(0.3, 0.8) * cv2.GaussianBlur(spot, (0, 0), axes.min() / 3 + 1))[..., None]
+    blur = rng.random()
+    if blur < 0.15:  # motion blur: a shaking hand
+        k = int(rng.integers(3, 9))
+        kernel = np.zeros((k, k), np.float32)
+        cv2.line(kernel, (0, k // 2), (k - 1, k // 2), 1.0, 1)
+        rot = cv2.getRotationMatrix2D(((k - 1) / 2, (k - 1) / 2), rng.uniform(0, 180), 1.0)
+        kernel = cv2.warpAffine(kernel, rot, (k, k))
+        img = cv2.filter2D(img, -1, kernel / max(kernel.sum(), 1e-6))
+    elif blur < 0.75:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.3))
     img += rng.normal(0, rng.uniform(0.005, 0.03), img.shape).astype(np.float32)
     return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), masks
 
 
-def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "plain") -> Path:
+def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "all") -> Path:
     """Write ``n`` cassettes into ``out`` in the seed layout; the folder appears complete or not at all."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):

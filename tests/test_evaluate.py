@@ -48,7 +48,9 @@ def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir
     table = pd.read_csv(out / "per_image.csv")
     test = data.splits_for(cfg, small_dir).test
     assert sorted(table["name"]) == sorted(p.name for p in test) and len(test) == 6
-    assert (table[["width", "height"]].values == [320, 240]).all()  # the photos' own size, not 32 px
+    sizes = {p.name: Image.open(p.image.local).size for p in test}  # the photos' own sizes, not 32 px
+    assert [tuple(wh) for wh in table[["width", "height"]].values] == [sizes[n] for n in table["name"]]
+    assert len(set(sizes.values())) > 1  # portrait and landscape photos of several aspect ratios
     # the CSV's Dice is what predict's mask scores against the true mask
     first = next(p for p in test if p.name == table["name"][0])
     predict.run(str(model), str(first.image.local), str(tmp_path / "pred"))
