@@ -9,6 +9,7 @@ keys and wrong types are refused with a message that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -203,6 +204,9 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
 
 def check_values(cfg: Config, where: str) -> None:
     flat = _flatten(cfg.to_dict())
+    for key, value in flat.items():  # nan and inf pass every comparison below, or fail one confusingly
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{where}: {key} must be a finite number, got {value}")
     for key, allowed in CHOICES.items():
         if flat[key] not in allowed:
             raise UserError(f"{where}: {key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
@@ -222,14 +226,20 @@ def check_values(cfg: Config, where: str) -> None:
                         f"data.val_fraction ({cfg.data.val_fraction}), got {cfg.data.test_fraction}")
     if not 0.0 <= cfg.train.aug_strength <= 1.0:
         raise UserError(f"{where}: train.aug_strength must be in [0, 1], got {cfg.train.aug_strength}")
-    if cfg.train.lr <= 0:
-        raise UserError(f"{where}: train.lr must be positive, got {cfg.train.lr}")
+    if not 0 < cfg.train.lr <= 1:
+        raise UserError(f"{where}: train.lr must be in (0, 1] (Adam diverges far below 1), got {cfg.train.lr}")
+    if cfg.train.weight_decay < 0:
+        raise UserError(f"{where}: train.weight_decay must be 0 or more, got {cfg.train.weight_decay}")
     if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
         raise UserError(f"{where}: train.grad_clip must be positive or null, got {cfg.train.grad_clip}")
     if not 0.0 < cfg.train.lr_factor < 1.0:
         raise UserError(f"{where}: train.lr_factor must be between 0 and 1, got {cfg.train.lr_factor}")
     if any(f < 1 for f in cfg.model.features):
         raise UserError(f"{where}: model.features must be positive widths, got {cfg.model.features}")
+    smallest = 2 ** len(cfg.model.features)  # the UNET halves the image once per level down to its bottleneck
+    if cfg.data.image_size < smallest:
+        raise UserError(f"{where}: data.image_size={cfg.data.image_size} is too small for {len(cfg.model.features)} "
+                        f"model levels (model.features); use at least {smallest}, e.g. --set data.image_size=64")
 
 
 def _check_gpus(s: "ScalingConfig", where: str) -> None:

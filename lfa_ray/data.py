@@ -159,6 +159,9 @@ def discover(root: str | Location) -> Found:
     root = locate(root)
     if is_packed(root):
         return _discover_packed(root)
+    if root.is_file():
+        raise UserError(f"{root}: a file, not a dataset; pass the folder that holds train_images/ + train_masks/ "
+                        f"(or a packed {PACKED_SUFFIX}) to --data")
     if not root.is_dir():
         raise UserError(f"{root}: data folder not found; pass an existing folder (or a packed .parquet) to --data")
     train_layout = _find_layout(root / "train") if (root / "train").is_dir() else _find_layout(root)
@@ -268,6 +271,19 @@ def splits_for(cfg, root: str | Location) -> Splits:
     return resolve_splits(root, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.test_fraction)
 
 
+def check_masks(root: str | Location, stats: list[tuple]) -> int:
+    """Refuse a dataset whose masks are all empty (it would train to a perfect, meaningless score);
+    note how many are empty when only some are. Returns that count."""
+    empty = sum(1 for *_, fg in stats if fg == 0)
+    if empty and empty == len(stats):
+        raise UserError(f"{root}: all {empty} masks are empty (no foreground pixel); a mask marks the target in "
+                        f"white (non-zero) on black: check that the masks folder holds the right files")
+    if empty:
+        print(f"note: {empty} of {len(stats)} masks in {root} are empty (no foreground pixel); fine for photos "
+              f"without the target, otherwise fix those masks")
+    return empty
+
+
 def _summary(splits: Splits, stats: list[tuple]) -> dict:
     sizes: dict[tuple[int, int], int] = {}
     for w, h, _ in stats:
@@ -275,14 +291,16 @@ def _summary(splits: Splits, stats: list[tuple]) -> dict:
     fg = [f for _, _, f in stats]
     return {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
             "explicit_val": splits.explicit_val, "explicit_test": splits.explicit_test,
-            "sizes": sizes, "foreground_mean": float(np.mean(fg)), "foreground_min": float(np.min(fg)),
+            "sizes": sizes, "empty_masks": sum(1 for f in fg if f == 0), "foreground_mean": float(np.mean(fg)), "foreground_min": float(np.min(fg)),
             "foreground_max": float(np.max(fg))}
 
 
 def check(root: str | Location, val_fraction: float = 0.2, seed: int = 42, test_fraction: float = 0.0) -> dict:
     """Validate a dataset fully (pairing, decoding, sizes, split); return a summary."""
     splits = resolve_splits(root, val_fraction, seed, test_fraction)
-    return _summary(splits, load_pairs(splits.train + splits.val + splits.test, size=None)[2])
+    stats = load_pairs(splits.train + splits.val + splits.test, size=None)[2]
+    check_masks(root, stats)
+    return _summary(splits, stats)
 
 
 @dataclass
@@ -312,6 +330,7 @@ def load(root: str | Location, size: int, val_fraction: float = 0.2, seed: int =
     validation sets resized to ``size`` (the test set is checked, not kept: training never sees it)."""
     splits = resolve_splits(root, val_fraction, seed, test_fraction)
     images, masks, stats = load_pairs(splits.train + splits.val + splits.test, size)
+    check_masks(root, stats)
     n, m = len(splits.train), len(splits.train) + len(splits.val)
 
     def arrays(pairs: list[Pair], a: int, b: int) -> Arrays:
@@ -458,8 +477,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", choices=["window", "lines"], default="window")
-    p.add_argument("--family", choices=FAMILIES, default="plain",
-                   help="plain (neutral tables, white cassettes) or bold (saturated tables, coloured cassettes)")
+    p.add_argument("--family", choices=FAMILIES, default="all",
+                   help="all styles (default), plain (neutral cassettes on tables) or bold (coloured cassettes on "
+                        "saturated and patterned backgrounds)")
     p.set_defaults(func=_cmd_synth)
     p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
     p.add_argument("dir")

@@ -273,6 +273,7 @@ def fit(cfg: Config, parts: Parts, train_loader, val_loader, device: torch.devic
         tr = train_one_epoch(parts, train_loader, device, loss=t.loss, grad_clip=t.grad_clip)
         va = validate(parts, val_loader, device, loss=t.loss)
         lr_before = parts.optimizer.param_groups[0]["lr"]
+        check_finite(epoch, {"train_loss": tr["train_loss"], **va}, lr_before)
         parts.scheduler.step(va["val_loss"])
         lr = parts.optimizer.param_groups[0]["lr"]
         if lr != lr_before:
@@ -303,6 +304,24 @@ def fit(cfg: Config, parts: Parts, train_loader, val_loader, device: torch.devic
         if stop:
             break
     return progress
+
+
+def nonfinite(weights: dict) -> Optional[str]:
+    """The name of the first floating-point tensor in ``weights`` holding a NaN or inf, or None."""
+    return next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+
+
+class Diverged(UserError):
+    """Training produced a non-finite loss or metric: the weights are no longer usable."""
+
+
+def check_finite(epoch: int, metrics: dict, lr: float) -> None:
+    """Stop at the first epoch whose loss or metrics are not finite (nothing of it is saved)."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        key, value = next(iter(bad.items()))
+        raise Diverged(f"training diverged at epoch {epoch}: {key} is {value} (learning rate {lr:.3g}); "
+                       f"lower train.lr or set train.grad_clip, e.g. --set train.grad_clip=1.0")
 
 
 def format_metrics(m: dict, epochs: int) -> str:

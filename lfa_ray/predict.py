@@ -22,7 +22,7 @@ from PIL import Image
 
 from lfa_ray.errors import UserError, cli_entry
 from lfa_ray.images import IMAGE_EXTS, Photo, read_photo
-from lfa_ray.loop import STATE_FILE
+from lfa_ray.loop import STATE_FILE, nonfinite
 from lfa_ray.model import UNet
 from lfa_ray.runlog import overlay
 from lfa_ray.storage import Location, locate
@@ -52,6 +52,9 @@ def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet,
     except Exception as exc:  # noqa: BLE001 - torch.load raises many types (struct.error for junk bytes)
         raise UserError(f"{file}: not an lfa_ray model ({type(exc).__name__}); pass a model.pt or checkpoint "
                         f"written by lfa_ray (only tensors and plain values are read, never code)") from None
+    bad = nonfinite(state["model"])
+    if bad:
+        raise UserError(f"{file}: weights {bad} are not finite (saved by a run that diverged); pick another model")
     return model.to(device).eval(), int(cfg["data"]["image_size"]), cfg
 
 

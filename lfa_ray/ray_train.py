@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import tempfile
+import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 import ray
@@ -22,7 +25,7 @@ from lfa_ray.config import Config, config_from_dict
 from lfa_ray.data import Data, build_datasets, load_for
 from lfa_ray.errors import UserError
 from lfa_ray.loop import (EpochResult, build, fit, format_metrics, load_state, loader_workers, log, make_loaders,
-                          save_state, state_bytes, unwrap)
+                          nonfinite, save_state, state_bytes, unwrap)
 from lfa_ray.runlog import RunLog
 from lfa_ray.storage import Location, on_filesystem
 
@@ -61,6 +64,12 @@ def checkpoint_dir_name(epoch: int) -> str:
     return f"checkpoint_epoch_{epoch:04d}"
 
 
+def _quiet_user_errors(record: logging.LogRecord) -> bool:
+    """Ray Train logs the traceback of any error leaving the training function; a UserError (e.g.
+    divergence) is a message for the user, which the driver prints as one line."""
+    return not isinstance(sys.exc_info()[1], UserError)
+
+
 def train_func_per_worker(config: dict) -> None:
     """Run :func:`lfa_ray.loop.fit` on one Ray Train worker.
 
@@ -70,6 +79,7 @@ def train_func_per_worker(config: dict) -> None:
     checkpoint directory used when Ray has no checkpoint of this run yet).
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("ray.train.v2._internal.util").addFilter(_quiet_user_errors)
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -103,7 +113,8 @@ def train_func_per_worker(config: dict) -> None:
 
     run_log = None
     if rank == 0 and config.get("run_dir"):
-        run_log = RunLog(config["run_dir"], start_epoch=state["progress"]["epoch"] if state else 0)
+        run_log = RunLog(config["run_dir"], start_epoch=state["progress"]["epoch"] if state else 0,
+                         tensorboard=config.get("tensorboard", True))
 
     def on_epoch(result: EpochResult) -> None:
         m = result.metrics
@@ -130,13 +141,46 @@ def train_func_per_worker(config: dict) -> None:
             run_log.close()
 
 
+def cluster_address() -> Optional[str]:
+    """The Ray cluster this process joins: RAY_ADDRESS, else the one ``ray start`` recorded on this
+    machine (e.g. the head of cluster.yaml, for commands run there); None: start a local one
+    (also with ``RAY_ADDRESS=local``)."""
+    from ray._common.utils import get_ray_address_file
+
+    env = os.environ.get("RAY_ADDRESS")
+    if env:
+        return None if env == "local" else env
+    try:
+        return Path(get_ray_address_file(None)).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _check_answers(address: str) -> None:
+    """Refuse, within seconds, a cluster address nothing listens on (Ray itself retries forever)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if not port.isdigit():
+        return  # "auto" and other forms Ray resolves itself
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError:
+        if os.environ.get("RAY_ADDRESS"):
+            raise UserError(f"RAY_ADDRESS={address}: no Ray cluster answers there; start it (ray start, ray up), "
+                            f"fix RAY_ADDRESS, or unset it to run on a fresh local cluster") from None
+        raise UserError(f"the Ray cluster recorded at {address} by an earlier `ray start` does not answer; clear "
+                        f"the record with `ray stop --force`, or run on a fresh local cluster with "
+                        f"RAY_ADDRESS=local") from None
+
+
 def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -> None:
-    """Connect to the cluster in RAY_ADDRESS, or start a local one (with all of this machine's CPUs
-    and GPUs unless told otherwise)."""
+    """Join the cluster of :func:`cluster_address`, or start a local one (with all of this machine's
+    CPUs and GPUs unless told otherwise)."""
     if ray.is_initialized():
         return
-    if os.environ.get("RAY_ADDRESS"):
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+    address = cluster_address()
+    if address:
+        _check_answers(address)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         return
     # Train V2's placement-group cleaner finds the dashboard by auto-detection, which fails
     # ("Found multiple active Ray instances") when another Ray runs on this machine; the
@@ -147,7 +191,7 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     os.environ["RAY_API_SERVER_ADDRESS"] = url
-    ray.init(num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=port, logging_level=logging.WARNING, log_to_driver=True,
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=port, logging_level=logging.WARNING, log_to_driver=True,
              runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url}})
 
 
@@ -160,7 +204,7 @@ def check_resources(cfg: Config) -> float:
     (Ray would wait forever); returns the GPUs each worker holds (0: CPU) and prints one line saying which.
 
     ``scaling.use_gpu: auto`` uses GPUs when the cluster has them. A cluster lfa_ray started itself
-    is all there is; a cluster it joined (``RAY_ADDRESS``, e.g. one from cluster.yaml) may have an
+    is all there is; a cluster it joined (:func:`cluster_address`, e.g. one from cluster.yaml) may have an
     autoscaler that adds nodes on demand, so there a shortfall is only reported.
     """
     s = cfg.scaling
@@ -195,7 +239,7 @@ def check_resources(cfg: Config) -> float:
     elif per_worker > biggest_gpu:
         problem = (f"scaling.gpus_per_worker={per_worker:g} is more than any node has ({biggest_gpu:g}); "
                    f"use --set scaling.gpus_per_worker={biggest_gpu:g}")
-    if problem and os.environ.get("RAY_ADDRESS"):
+    if problem and cluster_address():
         print(f"note: {problem.split('; ')[0]} right now; training waits for the cluster's autoscaler "
               f"to add nodes (and waits forever if its node types cannot provide them)")
     elif problem:
@@ -209,10 +253,11 @@ def check_resources(cfg: Config) -> float:
 
 
 def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str, gpus_per_worker: float = 0.0,
-                 run_dir: Optional[str] = None, resume_from: Optional[str] = None,
+                 run_dir: Optional[str] = None, resume_from: Optional[str] = None, tensorboard: bool = True,
                  init: Optional[ray.ObjectRef] = None, callbacks: Optional[list] = None) -> TorchTrainer:
     """A TorchTrainer for one training run of ``cfg`` on ``data``, stored at ``storage/name``
-    (a local folder or object storage); ``run_dir`` and ``resume_from`` are paths or URIs.
+    (a local folder or object storage); ``run_dir`` (metrics.csv, and TensorBoard unless
+    ``tensorboard=False``) and ``resume_from`` are paths or URIs.
     ``gpus_per_worker`` is what :func:`check_resources` decided (0: CPU workers); ``init`` the
     weights of ``train.init_from`` in the object store (``ray.put(read_init(cfg))``)."""
     s = cfg.scaling
@@ -220,7 +265,7 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
-                           "resume_from": resume_from, "init": init},
+                           "resume_from": resume_from, "init": init, "tensorboard": tensorboard},
         # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
@@ -237,6 +282,53 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
     )
 
 
+def run_trainer(trainer: TorchTrainer):
+    """``trainer.fit()``, stoppable with Ctrl-C: it runs in a helper thread (so Ray Train's own
+    SIGINT handler, which exits without a word, stays out); on Ctrl-C Ray is shut down, which
+    stops the workers at once and keeps every checkpoint, and KeyboardInterrupt is raised."""
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name="lfa_ray-fit", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.2)
+    except KeyboardInterrupt:
+        ray.shutdown()
+        raise
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
+
+
+def user_error(exc: BaseException) -> Optional[UserError]:
+    """The UserError a training worker raised (e.g. divergence), if that is why the run failed."""
+    return next((e for e in (getattr(exc, "worker_failures", None) or {}).values() if isinstance(e, UserError)), None)
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether a run failed for want of disk space (ENOSPC, wherever in the workers or Ray it arose)."""
+    texts = [str(exc), *(str(e) for e in (getattr(exc, "worker_failures", None) or {}).values())]
+    return any("No space left on device" in t or "[Errno 28]" in t for t in texts)
+
+
+def failure_line(exc: BaseException) -> str:
+    """One line for a failed TorchTrainer run: a worker's own UserError as raised, else the first
+    line of what failed (a dead worker, a crash)."""
+    if user_error(exc) is not None:
+        return str(user_error(exc))
+    failures = list((getattr(exc, "worker_failures", None) or {}).values())
+    err = failures[0] if failures else exc
+    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def best_checkpoint(result) -> Optional[Location]:
     """Where the best (val_dice) checkpoint of a finished TorchTrainer run is."""
     if result.best_checkpoints:
@@ -249,5 +341,8 @@ def best_checkpoint(result) -> Optional[Location]:
 def export_model(checkpoint: Location, out: Location) -> Location:
     """Write the inference model (weights, config, metrics epoch) from a checkpoint to ``out`` atomically."""
     state = load_state(checkpoint)
+    bad = nonfinite(state["model"])
+    if bad:
+        raise UserError(f"{checkpoint}: weights {bad} are not finite (the run diverged); no model exported")
     return out.write_bytes(state_bytes({"model": state["model"], "config": state["config"],
                                         "progress": state["progress"], "checkpoint": checkpoint.uri}))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 
 import matplotlib
 
@@ -23,6 +24,17 @@ def _better(cfg: Config):
     return np.nanmax if cfg.tune.mode == "max" else np.nanmin
 
 
+def error_line(error) -> str:
+    """A trial's error in one readable line: its cause (Ray wraps it in a task error whose text
+    starts with a colour-coded ``ray::...`` header), without terminal colour codes."""
+    if error is None:
+        return ""
+    cause = getattr(error, "cause", None) or error
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(cause))
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("ray::")]
+    return lines[0] if lines else type(cause).__name__
+
+
 def collect(grid, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One row per trial (params, best/last metrics, epochs, ASHA stop, status) and all per-epoch curves."""
     metric = cfg.tune.metric
@@ -32,7 +44,7 @@ def collect(grid, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         params = {k: result.config.get(k) for k in cfg.tune.search_space}
         row = {"trial_id": trial_id, **params, "status": "ERROR" if result.error else "TERMINATED",
-               "error": str(result.error).splitlines()[0] if result.error else ""}
+               "error": error_line(result.error)}
         if "epoch" in df and len(df):
             df = df.dropna(subset=["epoch"])
             last = df.iloc[-1]

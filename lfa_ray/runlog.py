@@ -15,8 +15,9 @@ from tensorboardX import SummaryWriter
 
 from lfa_ray.storage import Location, locate
 
-COLUMNS = ["epoch", "train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou", "best_val_dice",
-           "lr", "epoch_seconds", "images_per_second", "time"]
+SCALARS = ["train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou", "best_val_dice", "lr", "epoch_seconds",
+           "images_per_second"]  # also in TensorBoard
+COLUMNS = ["epoch", *SCALARS, "time", "run_finished"]
 N_OVERLAYS = 4
 
 
@@ -38,7 +39,8 @@ def read_metrics(path: str | Path | Location) -> list[dict]:
 
 
 class RunLog:
-    """Appends each epoch to ``metrics.csv`` and TensorBoard under ``run_dir`` (a path or a URI).
+    """Appends each epoch to ``metrics.csv`` and (unless ``tensorboard=False``) TensorBoard under
+    ``run_dir`` (a path or a URI).
 
     On resume, rows after the restored epoch are dropped (they belong to the
     interrupted attempt) and TensorBoard hides its events from that step on.
@@ -46,12 +48,12 @@ class RunLog:
     uploaded after every epoch.
     """
 
-    def __init__(self, run_dir: str | Path | Location, start_epoch: int = 0):
+    def __init__(self, run_dir: str | Path | Location, start_epoch: int = 0, tensorboard: bool = True):
         self.run_dir = locate(run_dir)
         self.rows = [r for r in read_metrics(self.run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
         self.staging = self.run_dir.local if self.run_dir.is_local else Path(tempfile.mkdtemp(prefix="lfa_ray-log-"))
         self.writer = SummaryWriter(str(self.staging), purge_step=start_epoch + 1 if start_epoch else None,
-                                    flush_secs=5)
+                                    flush_secs=5) if tensorboard else None
 
     def log(self, metrics: dict) -> None:
         self.rows.append({k: metrics[k] for k in COLUMNS})
@@ -60,8 +62,10 @@ class RunLog:
         w.writeheader()
         w.writerows(self.rows)
         (self.run_dir / "metrics.csv").write_text(buf.getvalue())
+        if self.writer is None:
+            return
         step = int(metrics["epoch"])
-        for key in COLUMNS[1:-1]:
+        for key in SCALARS:
             self.writer.add_scalar(key, metrics[key], step)
         self._flush()
 
@@ -74,7 +78,7 @@ class RunLog:
     def log_overlays(self, model: torch.nn.Module, val_ds, step: int, device: torch.device) -> None:
         """Predictions on the first validation images, as one image strip."""
         n = min(N_OVERLAYS, len(val_ds))
-        if n == 0:
+        if n == 0 or self.writer is None:
             return
         batch = torch.stack([val_ds[i][0] for i in range(n)]).to(device)
         was_training = model.training
@@ -86,8 +90,9 @@ class RunLog:
         self._flush()
 
     def close(self) -> None:
-        self.writer.close()
-        if not self.run_dir.is_local:
+        if self.writer is not None:
+            self.writer.close()
+        if not self.run_dir.is_local and self.writer is not None:
             self.run_dir.upload(self.staging)
             shutil.rmtree(self.staging, ignore_errors=True)
 

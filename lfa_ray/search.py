@@ -14,6 +14,7 @@ Any key of the data, model, train and scaling sections may be searched.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 from ray import tune
@@ -78,6 +79,8 @@ def validate_space(cfg: Config, where: str = "tune.search_space") -> None:
                     or not all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in args)):
                 raise UserError(f"{at}: {kind} needs [low, high] numbers, got {args!r}")
             low, high = args
+            if not all(math.isfinite(a) for a in args):
+                raise UserError(f"{at}: {kind} bounds must be finite numbers, got [{low}, {high}]")
             if not low < high:
                 raise UserError(f"{at}: {kind} low must be below high, got [{low}, {high}]")
             if kind == "loguniform" and low <= 0:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Optional
 
 from lfa_ray.config import Config, default_profile, dump_config, load_config
-from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.errors import Stopped, UserError, cli_entry
+from lfa_ray.lock import RunLock
 from lfa_ray.loop import STATE_FILE, load_state
 from lfa_ray.storage import Location, locate
 
@@ -88,6 +89,52 @@ def latest_checkpoint(run_dir: Location) -> Optional[Location]:
     return None
 
 
+def restorable(run_dir: Location) -> tuple[Optional[Location], Optional[dict]]:
+    """The checkpoint a continued run starts from and its state: the latest Ray registered or, when
+    that one does not load (cut short, corrupted, deleted), the newest older one that does, with one
+    line saying so. None when the run has no checkpoint; a UserError when none of them loads."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None, None
+    older = [c for c in reversed(_checkpoints(run_dir)) if c.name < latest.name]
+    problem = None
+    for c in [latest, *older]:
+        try:
+            state = load_state(c)
+        except UserError as exc:
+            problem = problem or str(exc).split(";")[0]
+            continue
+        if c is not latest:
+            print(f"note: {problem}; continuing from the newest checkpoint that loads, {c.name}")
+        return c, state
+    raise UserError(f"{run_dir}: none of its checkpoints loads ({problem}); start the run again with --reset "
+                    f"(deletes it) or under another --name")
+
+
+def _ray_restores(run_dir: Location, start: Location) -> bool:
+    """Whether Ray's own record of the run restores ``start`` (it is missing when the folder was
+    copied by hand, empty when cut short, and names a broken checkpoint when that one was damaged)."""
+    snapshot = _read_snapshot(run_dir) or {}
+    latest = snapshot.get("latest_checkpoint_result")
+    listed = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
+    # Ray refuses a record naming checkpoints that are gone (deleted by hand to free space)
+    return (latest is not None and latest["checkpoint_dir_name"] == start.name
+            and all((run_dir / name / STATE_FILE).is_file() for name in listed))
+
+
+def _drop_partial(run_dir: Location, kept: Optional[Location]) -> None:
+    """Remove checkpoint folders newer than the latest registered one: copies cut short."""
+    for c in _checkpoints(run_dir) if run_dir.exists() else []:
+        if kept is None or c.name > kept.name:
+            c.rmtree()
+
+
+def refuse_existing(run_dir: Location) -> None:
+    if run_dir.exists() and run_dir.children():
+        raise UserError(f"{run_dir} already exists; continue it with --resume-from {run_dir}, "
+                        f"start it again with --reset, or pick another --name")
+
+
 @dataclass
 class Plan:
     cfg: Config
@@ -113,8 +160,7 @@ def plan(args: argparse.Namespace) -> Plan:
     state = None
     if continuing_dir is not None:
         cfg = resolve_config(args, base=continuing_dir / "config.yaml")  # the run's own settings
-        last = latest_checkpoint(continuing_dir)
-        state = load_state(last) if last else None
+        start, state = restorable(continuing_dir)
     elif source is not None:
         state = load_state(source)
         cfg = resolve_config(args, base_raw=state["config"], where=f"{source}/{STATE_FILE}")
@@ -134,47 +180,69 @@ def plan(args: argparse.Namespace) -> Plan:
     continuing = continuing_dir is not None and continuing_dir.uri == run_dir.uri
     resume_from = None
     if source is not None and not continuing:
-        resume_from = latest_checkpoint(continuing_dir) if continuing_dir is not None else source
-    if continuing and (run_dir / SNAPSHOT).exists() and _read_snapshot(run_dir) is None:
-        resume_from = latest_checkpoint(run_dir)  # Ray cannot restore from it; run() sets it aside
-    if run_dir.exists() and run_dir.children() and not continuing and not args.reset:
-        raise UserError(f"{run_dir} already exists; continue it with --resume-from {run_dir}, "
-                        f"start it again with --reset, or pick another --name")
+        resume_from = start if continuing_dir is not None else source
+    if continuing and start is not None and not _ray_restores(run_dir, start):
+        resume_from = start  # run() sets Ray's record aside; the workers start from this checkpoint
+    if not continuing and not args.reset:
+        refuse_existing(run_dir)
     return Plan(cfg, run_dir, resume_from, continuing, args.reset)
 
 
 def run(p: Plan) -> Location:
-    """Validate the data, start Ray, train; returns the run folder."""
-    import ray
-
+    """Validate the data, start Ray, take the run's lock, train; returns the run folder."""
     from lfa_ray import ray_train
     from lfa_ray.data import load_for, resolve_root
-    from lfa_ray.evaluate import format_summary, score_test
 
     data = load_for(p.cfg, resolve_root(p.cfg))
     print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val, {data.summary['test']} test)")
     weights = ray_train.read_init(p.cfg)
     ray_train.init_ray()
     gpus = ray_train.check_resources(p.cfg)
+    with RunLock(p.run_dir):
+        if not (p.continuing or p.reset):
+            refuse_existing(p.run_dir)  # again: another command may have made it since plan()
+        return _train(p, data, weights, gpus)
+
+
+def _train(p: Plan, data, weights, gpus: float) -> Location:
+    import ray
+
+    from lfa_ray import ray_train
+    from lfa_ray.evaluate import format_summary, score_test
 
     if p.reset:
         p.run_dir.rmtree()
     created = not p.run_dir.exists()
     p.run_dir.mkdir()
     dump_config(p.cfg, p.run_dir / "config.yaml")
-    if p.continuing and p.resume_from is not None:
-        (p.run_dir / SNAPSHOT).unlink()  # cut short, unreadable: Ray starts a new record, from resume_from
+    if p.continuing and p.resume_from is not None and (p.run_dir / SNAPSHOT).exists():
+        (p.run_dir / SNAPSHOT).unlink()  # not restorable: Ray starts a new record, from resume_from
     trainer = ray_train.make_trainer(p.cfg, data=ray_train.share(data), storage=p.run_dir.parent,
                                      name=p.run_dir.name, gpus_per_worker=gpus, run_dir=p.run_dir.uri,
                                      resume_from=p.resume_from.uri if p.resume_from else None,
                                      init=None if weights is None else ray.put(weights))
     try:
-        result = trainer.fit()
+        result = ray_train.run_trainer(trainer)
     except BaseException as exc:
-        if created and latest_checkpoint(p.run_dir) is None:
+        kept = latest_checkpoint(p.run_dir)
+        if created and kept is None:
             p.run_dir.rmtree()  # nothing worth keeping; don't block a retry
+        if isinstance(exc, KeyboardInterrupt):
+            raise Stopped(f"training stopped; continue it with: python -m lfa_ray.train --resume-from {p.run_dir}"
+                          if kept is not None else "training stopped before its first checkpoint; nothing was "
+                          "kept, run the same command again") from None
+        if ray_train.user_error(exc) is not None:
+            raise UserError(str(ray_train.user_error(exc))) from None
+        if ray_train.disk_full(exc):
+            _drop_partial(p.run_dir, kept)
+            raise UserError(f"disk full: no space left writing {p.run_dir}; free space there, then "
+                            + (f"continue with --resume-from {p.run_dir}" if kept is not None
+                               else "run the same command again")) from None
         if isinstance(exc, Exception) and not isinstance(exc, UserError):
-            raise UserError(f"training failed: {exc}".splitlines()[0] + " (full log above)") from None
+            then = (f"; continue from its latest checkpoint with --resume-from {p.run_dir}"
+                    + ("" if p.cfg.scaling.max_failures else " (scaling.max_failures > 0 restarts by itself)")
+                    if kept is not None else "")
+            raise UserError(f"training failed: {ray_train.failure_line(exc)}{then}") from None
         raise
     best = ray_train.best_checkpoint(result)
     model = ray_train.export_model(best, p.run_dir / "model.pt")

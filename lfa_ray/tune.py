@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import math
 
-from lfa_ray.config import Config, config_from_dict, dump_config, load_config
-from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.config import Config, StorageConfig, config_from_dict, dump_config, load_config
+from lfa_ray.errors import Stopped, UserError, cli_entry
 from lfa_ray.evaluate import format_summary, score_test
+from lfa_ray.lock import RunLock
 from lfa_ray.search import apply_params, seed_point, to_tune, validate_space
 from lfa_ray.storage import Location, locate
 from lfa_ray.train import add_common_args, profile_stem, resolve_config
@@ -36,16 +37,47 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lfa_ray.ray_train import make_trainer
+    from lfa_ray.ray_train import failure_line, make_trainer
 
     cfg = apply_params(config_from_dict(base), params)
     trial_name = tune.get_context().get_trial_name()
     # The Train run lives in the trial's folder in persistent storage (not Tune's local staging
     # copy), named deterministically, so a restored trial's TorchTrainer finds its checkpoints
-    # there and continues from the latest.
-    trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train",
-                           gpus_per_worker=gpus_per_worker, init=init, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    # there and continues from the latest. Its metrics.csv keeps every epoch it reported.
+    run = exp_dir / trial_name / "train"
+    if replay(run):
+        return  # it had finished before the sweep's driver was lost: its results, not a re-run
+    trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train", run_dir=run.uri,
+                           tensorboard=False, gpus_per_worker=gpus_per_worker, init=init,
+                           callbacks=[TuneReportCallback()])
+    try:
+        trainer.fit()
+    except Exception as exc:  # the trial's error keeps the cause in one line (trials.csv, summary.md)
+        raise TrialFailed(failure_line(exc)) from None
+
+
+def replay(run: Location) -> bool:
+    """Report again what a trial's Train run recorded, when the sweep's driver was lost before Tune
+    saved it: every epoch of a run that finished (returns True: nothing is left to train), else the
+    epochs up to the checkpoint the run continues from, so the trial's history stays whole."""
+    from ray import tune
+
+    from lfa_ray.runlog import read_metrics
+    from lfa_ray.train import latest_checkpoint
+
+    rows = read_metrics(run / "metrics.csv")
+    finished = bool(rows) and bool(rows[-1].get("run_finished"))
+    if not finished:
+        latest = latest_checkpoint(run) if rows else None
+        upto = int(latest.name.rsplit("_", 1)[1]) if latest is not None else 0
+        rows = [r for r in rows if r["epoch"] <= upto]
+    for row in rows:
+        tune.report({**row, "epoch": int(row["epoch"]), "run_finished": int(row.get("run_finished", 0))})
+    return finished
+
+
+class TrialFailed(Exception):
+    """A trial's training failed; the message is the cause in one line."""
 
 
 def trial_name(trial) -> str:
@@ -169,9 +201,7 @@ def plan(args: argparse.Namespace) -> tuple[Config, Location]:
     storage = locate(cfg.storage.path)
     storage.mkdir()  # fails here, before Ray starts, for a missing bucket or a read-only place
     exp_dir = storage / (args.name or f"tune-{profile_stem(args)}")
-    if exp_dir.exists() and exp_dir.children():
-        raise UserError(f"{exp_dir} already exists; continue it with --resume --name {exp_dir.name}, "
-                        f"or pick another --name")
+    refuse_existing(exp_dir)
     return cfg, exp_dir
 
 
@@ -192,14 +222,17 @@ def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0
     dump_config(cfg, final_dir / "config.yaml")
     trainer = ray_train.make_trainer(cfg, data=data, storage=exp_dir, name=FINAL, run_dir=final_dir.uri,
                                      gpus_per_worker=gpus_per_worker, init=init)
-    result = trainer.fit()
+    try:
+        result = ray_train.run_trainer(trainer)
+    except KeyboardInterrupt:
+        raise Stopped(f"the final retrain stopped; continue it with: {resume_command(cfg, exp_dir)}") from None
     return ray_train.export_model(ray_train.best_checkpoint(result), final_dir / "model.pt")
 
 
 def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
     import ray
 
-    from lfa_ray import ray_train, report
+    from lfa_ray import ray_train
     from lfa_ray.data import load_for, resolve_root
 
     data = load_for(cfg, resolve_root(cfg))
@@ -209,6 +242,27 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
     gpus = ray_train.check_resources(cfg)
     data = ray_train.share(data)  # decoded once for the whole sweep
     init = None if weights is None else ray.put(weights)
+
+    with RunLock(exp_dir):
+        if not resume:
+            refuse_existing(exp_dir)  # again: another command may have made it since plan()
+        return _sweep(cfg, exp_dir, data, gpus, init, resume=resume, restart_errored=restart_errored)
+
+
+def resume_command(cfg: Config, exp_dir: Location) -> str:
+    where = "" if cfg.storage.path == StorageConfig.path else f" --set storage.path={cfg.storage.path}"
+    return f"python -m lfa_ray.tune --resume --name {exp_dir.name}{where}"
+
+
+def refuse_existing(exp_dir: Location) -> None:
+    if exp_dir.exists() and exp_dir.children():
+        raise UserError(f"{exp_dir} already exists; continue it with --resume --name {exp_dir.name}, "
+                        f"or pick another --name")
+
+
+def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: bool, restart_errored: bool
+           ) -> Location:
+    from lfa_ray import report
 
     created = not exp_dir.exists()
     if not resume:
@@ -222,13 +276,13 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
         if created and not any(c.name.startswith("trial_") for c in exp_dir.children()):
             exp_dir.rmtree()  # nothing ran: don't block a corrected retry
         raise
-    if grid.num_terminated + grid.num_errors < cfg.tune.num_samples:
-        raise UserError(f"sweep stopped before all {cfg.tune.num_samples} trials finished; "
-                        f"continue it with: python -m lfa_ray.tune --resume --name {exp_dir.name}")
+    if grid.num_terminated + grid.num_errors < cfg.tune.num_samples:  # Tune stops this way on Ctrl-C
+        raise Stopped(f"sweep stopped before all {cfg.tune.num_samples} trials finished; continue it with: "
+                      f"{resume_command(cfg, exp_dir)}")
     table, curves = report.collect(grid, cfg)
     if table.empty or table["best_" + cfg.tune.metric].isna().all():
         raise UserError(f"no trial reported {cfg.tune.metric}; see the trial errors above, fix and "
-                        f"retry with --resume --name {exp_dir.name} --restart-errored")
+                        f"retry with {resume_command(cfg, exp_dir)} --restart-errored")
     best_row = report.best_row(table, cfg)
     best_params = {k: report.param_value(best_row, k) for k in cfg.tune.search_space}
     final_cfg = final_config(cfg, best_params)

@@ -63,6 +63,12 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("data.loader_workers=many", "data.loader_workers must be 0 or more, or auto"),
     ("train.compile=maybe", "train.compile must be true or false"),
     ("train=3", "train must be a mapping"),
+    ("train.lr=.nan", "train.lr must be a finite number, got nan"),
+    ("train.lr=.inf", "train.lr must be a finite number, got inf"),
+    ("train.lr=50", "train.lr must be in (0, 1]"),
+    ("train.weight_decay=-1", "train.weight_decay must be 0 or more"),
+    ("train.grad_clip=.inf", "train.grad_clip must be a finite number"),
+    ("data.image_size=7", "data.image_size=7 is too small for 4 model levels (model.features); use at least 16"),
 ])
 def test_bad_overrides_name_the_key(item, fragment):
     with pytest.raises(UserError, match=None) as info:

@@ -101,6 +101,8 @@ def test_random_split_is_seeded_and_disjoint(tmp_path):
     ("undecodable", "a.jpg: cannot be decoded as an image"),
     ("size_mismatch", "mask is 20x10 but a.jpg is 40x30"),
     ("one_image", "cannot be split"),
+    ("a_file", "a file, not a dataset; pass the folder that holds train_images/"),
+    ("all_masks_empty", "all 5 masks are empty (no foreground pixel)"),
 ])
 def test_bad_datasets_are_refused_with_file_and_fix(tmp_path, breakage, fragment):
     root = tmp_path / "d"
@@ -113,6 +115,8 @@ def test_bad_datasets_are_refused_with_file_and_fix(tmp_path, breakage, fragment
         (root / "train_masks").mkdir()
     elif breakage == "one_image":
         seed_layout(root, names=("a",))
+    elif breakage == "a_file":
+        root = seed_layout(root) / "train_images" / "a.jpg"
     else:
         seed_layout(root)
         if breakage == "unpaired_image":
@@ -123,9 +127,20 @@ def test_bad_datasets_are_refused_with_file_and_fix(tmp_path, breakage, fragment
             (root / "train_images" / "a.jpg").write_bytes(b"not a jpeg")
         elif breakage == "size_mismatch":
             _mask(root / "train_masks" / "a_mask.gif", size=(20, 10), box=(1, 1, 5, 5))
+        elif breakage == "all_masks_empty":
+            for n in "abcde":
+                _mask(root / "train_masks" / f"{n}_mask.gif", value=0)
     with pytest.raises(UserError) as info:
         data.check(root)
     assert fragment in str(info.value)
+
+
+def test_some_empty_masks_are_counted_and_noted(tmp_path, capsys):
+    root = seed_layout(tmp_path / "d")
+    _mask(root / "train_masks" / "b_mask.gif", value=0)
+    assert data.check(root)["empty_masks"] == 1
+    assert "note: 1 of 5 masks in" in capsys.readouterr().out
+    assert data.load(root, 16).summary["empty_masks"] == 1
 
 
 def test_check_lists_every_problem_not_just_the_first(tmp_path):
@@ -139,7 +154,7 @@ def test_check_lists_every_problem_not_just_the_first(tmp_path):
 def test_data_check_command(tmp_path, capsys, small_dir):
     assert data.main(["check", str(small_dir)]) == 0
     out = capsys.readouterr().out
-    assert "24 pairs" in out and "train 19, val 5" in out and "320x240 (24)" in out
+    assert "24 pairs" in out and "train 19, val 5" in out and "image sizes: " in out
     assert data.main(["check", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
@@ -255,12 +270,24 @@ def test_explicit_test_folders_in_either_layout(tmp_path):
         data.discover(generic)
 
 
-def test_bold_family_restyles_the_same_cassettes(tmp_path, capsys):
-    """Same geometry and masks as the plain photo of that seed and index, other colours."""
-    plain, plain_masks = render(5, 3)
-    bold, bold_masks = render(5, 3, "bold")
-    assert all(np.array_equal(plain_masks[k], bold_masks[k]) for k in plain_masks)
-    hsv = [cv2.cvtColor(im, cv2.COLOR_RGB2HSV)[..., 1].mean() for im in (plain, bold)]
-    assert hsv[1] > hsv[0] + 40  # far more saturated
+def test_style_families_restrict_the_colours(tmp_path, capsys):
+    """plain: neutral cassettes on tables; bold: coloured cassettes on saturated or patterned cloths."""
+    saturation = {f: np.mean([cv2.cvtColor(render(5, i, f)[0], cv2.COLOR_RGB2HSV)[..., 1].mean() for i in range(8)])
+                  for f in ("plain", "bold")}
+    assert saturation["bold"] > saturation["plain"] + 40  # far more saturated
     assert data.main(["synth", str(tmp_path / "b"), "--n", "3", "--family", "bold"]) == 0
     assert "bold styles" in capsys.readouterr().out and data.check(tmp_path / "b", 0.34)["train"] == 2
+
+
+def test_synthetic_photos_vary_in_framing_and_shape():
+    """Portrait and landscape photos of several aspect ratios; the cassette from far to close-up,
+    its read window always whole in the frame."""
+    shapes, windows = set(), []
+    for i in range(40):
+        img, masks = render(0, i)
+        shapes.add(img.shape[:2])
+        windows.append(masks["window"].mean())
+        ys, xs = np.nonzero(masks["window"])
+        assert ys.min() > 0 and xs.min() > 0 and ys.max() < img.shape[0] - 1 and xs.max() < img.shape[1] - 1
+    assert len(shapes) >= 4 and any(h > w for h, w in shapes) and any(w > h for h, w in shapes)
+    assert max(windows) > 6 * min(windows)  # far shots and close-ups

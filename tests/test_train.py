@@ -2,7 +2,9 @@
 
 import json
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ from lfa_ray import train
 from lfa_ray.errors import UserError
 from lfa_ray.loop import load_state
 from lfa_ray.runlog import read_metrics
-from conftest import REPO, error_line, set_args, tiny_config, tiny_overrides
+from conftest import REPO, error_line, kill_session, set_args, tiny_config, tiny_overrides
 
 pytestmark = pytest.mark.slow
 
@@ -102,15 +104,59 @@ def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
     assert load_state(tmp_path / "ddp" / "checkpoint_epoch_0002")["progress"]["epoch"] == 2
 
 
-def test_a_run_whose_ray_snapshot_was_cut_short_continues_from_its_newest_checkpoint(ray_cluster, small_dir,
-                                                                                      tmp_path):
-    """Ray rewrites checkpoint_manager_snapshot.json in place; a machine lost then leaves it empty."""
+def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_cluster, small_dir, tmp_path, capsys):
+    """Ray rewrites checkpoint_manager_snapshot.json in place (a machine lost then leaves it empty);
+    a disk or a hand can damage or delete the latest state.pt. Each damage in turn, on one run."""
     assert train.main(_args(small_dir, tmp_path, "--name", "cut")) == 0
     run = tmp_path / "cut"
-    (run / "checkpoint_manager_snapshot.json").write_text("")
-    assert train.main(["--resume-from", str(run), "--set", "train.epochs=3"]) == 0
-    assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1.0, 2.0, 3.0]
-    assert load_state(run / "checkpoint_epoch_0003")["progress"]["epoch"] == 3
+    for epochs, damage in enumerate(["snapshot_cut_short", "latest_truncated", "latest_garbage",
+                                     "latest_deleted"], start=3):
+        latest = run / f"checkpoint_epoch_{epochs - 1:04d}" / "state.pt"
+        if damage == "snapshot_cut_short":
+            (run / "checkpoint_manager_snapshot.json").write_text("")
+        elif damage == "latest_truncated":
+            latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+        elif damage == "latest_garbage":
+            latest.write_bytes(os.urandom(2000))
+        else:
+            shutil.rmtree(latest.parent)
+        capsys.readouterr()
+        assert train.main(["--resume-from", str(run), "--set", f"train.epochs={epochs}"]) == 0, damage
+        out = capsys.readouterr().out
+        if damage != "snapshot_cut_short":
+            assert f"{latest}: not a checkpoint lfa_ray can load" in out, damage
+            assert f"continuing from the newest checkpoint that loads, checkpoint_epoch_{epochs - 2:04d}" in out
+        assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == list(range(1, epochs + 1)), damage
+        assert load_state(run / f"checkpoint_epoch_{epochs:04d}")["progress"]["epoch"] == epochs
+        assert load_state(latest.parent)["progress"]["epoch"] == epochs - 1  # written again, whole
+
+
+def test_a_checkpoint_that_does_not_load_is_named(ray_cluster, small_dir, tmp_path, capsys):
+    assert train.main(_args(small_dir, tmp_path, "--name", "ok")) == 0
+    for c in (tmp_path / "ok").glob("checkpoint_epoch_*"):
+        (c / "state.pt").write_bytes(b"\x80\x02garbage")
+    capsys.readouterr()
+    assert train.main(["--resume-from", str(tmp_path / "ok" / "checkpoint_epoch_0001"), "--name", "b",
+                       "--set", f"storage.path={tmp_path}"]) == 2
+    assert "checkpoint_epoch_0001/state.pt: not a checkpoint lfa_ray can load" in error_line(capsys)
+    assert train.main(["--resume-from", str(tmp_path / "ok")]) == 2
+    assert "none of its checkpoints loads" in error_line(capsys)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_diverging_run_stops_with_the_epoch_and_exports_nothing(ray_cluster, small_dir, tmp_path, capsys):
+    assert train.main(_args(small_dir, tmp_path, "--name", "ok")) == 0
+    state = load_state(tmp_path / "ok" / "checkpoint_epoch_0002")
+    state["model"] = {k: v * float("nan") if v.is_floating_point() else v for k, v in state["model"].items()}
+    (tmp_path / "nan").mkdir()
+    torch.save(state, tmp_path / "nan" / "state.pt")
+    capsys.readouterr()
+    assert train.main(["--resume-from", str(tmp_path / "nan"), "--name", "div", "--set", f"storage.path={tmp_path}",
+                       "--set", "train.epochs=4"]) == 2
+    line = error_line(capsys)
+    assert "training diverged at epoch 3: train_loss is nan" in line and "lower train.lr" in line
+    assert not (tmp_path / "div" / "model.pt").exists()
+    assert not list((tmp_path / "div").glob("checkpoint_epoch_*"))  # nothing non-finite saved
 
 
 def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, small_dir, tmp_path, monkeypatch,
@@ -140,6 +186,27 @@ def test_bad_input_exits_2_with_one_line_and_leaves_no_run_folder(ray_cluster, s
     assert train.main(_args(small_dir, tmp_path, "--name", "bad") + extra) == 2
     assert fragment in error_line(capsys)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("where", ["recorded", "RAY_ADDRESS"])
+def test_a_cluster_that_does_not_answer_is_named_within_seconds(small_dir, tmp_path, where):
+    """A head that died without `ray stop` leaves its address recorded; Ray alone retries it forever."""
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{sock.getsockname()[1]}"
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
+    env.pop("RAY_ADDRESS", None)
+    if where == "recorded":
+        (tmp_path / "ray").mkdir()
+        (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
+    else:
+        env["RAY_ADDRESS"] = dead
+    done = subprocess.run([sys.executable, "-m", "lfa_ray.train", "--name", "x", *_args(small_dir, tmp_path)],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    assert dead in line and ("ray stop --force" in line if where == "recorded" else "unset it" in line)
+    assert not (tmp_path / "x").exists()
 
 
 def test_bad_yaml_profile(ray_cluster, tmp_path, capsys):
@@ -175,20 +242,6 @@ def test_seed_layout_folder_from_outside_trains(ray_cluster, tmp_path, capsys):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of session ``sid`` (Ray's workers have their own process groups)."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[3]) == sid:  # after pid and (comm): state, ppid, pgrp, session
-            try:
-                os.kill(int(stat.parent.name), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir, tmp_path):
     """A real `python -m lfa_ray.train` is SIGKILLed mid-run, then continued from its folder."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -201,7 +254,7 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
     deadline = time.time() + 240
     while time.time() < deadline and len(list(run.glob("checkpoint_epoch_*/state.pt"))) < 3:
         time.sleep(0.2)
-    _kill_session(proc.pid)  # the driver and the local Ray cluster it started, like a lost machine
+    kill_session(proc.pid)  # the driver and the local Ray cluster it started, like a lost machine
     proc.wait()
     done = sorted(p.parent for p in run.glob("checkpoint_epoch_*/state.pt"))
     assert len(done) >= 3, "the run did not get going"
@@ -227,6 +280,119 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
     steps_per_epoch = -(-19 // 4)  # 19 training images, batch 4
     for k, v in saved["optimizer"]["state"].items():
         assert int(nxt["optimizer"]["state"][k]["step"]) == int(v["step"]) + steps_per_epoch
+
+
+def test_ctrl_c_stops_training_with_the_resume_command(small_dir, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "c",
+           *_args(small_dir, tmp_path, **{"train.epochs": 40, "data.image_size": 48})]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "c"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(run.glob("checkpoint_epoch_*/state.pt"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last == f"stopped: training stopped; continue it with: python -m lfa_ray.train --resume-from {run}"
+    start = load_state(train.latest_checkpoint(run))["progress"]["epoch"]
+    resumed = subprocess.run([sys.executable, *last.split(": ", 2)[2].split()[1:], "--set",
+                              f"train.epochs={start + 1}"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")] == list(range(1, start + 2))
+
+
+def test_a_dead_worker_without_retries_says_how_to_continue(small_dir, tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "w",
+           *_args(small_dir, tmp_path, **{"train.epochs": 40, "data.image_size": 48})]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    run = tmp_path / "w"
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(run.glob("checkpoint_epoch_*/state.pt"))) < 2:
+        time.sleep(0.2)
+    workers = [p for p in Path("/proc").glob("[0-9]*") if _in_session(p, proc.pid)
+               and "RayTrainWorker" in (p / "cmdline").read_bytes().decode(errors="replace")]
+    assert workers, "no training worker found"
+    os.kill(int(workers[0].name), signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err.strip().splitlines()[-1]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: training failed: ") and f"--resume-from {run}" in last
+    assert "scaling.max_failures > 0 restarts by itself" in last
+    kill_session(proc.pid)  # the local cluster the run started
+
+
+def _in_session(proc_dir: Path, sid: int) -> bool:
+    try:
+        return int((proc_dir / "stat").read_text().rsplit(")", 1)[1].split()[3]) == sid
+    except (OSError, ValueError, IndexError):
+        return False
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MB filesystem (tmpfs) to fill up; needs root, as CI and this project's machines have."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(disk)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small filesystem here (needs root)")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """Take every free byte of ``disk``."""
+    filler = disk / f"filler{len(list(disk.glob('filler*')))}"
+    with open(filler, "wb", buffering=0) as f:  # unbuffered: nothing left to flush at close
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    return filler
+
+
+def test_a_full_disk_says_so_and_the_run_continues_once_space_is_freed(small_dir, tmp_path, small_disk):
+    """Filled twice; the second time the run's own older checkpoints are deleted too (Ray's record
+    still names them)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run = small_disk / "f"
+    for attempt, free_by in enumerate(["deleting_the_filler", "deleting_old_checkpoints"]):
+        if attempt == 0:
+            cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "f",
+                   *_args(small_dir, small_disk, **{"train.epochs": 60, "data.image_size": 48,
+                                                    "train.early_stopping_patience": 100})]
+        else:
+            cmd = [sys.executable, "-m", "lfa_ray.train", "--resume-from", str(run), "--set", "train.epochs=60"]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        seen = len(list(run.glob("checkpoint_epoch_*/state.pt")))
+        deadline = time.time() + 240
+        while time.time() < deadline and len(list(run.glob("checkpoint_epoch_*/state.pt"))) < seen + 2:
+            time.sleep(0.1)
+        filler = _fill(small_disk)
+        _, err = proc.communicate(timeout=240)
+        kill_session(proc.pid)
+        assert proc.returncode == 2, err[-3000:]
+        assert err.strip().splitlines()[-1] == (f"error: disk full: no space left writing {run}; free space "
+                                                f"there, then continue with --resume-from {run}")
+        registered = train.latest_checkpoint(run)
+        assert all(c.name <= registered.name for c in run.glob("checkpoint_epoch_*"))  # no cut-short copies
+        filler.unlink()
+        if free_by == "deleting_old_checkpoints":  # as a user freeing space might: all but the latest
+            for c in run.glob("checkpoint_epoch_*"):
+                if c.name != registered.name:
+                    shutil.rmtree(c)
+        start = load_state(registered)["progress"]["epoch"]
+        resumed = subprocess.run(cmd[:3] + ["--resume-from", str(run), "--set", f"train.epochs={start + 2}"],
+                                 cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, free_by + resumed.stderr[-3000:]
+        assert load_state(run / f"checkpoint_epoch_{start + 2:04d}")["progress"]["epoch"] == start + 2
 
 
 def test_init_from_starts_a_new_run_from_another_models_weights(ray_cluster, small_dir, tmp_path, capsys):
