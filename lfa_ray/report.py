@@ -46,7 +46,8 @@ def collect(grid, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         row = {"trial_id": trial_id, **params, "status": "ERROR" if result.error else "TERMINATED",
                "error": error_line(result.error)}
         if "epoch" in df and len(df):
-            df = df.dropna(subset=["epoch"])
+            # an epoch Tune had when its driver was lost is reported again by the restarted trial
+            df = df.dropna(subset=["epoch"]).drop_duplicates(subset="epoch", keep="last")
             last = df.iloc[-1]
             row.update({f"best_{metric}": float(_better(cfg)(df[metric])), f"last_{metric}": float(last[metric]),
                         "best_val_dice": float(df["val_dice"].max()), "last_val_dice": float(last["val_dice"]),

@@ -10,6 +10,7 @@ continues an interrupted sweep (and/or its final retrain) from there.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 from lfa_ray.config import Config, StorageConfig, config_from_dict, dump_config, load_config
@@ -45,7 +46,7 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
     # copy), named deterministically, so a restored trial's TorchTrainer finds its checkpoints
     # there and continues from the latest. Its metrics.csv keeps every epoch it reported.
     run = exp_dir / trial_name / "train"
-    if replay(run):
+    if replay(run, exp_dir / trial_name / "result.json"):
         return  # it had finished before the sweep's driver was lost: its results, not a re-run
     trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train", run_dir=run.uri,
                            tensorboard=False, gpus_per_worker=gpus_per_worker, init=init,
@@ -56,10 +57,11 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
         raise TrialFailed(failure_line(exc)) from None
 
 
-def replay(run: Location) -> bool:
-    """Report again what a trial's Train run recorded, when the sweep's driver was lost before Tune
-    saved it: every epoch of a run that finished (returns True: nothing is left to train), else the
-    epochs up to the checkpoint the run continues from, so the trial's history stays whole."""
+def replay(run: Location, results: Location) -> bool:
+    """Report again what a trial's Train run recorded and Tune lost with the sweep's driver (Tune
+    saves its state every few seconds): of a run that finished, every epoch Tune's ``results``
+    (the trial's result.json) lacks (returns True: nothing is left to train); of an unfinished
+    one, those up to the checkpoint it continues from. So the trial's history stays whole."""
     from ray import tune
 
     from lfa_ray.runlog import read_metrics
@@ -71,6 +73,9 @@ def replay(run: Location) -> bool:
         latest = latest_checkpoint(run) if rows else None
         upto = int(latest.name.rsplit("_", 1)[1]) if latest is not None else 0
         rows = [r for r in rows if r["epoch"] <= upto]
+    known = [json.loads(line).get("epoch", 0) for line in
+             (results.read_text().splitlines() if rows and results.is_file() else []) if line.strip()]
+    rows = [r for r in rows if r["epoch"] > max(known, default=0)]
     for row in rows:
         tune.report({**row, "epoch": int(row["epoch"]), "run_finished": int(row.get("run_finished", 0))})
     return finished
