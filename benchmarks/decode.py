@@ -59,7 +59,7 @@ def main() -> None:
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
               f"photo 4000x3000 JPEG, {path.stat().st_size / 2**20:.1f} MiB, EXIF orientation 6")
         for size in (64, 256, 512):
-            def load(reduce: bool) -> np.ndarray:
+            def load(reduce: bool, size: int = size) -> np.ndarray:
                 photo = read_photo(src, reduce_to=size if reduce else None)
                 return cv2.resize(photo.pixels, (size, size), interpolation=cv2.INTER_AREA)
 

@@ -12,11 +12,11 @@ Parts, in this order (each figure is printed as ``FIGURE ...`` the moment it is 
 short still reports what it did; a part that no longer fits in ``--budget`` is skipped):
 
 a. environment: GPU, driver, torch, CUDA, cuDNN, Ray.
-b. plain loop, seed UNET (widths 64..512), 512 px, batch 8 and 32: training img/s and peak GPU
+b. plain loop, original UNET (widths 64..512), 512 px, batch 8 and 32: training img/s and peak GPU
    memory for fp32, fp16 + GradScaler and bf16 (channels_last, as the loop runs); torch.compile
    of the same for fp16 and bf16 at batch 32 is measured last (part g, figures named b.*), since
    compiling is the least predictable cost (compile seconds reported, warm-up excluded).
-c. the seed_512 profile's epoch in a 1-worker TorchTrainer with ``use_gpu`` vs the plain loop on
+c. the reference_512 profile's epoch in a 1-worker TorchTrainer with ``use_gpu`` vs the plain loop on
    the same data: epoch-time ratio, img/s inside Ray, Ray's fixed start/stop seconds.
 d. the training DataLoader at 512 px (augmentation 1.0, pinned memory): samples/s with 0, 2, 4
    and 8 loader processes vs what the GPU consumes (part b, fp16 batch 8).
@@ -187,19 +187,20 @@ def profile_512(smoke: bool, epochs: int) -> list[str]:
 
 def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
     import ray
-
-    from lfa_ray.data import load_for, resolve_root
     from train_overhead import in_trainer, plain
 
-    cfg = load_config(REPO / "tune_configs" / "seed_512.yaml", profile_512(smoke, epochs=3 if smoke else 6))
+    from lfa_ray.data import load_for, resolve_root
+
+    cfg = load_config(REPO / "tune_configs" / "reference_512.yaml", profile_512(smoke, epochs=3 if smoke else 6))
     data = load_for(cfg, resolve_root(cfg))
     p = plain(cfg, data, device)
     r = in_trainer(cfg, data, gpus_per_worker=1.0 if device.type == "cuda" else 0.0)
     ray.shutdown()
     pm, rm = statistics.median(p["walls"][1:]), statistics.median(r["walls"][1:])
-    note = (f"seed_512.yaml: {cfg.data.image_size} px, batch {cfg.train.batch_size}, amp {cfg.train.amp}, "
+    note = (f"reference_512.yaml: {cfg.data.image_size} px, batch {cfg.train.batch_size}, amp {cfg.train.amp}, "
             f"{len(r['walls'])} epochs of {data.summary['train']} images, checkpoints on improvement")
-    rep.add("c.trainer_img_s", statistics.median(r["images_per_second"][1:]), "img/s", "inside a 1-worker TorchTrainer; " + note)
+    rep.add("c.trainer_img_s", statistics.median(r["images_per_second"][1:]), "img/s",
+            "inside a 1-worker TorchTrainer; " + note)
     rep.add("c.plain_epoch_s", pm, "s", "median epoch wall, epochs 2..")
     rep.add("c.trainer_epoch_s", rm, "s", "median epoch wall incl. report + checkpoint persistence")
     rep.add("c.epoch_ratio", rm / pm, "", "TorchTrainer / plain loop")
@@ -211,7 +212,7 @@ def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
 def part_d(rep: Report, device: torch.device, smoke: bool, gpu_rate: float | None) -> None:
     from lfa_ray.data import build_datasets, load_for, resolve_root
 
-    cfg = load_config(REPO / "tune_configs" / "seed_512.yaml", profile_512(smoke, epochs=1))
+    cfg = load_config(REPO / "tune_configs" / "reference_512.yaml", profile_512(smoke, epochs=1))
     tr, va = build_datasets(cfg, load_for(cfg, resolve_root(cfg)))
     chosen = loop.loader_workers("auto", torch.device("cuda"), cfg.scaling.cpus_per_worker)
     for workers in (0, 2) if smoke else (0, 2, 4, 8):
@@ -226,7 +227,8 @@ def part_d(rep: Report, device: torch.device, smoke: bool, gpu_rate: float | Non
         rate = n / (time.perf_counter() - t)
         versus = f"x{rate / gpu_rate:.2f} of the GPU's {gpu_rate:.0f} img/s (b, fp16 batch 8)" if gpu_rate else ""
         rep.add(f"d.loader_samples_s.{workers}_workers", rate, "samples/s",
-                f"{cfg.data.image_size} px, aug 1.0; {versus}" + (" <- auto for seed_512" if workers == chosen else ""))
+                f"{cfg.data.image_size} px, aug 1.0; {versus}"
+                + (" <- auto for reference_512" if workers == chosen else ""))
         if workers == chosen and gpu_rate:
             rep.add("d.loader_vs_gpu", rate / gpu_rate, "", f"at data.loader_workers auto = {chosen}")
         del tl, it
@@ -269,7 +271,8 @@ def part_e(rep: Report, device: torch.device, smoke: bool, timeout: float) -> Pa
     storage = Path(tempfile.mkdtemp(prefix="sweep-", dir=WORK))
     sets = [f"storage.path={storage}"]
     if smoke:
-        sets += ["data.image_size=32", "model.features=[4,8]", f"data.synthetic_n={SYNTH_N[True]}", "tune.num_samples=2",
+        sets += ["data.image_size=32", "model.features=[4,8]", f"data.synthetic_n={SYNTH_N[True]}",
+                 "tune.num_samples=2",
                  "tune.scheduler={max_t: 2, grace_period: 1, reduction_factor: 2}", "final.epochs=2",
                  "scaling.cpus_per_worker=1", "scaling.gpus_per_worker=null", "train.batch_size=8"]
     cmd = [sys.executable, "-m", "lfa_ray.tune", "--config", str(REPO / "tune_configs" / "gpu.yaml"),
@@ -316,7 +319,7 @@ def part_e(rep: Report, device: torch.device, smoke: bool, timeout: float) -> Pa
 
 def part_f(rep: Report, device: torch.device, smoke: bool, exp: Path | None) -> None:
     from lfa_ray import predict
-    from lfa_ray.loop import state_bytes
+    from lfa_ray.checkpoint import state_bytes
     from lfa_ray.model import UNet
     from lfa_ray.synth import synthetic_dataset
 
@@ -326,7 +329,7 @@ def part_f(rep: Report, device: torch.device, smoke: bool, exp: Path | None) -> 
         shutil.copy(f, photos / f.name)
     if exp is not None:
         checkpoint = exp
-    else:  # no sweep model: an untrained seed UNET at 256 px costs the same to run
+    else:  # no sweep model: an untrained original UNET at 256 px costs the same to run
         cfg = load_config(REPO / "tune_configs" / "gpu.yaml", ["model.features=[4,8]"] if smoke else [])
         checkpoint = photos.parent / "gpu-suite-model.pt"
         checkpoint.write_bytes(state_bytes({"model": UNet(features=cfg.model.features).state_dict(),
@@ -337,7 +340,7 @@ def part_f(rep: Report, device: torch.device, smoke: bool, exp: Path | None) -> 
     written = predict.run(str(checkpoint), str(photos), str(out), batch_size=16, device=device.type)
     rate = len(written) / (time.perf_counter() - t)
     rep.add("f.predict_img_s", rate, "img/s", f"{len(written)} photos 320x240: decode, model, mask + overlay PNGs "
-            f"({'sweep model' if exp else 'untrained seed UNET'})")
+            f"({'sweep model' if exp else 'untrained original UNET'})")
 
 
 # -- main ------------------------------------------------------------------------------------

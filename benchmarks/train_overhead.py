@@ -25,17 +25,20 @@ from pathlib import Path
 import torch
 
 from lfa_ray import loop
+from lfa_ray.checkpoint import save_state
 from lfa_ray.config import load_config
 from lfa_ray.data import build_datasets, load_for, resolve_root
 from lfa_ray.runlog import read_metrics
 from lfa_ray.storage import locate
 
+CPU = torch.device("cpu")
+
 
 def epoch_walls(times: list[float]) -> list[float]:
-    return [b - a for a, b in zip(times, times[1:])]
+    return [b - a for a, b in zip(times, times[1:], strict=False)]
 
 
-def plain(cfg, data, device: torch.device = torch.device("cpu")) -> dict:
+def plain(cfg, data, device: torch.device = CPU) -> dict:
     """The loop with the loaders, workers and pinned memory a Ray Train worker on ``device`` uses."""
     if device.type == "cpu":
         torch.set_num_threads(cfg.scaling.cpus_per_worker)  # what Ray gives a worker of that many CPUs
@@ -51,7 +54,7 @@ def plain(cfg, data, device: torch.device = torch.device("cpu")) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         def on_epoch(r: loop.EpochResult) -> None:
             if r.checkpoint is not None:  # same checkpoint policy and file as the Ray run
-                loop.save_state(r.checkpoint, Path(tmp) / f"e{r.metrics['epoch']}")
+                save_state(r.checkpoint, Path(tmp) / f"e{r.metrics['epoch']}")
             compute.append(r.metrics["epoch_seconds"])
             ends.append(time.time())
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from lfa_ray import loop
+from lfa_ray.checkpoint import state_bytes
 from lfa_ray.config import load_config
 from lfa_ray.data import build_datasets, discover, load
 from lfa_ray.evaluate import evaluate
@@ -39,7 +40,7 @@ from lfa_ray.synth import write_synthetic
 CPU = torch.device("cpu")
 
 
-def train(cfg, data_dir: Path, *, init: str | None = None, score_at: dict | None = None) -> loop.Parts:
+def train(cfg, data_dir: Path, *, init: str | None = None, score_at: dict | None = None) -> loop.TrainingSetup:
     """Fit the default loop on ``data_dir`` (80/20 split); ``score_at``: {epoch: pairs} scored on the way."""
     data = load(data_dir, cfg.data.image_size, val_fraction=0.2, seed=cfg.data.split_seed)
     tr, va = build_datasets(cfg, data)
@@ -65,8 +66,8 @@ def dice(model: torch.nn.Module, cfg, pairs: list) -> float:
     return float(evaluate(model, cfg.data.image_size, pairs, CPU).table["dice"].mean())
 
 
-def save(parts: loop.Parts, cfg, path: Path) -> Path:
-    path.write_bytes(loop.state_bytes({"model": parts.model.state_dict(), "config": cfg.to_dict()}))
+def save(parts: loop.TrainingSetup, cfg, path: Path) -> Path:
+    path.write_bytes(state_bytes({"model": parts.model.state_dict(), "config": cfg.to_dict()}))
     return path
 
 

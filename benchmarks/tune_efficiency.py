@@ -30,7 +30,8 @@ def sweep(cfg, data, *, search: str, early_stopping: bool, budget: float, target
     with tempfile.TemporaryDirectory() as storage:
         exp = Path(storage) / search
         exp.mkdir()
-        tuner = tune.make_tuner(cfg, locate(exp), data, search=search, early_stopping=early_stopping, time_budget_s=budget)
+        tuner = tune.make_tuner(cfg, locate(exp), data, search=search, early_stopping=early_stopping,
+                                time_budget_s=budget)
         start = time.time()
         grid = tuner.fit()
         wall = time.time() - start

@@ -31,7 +31,7 @@ from lfa_ray.data import load_for, resolve_root
 from lfa_ray.storage import locate
 
 
-def bare_trial(params: dict, *, base: dict, data, exp_dir) -> None:
+def bare_trial(params: dict, *, base: dict, data, exp_dir, **_) -> None:
     """A trial that reports ``train.epochs`` times and does nothing else (Ray's floor)."""
     from ray import tune
     from ray.train import RunConfig, ScalingConfig
@@ -47,18 +47,19 @@ def bare_trial(params: dict, *, base: dict, data, exp_dir) -> None:
 
     TorchTrainer(train, train_loop_config={"epochs": base["train"]["epochs"]},
                  scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-                 run_config=RunConfig(name="train", storage_path=f"{exp_dir.path}/{tune.get_context().get_trial_name()}",
+                 run_config=RunConfig(name="train",
+                                      storage_path=f"{exp_dir.path}/{tune.get_context().get_trial_name()}",
                                       callbacks=[TuneReportCallback()])).fit()
 
 
-def measure(cfg, data) -> dict:
+def measure(cfg, data, trial=None) -> dict:
     """Run the sweep; per-report and fixed seconds from the reported epoch ends."""
     from lfa_ray import tune
 
     with tempfile.TemporaryDirectory() as storage:
         exp = Path(storage) / "bench"
         exp.mkdir()
-        tuner = tune.make_tuner(cfg, locate(exp), data, early_stopping=False)
+        tuner = tune.make_tuner(cfg, locate(exp), data, early_stopping=False, trial=trial or tune.trial_fn)
         t1 = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - t1
@@ -66,7 +67,7 @@ def measure(cfg, data) -> dict:
     for result in grid:
         df = result.metrics_dataframe.sort_values("epoch")
         ends, secs = df["time"].tolist(), df["epoch_seconds"].tolist()
-        per_report += [b - a - s for a, b, s in zip(ends, ends[1:], secs[1:])]
+        per_report += [b - a - s for a, b, s in zip(ends, ends[1:], secs[1:], strict=False)]
         compute.append(sum(secs))
         epochs.append(len(df))
     report_s = statistics.median(per_report)
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
-    from lfa_ray import ray_train, tune
+    from lfa_ray import ray_train
 
     cfg = load_config(None, ["data.image_size=32", "model.features=[8,16]", f"tune.num_samples={args.trials}",
                              "tune.max_concurrent_trials=1", f"tune.scheduler.max_t={args.epochs}",
@@ -95,8 +96,7 @@ def main() -> None:
     ray_init = time.perf_counter() - t0
     data = ray_train.share(loaded)
     ours = measure(cfg, data)
-    tune.trial_fn = bare_trial  # the same Tuner, trial function swapped
-    bare = measure(cfg, data)
+    bare = measure(cfg, data, trial=bare_trial)  # the same Tuner, trial function swapped
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; ray.init {ray_init:.1f} s (once per sweep)")
     for name, r in (("lfa_ray trial", ours), ("bare TorchTrainer trial", bare)):
         print(f"{name}: {r['trials']} trials x {r['epochs']:.0f} epochs, one at a time: sweep wall {r['wall']:.1f} s, "

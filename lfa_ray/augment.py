@@ -1,8 +1,8 @@
 """Augmentation pipelines (albumentations), scaled by one knob ``train.aug_strength``.
 
-Images arrive already resized to ``data.image_size`` (the seed's first step),
+Images arrive already resized to ``data.image_size`` (the original's first step),
 so the pipelines start after its Resize. At strength 1 the geometry is the
-seed's: Rotate(limit=35, p=1), HorizontalFlip(0.5), VerticalFlip(0.1); at 0
+original's: Rotate(limit=35, p=1), HorizontalFlip(0.5), VerticalFlip(0.1); at 0
 only Normalize remains. Photometric jitter (brightness/contrast, blur, noise)
 scales with the same knob. Image and mask always share the geometry.
 """
@@ -10,10 +10,26 @@ scales with the same knob. Image and mask always share the geometry.
 from __future__ import annotations
 
 import albumentations as A
+import cv2
+import numpy as np
+import torch
 from albumentations.pytorch import ToTensorV2
 
-# The seed normalises to [0, 1] with mean 0 and std 1.
+# The original project normalises to [0, 1] with mean 0 and std 1.
 _NORMALIZE = A.Normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), max_pixel_value=255.0)
+
+
+def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The first step of every path into the model (training, validation, test, predict): a photo
+    to ``size`` x ``size`` (area interpolation), its mask likewise (nearest, staying binary)."""
+    small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
+    return small, None if mask is None else cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+
+
+def model_input(images: list[np.ndarray], size: int) -> torch.Tensor:
+    """Photos as the model sees them outside training: resized, normalised (``val_transform``), batched."""
+    transform = val_transform()
+    return torch.stack([transform(image=resize(im, None, size)[0])["image"] for im in images])
 
 
 def train_transform(strength: float, seed: int = 0) -> A.Compose:

@@ -8,98 +8,126 @@ keys and wrong types are refused with a message that names the key.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 import yaml
 
 from lfa_ray.errors import UserError
 
 
+def key(default: Any, *, choices: tuple = (), minimum: float | None = None, interval: str | None = None,
+        rule: Optional[Callable[[Any], Optional[str]]] = None, hint: str = "") -> Any:
+    """A profile key: its default and its rules, declared beside the field.
+
+    ``choices``: the allowed values (for a key that also takes a number: the allowed words);
+    ``minimum``: the smallest number allowed; ``interval``: e.g. ``"(0, 1]"``; ``rule``: a check
+    returning what is wrong with a value (or None); ``hint``: added to the refusal. ``None`` always
+    passes for an ``Optional`` key. Rules that relate two keys live in :func:`check_relations`.
+    """
+    meta = {"choices": choices, "minimum": minimum, "interval": interval, "rule": rule, "hint": hint}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _fraction_or_whole(g: float) -> Optional[str]:
+    if 0 < g <= 1 or (g > 1 and float(g).is_integer()):
+        return None
+    return "must be a fraction in (0, 1] (0.25: four trials share a GPU) or a whole number of GPUs"
+
+
+# The defaults are the default profile (tune_configs/default.yaml lists them with the reasons; a test
+# keeps the two equal), so an install without tune_configs/ runs the same sweep.
 @dataclass
 class DataConfig:
-    path: Optional[str] = None  # null: synthetic cassettes, generated once into a cache
-    image_size: int = 64
-    val_fraction: float = 0.2
-    test_fraction: float = 0.1  # held out, never used for selection; the final model is scored on it once
-    split_seed: int = 42
-    target: str = "window"  # window (the read window, the seed's ROI) | lines
-    synthetic_n: int = 300  # how many synthetic cassettes when path is null
+    path: Optional[str] = key(None)  # null: synthetic cassettes, generated once into a cache
+    image_size: int = key(64, minimum=1)
+    val_fraction: float = key(0.2, interval="(0, 1)")
+    test_fraction: float = key(0.1, interval="[0, 1)")  # held out, never used for selection; scored once
+    split_seed: int = key(42)
+    target: str = key("window", choices=("window", "lines"))  # the read window (the original's ROI) | lines
+    synthetic_n: int = key(600, minimum=1)  # how many synthetic cassettes when path is null
     # DataLoader processes per training worker; auto: 0 on CPU workers (the cores train the model),
     # scaling.cpus_per_worker on GPU workers (the training process mostly waits on the GPU)
-    loader_workers: Union[int, str] = "auto"
+    loader_workers: Union[int, str] = key("auto", choices=("auto",), minimum=0)
 
 
 @dataclass
 class ModelConfig:
-    features: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    features: list[int] = key([16, 32, 64, 128], minimum=1)  # widths per level, positive
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 8
-    lr: float = 1.0e-4
-    weight_decay: float = 1.0e-6
-    aug_strength: float = 1.0
-    amp: str = "auto"  # auto (fp16+GradScaler on CUDA, bf16 on CPU) | bf16 | fp16 | off
-    loss: str = "bce"  # bce (the seed's) | bce+dice
-    grad_clip: Optional[float] = None
-    lr_patience: int = 3
-    lr_factor: float = 0.1
-    early_stopping_patience: int = 10
-    checkpoint_every: int = 10
-    keep_checkpoints: int = 3
-    seed: int = 0
-    compile: bool = False  # torch.compile the model (pays a compile at the start of every run)
-    init_from: Optional[str] = None  # a model.pt / checkpoint / run / sweep (path or URI): start from its weights
+    epochs: int = key(30, minimum=1)
+    batch_size: int = key(8, minimum=1)
+    lr: float = key(1.0e-3, interval="(0, 1]", hint="Adam diverges far below 1")
+    weight_decay: float = key(1.0e-6, minimum=0)
+    aug_strength: float = key(1.0, interval="[0, 1]")
+    amp: str = key("auto", choices=("auto", "bf16", "fp16", "off"))  # auto: fp16+GradScaler on CUDA, bf16 on CPU
+    loss: str = key("bce+dice", choices=("bce", "bce+dice"))  # bce: the original project's
+    grad_clip: Optional[float] = key(None, rule=lambda v: None if v > 0 else f"must be positive or null, got {v}")
+    lr_patience: int = key(3, minimum=0)
+    lr_factor: float = key(0.1, interval="(0, 1)")
+    early_stopping_patience: int = key(10, minimum=1)
+    checkpoint_every: int = key(10, minimum=1)
+    keep_checkpoints: int = key(3, minimum=1)
+    seed: int = key(0)
+    compile: bool = key(False)  # torch.compile the model (pays a compile at the start of every run)
+    init_from: Optional[str] = key(None)  # a model.pt / checkpoint / run / sweep (path or URI): its weights
 
 
 @dataclass
 class ScalingConfig:
-    num_workers: int = 1
-    use_gpu: Union[bool, str] = "auto"  # auto: GPUs when the Ray cluster has them, else CPU
-    gpus_per_worker: Optional[float] = None  # null: 1 when GPUs are used; 0.25: four trials share a GPU
-    cpus_per_worker: int = 1
-    max_failures: int = 0  # restarts of a run's workers from its latest checkpoint after a worker/node dies
+    num_workers: int = key(1, minimum=1)
+    use_gpu: Union[bool, str] = key("auto", choices=(True, False, "auto"))  # auto: GPUs when the cluster has them
+    # null: 1 when GPUs are used; 0.25: four trials share a GPU
+    gpus_per_worker: Optional[float] = key(None, rule=_fraction_or_whole)
+    cpus_per_worker: int = key(1, minimum=1)
+    # restarts of a run's workers from its latest checkpoint after a worker/node dies
+    max_failures: int = key(0, minimum=-1, hint="-1: no limit")
 
 
 @dataclass
 class SchedulerConfig:
-    max_t: int = 12
-    grace_period: int = 2
-    reduction_factor: int = 3
+    max_t: int = key(8, minimum=1)
+    grace_period: int = key(2, minimum=1)
+    reduction_factor: int = key(3, minimum=2)
+
+
+# What a run measures every epoch (lfa_ray.loop), in metrics.csv and TensorBoard order; tune.metric is one.
+METRICS = ("train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou")
 
 
 @dataclass
 class TuneConfig:
-    num_samples: int = 12
-    max_concurrent_trials: Optional[int] = None
-    metric: str = "val_dice"
-    mode: str = "max"
+    num_samples: int = key(10, minimum=1)
+    max_concurrent_trials: Optional[int] = key(None, minimum=1)
+    metric: str = key("val_dice", choices=METRICS)
+    mode: str = key("max", choices=("max", "min"))
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    search_space: dict = field(
-        default_factory=lambda: {
-            "train.lr": {"loguniform": [1.0e-5, 1.0e-2]},
-            "train.batch_size": {"choice": [4, 8, 16]},
-            "train.aug_strength": {"uniform": [0.0, 1.0]},
-        }
-    )
+    search_space: dict = key({
+        "train.lr": {"loguniform": [1.0e-5, 1.0e-2]},
+        "train.batch_size": {"choice": [4, 8, 16]},
+        "train.aug_strength": {"uniform": [0.0, 1.0]},
+    })  # checked by lfa_ray.search.validate_space
 
 
 @dataclass
 class FinalConfig:
-    epochs: int = 40
+    epochs: int = key(30, minimum=1)
 
 
 @dataclass
 class StorageConfig:
-    path: str = "results"
+    path: str = key("results")
 
 
 @dataclass
@@ -114,20 +142,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-CHOICES = {
-    "data.target": ("window", "lines"),
-    "train.amp": ("auto", "bf16", "fp16", "off"),
-    "train.loss": ("bce", "bce+dice"),
-    "tune.mode": ("max", "min"),
-}
-POSITIVE = {
-    "data.image_size", "data.synthetic_n", "train.epochs", "train.batch_size",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.early_stopping_patience",
-    "scaling.num_workers", "scaling.cpus_per_worker", "final.epochs",
-    "tune.scheduler.max_t", "tune.scheduler.grace_period",
-}
 
 
 def _type_name(tp: Any) -> str:
@@ -202,70 +216,86 @@ def _build(cls: type, raw: Any, prefix: str, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _yaml_word(v: Any) -> str:
+    return {True: "true", False: "false", None: "null"}.get(v, str(v)) if isinstance(v, (bool, type(None))) else str(v)
+
+
+def _inside(value: float, interval: str) -> bool:
+    lo_text, hi_text = interval[1:-1].split(",")
+    lo, hi = float(lo_text), float(hi_text)
+    above = value >= lo if interval[0] == "[" else value > lo
+    below = value <= hi if interval[-1] == "]" else value < hi
+    return above and below
+
+
+def _problem(value: Any, meta: dict) -> Optional[str]:
+    """What is wrong with one key's value by its own rules (None: nothing)."""
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return next((p for p in (_problem(v, meta) for v in value) if p), None)
+    choices, minimum, interval, rule = meta["choices"], meta["minimum"], meta["interval"], meta["rule"]
+    words = " or ".join(", ".join(_yaml_word(c) for c in choices).rsplit(", ", 1))
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if isinstance(value, (bool, str)) or (choices and minimum is None):
+        if choices and value not in choices:
+            return (f"must be {words}, got {value!r}" if minimum is None
+                    else f"must be {minimum:g} or more, or {words}, got {value!r}")
+        return None
+    if minimum is not None and value < minimum:
+        need = "at least 1" if minimum == 1 else f"{minimum:g} or more"
+        return f"must be {need}" + (f", or {words}" if choices else "") + f", got {value!r}"
+    if interval and not _inside(value, interval):
+        return f"must be in {interval}, got {value!r}"
+    return rule(value) if rule else None
+
+
+def _check_keys(obj: Any, prefix: str, where: str) -> None:
+    for f in dataclasses.fields(obj):
+        value, full = getattr(obj, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _check_keys(value, full + ".", where)
+        elif f.metadata and (problem := _problem(value, f.metadata)):
+            hint = f" ({f.metadata['hint']})" if f.metadata["hint"] else ""
+            raise UserError(f"{where}: {full} {problem}{hint}")
+
+
 def check_values(cfg: Config, where: str) -> None:
-    flat = _flatten(cfg.to_dict())
-    for key, value in flat.items():  # nan and inf pass every comparison below, or fail one confusingly
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{where}: {key} must be a finite number, got {value}")
-    for key, allowed in CHOICES.items():
-        if flat[key] not in allowed:
-            raise UserError(f"{where}: {key} must be one of {', '.join(allowed)}, got {flat[key]!r}")
-    for key in POSITIVE:
-        if flat[key] < 1:
-            raise UserError(f"{where}: {key} must be at least 1, got {flat[key]!r}")
-    if cfg.data.loader_workers != "auto" and (isinstance(cfg.data.loader_workers, str) or cfg.data.loader_workers < 0):
-        raise UserError(f"{where}: data.loader_workers must be 0 or more, or auto, got {cfg.data.loader_workers!r}")
-    _check_gpus(cfg.scaling, where)
-    if cfg.scaling.max_failures < -1:
-        raise UserError(f"{where}: scaling.max_failures must be 0 or more (-1: no limit), "
-                        f"got {cfg.scaling.max_failures}")
-    if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise UserError(f"{where}: data.val_fraction must be between 0 and 1, got {cfg.data.val_fraction}")
-    if not 0.0 <= cfg.data.test_fraction < 1.0 or cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
-        raise UserError(f"{where}: data.test_fraction must be in [0, 1) and leave training images beside "
-                        f"data.val_fraction ({cfg.data.val_fraction}), got {cfg.data.test_fraction}")
-    if not 0.0 <= cfg.train.aug_strength <= 1.0:
-        raise UserError(f"{where}: train.aug_strength must be in [0, 1], got {cfg.train.aug_strength}")
-    if not 0 < cfg.train.lr <= 1:
-        raise UserError(f"{where}: train.lr must be in (0, 1] (Adam diverges far below 1), got {cfg.train.lr}")
-    if cfg.train.weight_decay < 0:
-        raise UserError(f"{where}: train.weight_decay must be 0 or more, got {cfg.train.weight_decay}")
-    if cfg.train.grad_clip is not None and cfg.train.grad_clip <= 0:
-        raise UserError(f"{where}: train.grad_clip must be positive or null, got {cfg.train.grad_clip}")
-    if not 0.0 < cfg.train.lr_factor < 1.0:
-        raise UserError(f"{where}: train.lr_factor must be between 0 and 1, got {cfg.train.lr_factor}")
-    if any(f < 1 for f in cfg.model.features):
-        raise UserError(f"{where}: model.features must be positive widths, got {cfg.model.features}")
+    """Every key by the rules declared beside it, then the rules that relate keys."""
+    _check_keys(cfg, "", where)
+    check_relations(cfg, where)
+
+
+def check_relations(cfg: Config, where: str) -> None:
+    d, s, sched = cfg.data, cfg.scaling, cfg.tune.scheduler
+    if d.val_fraction + d.test_fraction >= 1.0:
+        raise UserError(f"{where}: data.test_fraction ({d.test_fraction}) and data.val_fraction ({d.val_fraction}) "
+                        f"leave no training images; lower them")
     smallest = 2 ** len(cfg.model.features)  # the UNET halves the image once per level down to its bottleneck
-    if cfg.data.image_size < smallest:
-        raise UserError(f"{where}: data.image_size={cfg.data.image_size} is too small for {len(cfg.model.features)} "
+    if d.image_size < smallest:
+        raise UserError(f"{where}: data.image_size={d.image_size} is too small for {len(cfg.model.features)} "
                         f"model levels (model.features); use at least {smallest}, e.g. --set data.image_size=64")
-
-
-def _check_gpus(s: "ScalingConfig", where: str) -> None:
-    if s.use_gpu not in (True, False, "auto"):
-        raise UserError(f"{where}: scaling.use_gpu must be true, false or auto, got {s.use_gpu!r}")
+    if sched.grace_period > sched.max_t:
+        raise UserError(f"{where}: tune.scheduler.grace_period ({sched.grace_period}) is above max_t "
+                        f"({sched.max_t}); lower it")
     g = s.gpus_per_worker
-    if g is None:
-        return
-    if not (0 < g <= 1 or (g > 1 and float(g).is_integer())):
-        raise UserError(f"{where}: scaling.gpus_per_worker must be a fraction in (0, 1] (0.25: four trials "
-                        f"share a GPU) or a whole number of GPUs, got {g}")
-    if s.use_gpu is False:
+    if g is not None and s.use_gpu is False:
         raise UserError(f"{where}: scaling.gpus_per_worker={g:g} but scaling.use_gpu is false; set "
                         f"scaling.use_gpu to true or auto, or remove scaling.gpus_per_worker")
-    if g < 1 and s.num_workers > 1:
+    if g is not None and g < 1 and s.num_workers > 1:
         raise UserError(f"{where}: scaling.gpus_per_worker={g:g} with scaling.num_workers={s.num_workers}: NCCL "
                         f"needs a whole GPU per worker of one run; use fractions for trials sharing a GPU "
                         f"(num_workers: 1) or set scaling.gpus_per_worker=1")
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    """``{"train.lr": 0.001, ...}`` from a nested profile dict (search_space stays one value)."""
     out = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict) and k != "search_space":
-            out.update(_flatten(v, key + "."))
+            out.update(flat_keys(v, key + "."))
         else:
             out[key] = v
     return out
@@ -348,10 +378,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raw = read_yaml(path) if path is not None else {}
         where = str(path) if path is not None else "built-in defaults"
     cfg = _build(Config, raw, "", where)
-    check_values(cfg, where)
-    if overrides:
-        cfg = _build(Config, _merge(cfg.to_dict(), parse_overrides(overrides)), "", "--set")
-        check_values(cfg, "--set")
+    if not overrides:
+        check_values(cfg, where)
+        return cfg
+    _check_keys(cfg, "", where)  # relations are checked once the --set values are in
+    cfg = _build(Config, _merge(cfg.to_dict(), parse_overrides(overrides)), "", "--set")
+    _check_keys(cfg, "", "--set")
+    check_relations(cfg, f"{where} with --set")
     return cfg
 
 

@@ -2,7 +2,7 @@
 
 Layouts (``DIR`` is ``data.path``, a local folder or a URI such as ``s3://bucket/data``):
 
-- seed layout: ``DIR/train_images/NAME.jpg`` with ``DIR/train_masks/NAME_mask.gif``;
+- original layout: ``DIR/train_images/NAME.jpg`` with ``DIR/train_masks/NAME_mask.gif``;
   optional ``DIR/val_images`` + ``DIR/val_masks`` (and ``test_images`` + ``test_masks``) give
   explicit validation (and test) sets;
 - generic layout: ``DIR/images/NAME.*`` with ``DIR/masks/NAME.*`` (or ``NAME_mask.*``);
@@ -25,11 +25,11 @@ import io
 import random
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
+from lfa_ray.augment import resize, train_transform, val_transform
 from lfa_ray.errors import UserError, cli_entry
 from lfa_ray.images import IMAGE_EXTS, Photo, read_mask, read_photo
 from lfa_ray.storage import Location, locate
@@ -44,7 +44,7 @@ PACKED_COLUMNS = ["name", "split", "image", "mask", "image_file", "mask_file", "
 # -- discovery -------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Packed:
+class InMemoryFile:
     """One image or mask already in memory (a packed dataset's row, or a file read once)."""
     label: str  # for messages: where it came from
     name: str  # its file name
@@ -60,8 +60,8 @@ class Packed:
 @dataclass(frozen=True)
 class Pair:
     name: str
-    image: Location | Packed
-    mask: Location | Packed
+    image: Location | InMemoryFile
+    mask: Location | InMemoryFile
 
 
 def _stem_suffix(name: str) -> tuple[str, str]:
@@ -91,7 +91,8 @@ def _pair_folder(images_dir: Location, masks_dir: Location) -> tuple[list[Pair],
             errors.append(f"{image}: no mask; add {masks_dir}/{stem}_mask.<ext> (or {stem}.<ext>) or remove the image")
     for stem, mask in masks.items():
         if stem not in used:
-            errors.append(f"{mask}: mask without an image; add {images_dir}/{stem.removesuffix('_mask')}.<ext> or remove it")
+            errors.append(f"{mask}: mask without an image; add {images_dir}/{stem.removesuffix('_mask')}.<ext> "
+                          f"or remove it")
     return pairs, errors
 
 
@@ -124,8 +125,8 @@ def _discover_packed(root: Location) -> tuple[list[Pair], list[Pair] | None]:
     pairs: dict[str, list[Pair]] = {"train": [], "val": [], "test": [], "": []}
     for row in table.select(["name", "split", "image", "mask", "image_file", "mask_file"]).to_pylist():
         pairs[row["split"]].append(Pair(
-            row["name"], Packed(f"{root}:{row['image_file']}", row["image_file"], row["image"]),
-            Packed(f"{root}:{row['mask_file']}", row["mask_file"], row["mask"])))
+            row["name"], InMemoryFile(f"{root}:{row['image_file']}", row["image_file"], row["image"]),
+            InMemoryFile(f"{root}:{row['mask_file']}", row["mask_file"], row["mask"])))
     if not (pairs["train"] or pairs[""]):
         raise UserError(f"{root}: packed dataset has no training images; pack a folder that has some")
     return Found(pairs["train"] + pairs[""] if pairs["val"] else pairs[""] + pairs["train"],
@@ -142,7 +143,7 @@ class Found:
 
 def _split_folder(root: Location, name: str) -> tuple[Location, Location] | None:
     """The explicit ``name`` split (val or test) of a dataset: ``NAME_images/`` + ``NAME_masks/``
-    (seed layout) or a ``NAME/`` folder holding a layout."""
+    (original layout) or a ``NAME/`` folder holding a layout."""
     if (root / f"{name}_images").is_dir():
         return root / f"{name}_images", root / f"{name}_masks"
     if (root / name).is_dir():
@@ -195,7 +196,7 @@ def _raise_all(errors: list[str]) -> None:
 
 def split(found: Found, val_fraction: float, seed: int, test_fraction: float = 0.0) -> "Splits":
     """The explicit sets where there are some, else a seeded random split of the other pairs: the
-    first ``val_fraction`` validation (the seed's 80/20 with seed 42 by default), the next
+    first ``val_fraction`` validation (the original's 80/20 with seed 42 by default), the next
     ``test_fraction`` test (at least one image when asked for), the rest training."""
     order = list(found.pairs)
     random.Random(seed).shuffle(order)
@@ -247,9 +248,10 @@ def load_pairs(pairs: list[Pair], size: int | None) -> tuple[list[np.ndarray], l
             errors.append(str(exc))
             continue
         stats.append((*photo.size, float(mask.mean())))
-        if size is not None:  # the seed resizes first, so resizing once up front is the same pipeline
-            images.append(cv2.resize(photo.pixels, (size, size), interpolation=cv2.INTER_AREA))
-            masks.append(cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST))
+        if size is not None:  # the original project resizes first, so resizing once up front is the same pipeline
+            image, mask = resize(photo.pixels, mask, size)
+            images.append(image)
+            masks.append(mask)
     _raise_all(errors)
     return images, masks, stats
 
@@ -291,8 +293,8 @@ def _summary(splits: Splits, stats: list[tuple]) -> dict:
     fg = [f for _, _, f in stats]
     return {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
             "explicit_val": splits.explicit_val, "explicit_test": splits.explicit_test,
-            "sizes": sizes, "empty_masks": sum(1 for f in fg if f == 0), "foreground_mean": float(np.mean(fg)), "foreground_min": float(np.min(fg)),
-            "foreground_max": float(np.max(fg))}
+            "sizes": sizes, "empty_masks": sum(1 for f in fg if f == 0), "foreground_mean": float(np.mean(fg)),
+            "foreground_min": float(np.min(fg)), "foreground_max": float(np.max(fg))}
 
 
 def check(root: str | Location, val_fraction: float = 0.2, seed: int = 42, test_fraction: float = 0.0) -> dict:
@@ -311,7 +313,7 @@ class Arrays:
 
 
 @dataclass
-class Data:
+class DecodedDataset:
     """A dataset decoded, checked and resized once: what every training worker receives.
 
     The driver loads it and puts it in Ray's object store; workers map its arrays
@@ -325,7 +327,7 @@ class Data:
 
 
 def load(root: str | Location, size: int, val_fraction: float = 0.2, seed: int = 42,
-         test_fraction: float = 0.0) -> Data:
+         test_fraction: float = 0.0) -> DecodedDataset:
     """Validate the dataset at ``root`` fully (like :func:`check`) and load its training and
     validation sets resized to ``size`` (the test set is checked, not kept: training never sees it)."""
     splits = resolve_splits(root, val_fraction, seed, test_fraction)
@@ -336,10 +338,11 @@ def load(root: str | Location, size: int, val_fraction: float = 0.2, seed: int =
     def arrays(pairs: list[Pair], a: int, b: int) -> Arrays:
         return Arrays([p.name for p in pairs], np.stack(images[a:b]), np.stack(masks[a:b]))
 
-    return Data(locate(root).uri, size, arrays(splits.train, 0, n), arrays(splits.val, n, m), _summary(splits, stats))
+    return DecodedDataset(locate(root).uri, size, arrays(splits.train, 0, n), arrays(splits.val, n, m),
+                          _summary(splits, stats))
 
 
-def load_for(cfg, root: str | Location) -> Data:
+def load_for(cfg, root: str | Location) -> DecodedDataset:
     return load(root, cfg.data.image_size, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.test_fraction)
 
 
@@ -379,9 +382,8 @@ def resolve_root(cfg) -> Location:
     return locate(synthetic_dataset(cfg.data.synthetic_n, cfg.data.target))
 
 
-def build_datasets(cfg, data: Data, rank: int = 0) -> tuple[SegmentationDataset, SegmentationDataset]:
+def build_datasets(cfg, data: DecodedDataset, rank: int = 0) -> tuple[SegmentationDataset, SegmentationDataset]:
     """Train (augmented, seeded per rank) and validation datasets for a profile."""
-    from lfa_ray.augment import train_transform, val_transform
 
     return (SegmentationDataset(data.train, train_transform(cfg.train.aug_strength), seed=cfg.train.seed * 1000 + rank),
             SegmentationDataset(data.val, val_transform()))
@@ -407,7 +409,8 @@ def pack(src: str | Location, out: str | Location) -> dict:
                 + [(p, "val") for p in found.val or []] + [(p, "test") for p in found.test or []])
     rows, errors = [], []
     for pair, split_name in labelled:
-        image_src, mask_src = (Packed(str(f), f.name, f.read_bytes()) for f in (pair.image, pair.mask))  # read once
+        # read once
+        image_src, mask_src = (InMemoryFile(str(f), f.name, f.read_bytes()) for f in (pair.image, pair.mask))
         try:
             photo, _ = decode_pair(Pair(pair.name, image_src, mask_src), reduce_to=1)  # checked, sizes known
         except UserError as exc:
@@ -432,9 +435,11 @@ def pack(src: str | Location, out: str | Location) -> dict:
 def _cmd_check(args: argparse.Namespace) -> None:
     s = check(args.dir, args.val_fraction, args.split_seed, args.test_fraction)
     random_split = f"random split, seed {args.split_seed}"
-    kinds = [f"val {s['val']} ({'explicit folder' if s['explicit_val'] else f'{random_split}, fraction {args.val_fraction}'})"]
+    val_kind = "explicit folder" if s["explicit_val"] else f"{random_split}, fraction {args.val_fraction}"
+    kinds = [f"val {s['val']} ({val_kind})"]
     if s["test"]:
-        kinds.append(f"test {s['test']} ({'explicit folder' if s['explicit_test'] else f'fraction {args.test_fraction}'})")
+        test_kind = "explicit folder" if s["explicit_test"] else f"fraction {args.test_fraction}"
+        kinds.append(f"test {s['test']} ({test_kind})")
     print(f"{args.dir}: {s['train'] + s['val'] + s['test']} pairs, all decode, sizes match")
     print(f"  train {s['train']}, " + ", ".join(kinds))
     sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(s["sizes"].items(), key=lambda kv: -kv[1]))
@@ -464,7 +469,9 @@ def _cmd_pack(args: argparse.Namespace) -> None:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lfa-data", description="Check, make or pack LFA segmentation datasets.")
+    from lfa_ray import cli
+
+    parser = cli.parser("lfa-data", "Check, make or pack LFA segmentation datasets.")
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("check", help="validate a dataset (folder or packed) and print counts, sizes, foreground")
     p.add_argument("dir")
@@ -472,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--test-fraction", type=float, default=0.0)
     p.add_argument("--split-seed", type=int, default=42)
     p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("synth", help="write synthetic cassette photos in the seed layout")
+    p = sub.add_parser("synth", help="write synthetic cassette photos in the original layout")
     p.add_argument("out")
     p.add_argument("--n", type=int, default=300)
     p.add_argument("--seed", type=int, default=0)

@@ -101,7 +101,7 @@ def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch
         chunk = pairs[start:start + batch_size]
         decoded = [decode_pair(p, reduce_to=size) for p in chunk]  # UserError names a broken file
         preds = predict(model, [ph.pixels for ph, _ in decoded], size, device, out_sizes=[ph.size for ph, _ in decoded])
-        for pair, (photo, truth), pred in zip(chunk, decoded, preds):
+        for pair, (photo, truth), pred in zip(chunk, decoded, preds, strict=True):
             rows.append({"name": pair.name, "width": photo.size[0], "height": photo.size[1],
                          "true_area": float(truth.mean()), "predicted_area": float(pred.mean()),
                          **scores(pred, truth)})
@@ -157,11 +157,13 @@ def _device(name: str | None = None) -> torch.device:
 
 
 def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, again: bool = False) -> dict | None:
-    """Score a run's final model on its data's test split, once: ``run_dir/test/`` (and ``test_*``
-    scalars in the run's TensorBoard); read back when already there unless ``again`` (a new model);
-    None without a test split."""
+    """Score a run's final model on its data's test split, once: ``run_dir/test/`` and, in the run's
+    TensorBoard, ``test_*`` scalars, the worst photos (``test/worst``) and an HParams entry (the
+    searched keys' values, measured by best val Dice and test Dice); read back when already there
+    unless ``again`` (a new model); None without a test split."""
     from lfa_ray.predict import load_model
-    from lfa_ray.runlog import write_scalars
+    from lfa_ray.runlog import read_metrics, write_events
+    from lfa_ray.search import value_of
 
     saved = run_dir / "test" / "summary.json"
     if saved.is_file() and not again:
@@ -171,8 +173,14 @@ def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, 
         return None
     device = _device()
     model, size, _ = load_model(model_file, device)
-    s = write(evaluate(model, size, test, device), run_dir / "test", f"Test split of {run_dir.name}")
-    write_scalars(run_dir, {f"test_{m}": s[f"{m}_mean"] for m in METRICS}, step)
+    ev = evaluate(model, size, test, device)
+    s = write(ev, run_dir / "test", f"Test split of {run_dir.name}")
+    rows = read_metrics(run_dir / "metrics.csv")
+    scalars = {f"test_{m}": s[f"{m}_mean"] for m in METRICS}
+    if rows:
+        scalars["best_val_dice"] = rows[-1]["best_val_dice"]
+    write_events(run_dir, step, scalars, images={"test/worst": gallery(ev, 12)},
+                 hparams={k: value_of(cfg, k) for k in cfg.tune.search_space})
     saved.write_text(json.dumps(s))
     return s
 
@@ -193,17 +201,18 @@ def _pairs(args: argparse.Namespace, cfg: Config) -> tuple[list[Pair], str, Loca
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
+    from lfa_ray import cli
     from lfa_ray.predict import find_model, load_model
 
-    parser = argparse.ArgumentParser(prog="lfa-evaluate", description="Score a model photo by photo.")
-    parser.add_argument("--checkpoint", required=True, help="sweep folder, run folder, model.pt or checkpoint folder")
-    parser.add_argument("--data", help="dataset folder or packed .parquet (default: the model's own data)")
-    parser.add_argument("--split", choices=SPLITS, help="default: test (all, for --data without a test set)")
-    parser.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
-    parser.add_argument("--worst", type=int, default=12, help="photos in worst.png (default 12)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    args = parser.parse_args(argv)
+    p = cli.parser("lfa-evaluate", "Score a model photo by photo.")
+    cli.add_model_args(p)
+    p.add_argument("--data", help="dataset folder or packed .parquet (default: the model's own data)")
+    p.add_argument("--split", choices=SPLITS, help="default: test (all, for --data without a test set)")
+    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.add_argument("--worst", type=int, default=12, help="photos in worst.png (default 12)")
+    args = p.parse_args(argv)
+    if cli.print_model_config(args):
+        return
     if args.worst < 1 or args.batch_size < 1:
         raise UserError("--worst and --batch-size must be at least 1")
     device = _device(args.device)

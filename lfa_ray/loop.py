@@ -10,12 +10,11 @@ summed over all workers, so every rank sees the same numbers.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -26,11 +25,7 @@ from lfa_ray.config import Config
 from lfa_ray.errors import UserError
 from lfa_ray.model import UNet
 
-if TYPE_CHECKING:
-    from lfa_ray.storage import Location
-
 log = logging.getLogger("lfa_ray")
-STATE_FILE = "state.pt"
 
 
 # -- set-up ----------------------------------------------------------------------------------
@@ -45,7 +40,7 @@ def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
 
 
 @dataclass
-class Parts:
+class TrainingSetup:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
@@ -53,8 +48,8 @@ class Parts:
     dtype: Optional[torch.dtype]
 
 
-def build(cfg: Config, device: torch.device, wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> Parts:
-    """Model, Adam, ReduceLROnPlateau and GradScaler as the seed set them up.
+def build(cfg: Config, device: torch.device, wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> TrainingSetup:
+    """Model, Adam, ReduceLROnPlateau and GradScaler as the original project set them up.
 
     ``wrap`` puts the model in its distributed wrapper (Ray's ``prepare_model``);
     ``train.compile`` compiles the wrapped model, as PyTorch recommends for DDP.
@@ -72,7 +67,7 @@ def build(cfg: Config, device: torch.device, wrap: Callable[[nn.Module], nn.Modu
     dtype = amp_dtype(cfg.train.amp, device)
     # Loss scaling is needed for fp16 only; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
-    return Parts(model, optimizer, scheduler, scaler, dtype)
+    return TrainingSetup(model, optimizer, scheduler, scaler, dtype)
 
 
 def loader_workers(setting: int | str, device: torch.device, cpus: int) -> int:
@@ -122,6 +117,17 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tens
     return loss
 
 
+def overlap(pred: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image Dice and IoU of binary ``pred`` vs ``masks`` (N, 1, H, W); an empty prediction of an
+    empty mask scores 1 on both."""
+    inter = (pred * masks).sum(dim=(1, 2, 3))
+    both = pred.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3))
+    union = both - inter
+    dice = torch.where(both > 0, 2 * inter / both.clamp(min=1), torch.ones_like(both))
+    iou = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+    return dice, iou
+
+
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
@@ -133,7 +139,7 @@ def _to(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True, memory_format=torch.channels_last)
 
 
-def train_one_epoch(parts: Parts, loader, device: torch.device, *, loss: str = "bce",
+def train_one_epoch(parts: TrainingSetup, loader, device: torch.device, *, loss: str = "bce",
                     grad_clip: Optional[float] = None) -> dict:
     model, optimizer, scaler = parts.model, parts.optimizer, parts.scaler
     model.train()
@@ -158,7 +164,7 @@ def train_one_epoch(parts: Parts, loader, device: torch.device, *, loss: str = "
 
 
 @torch.no_grad()
-def validate(parts: Parts, loader, device: torch.device, *, loss: str = "bce") -> dict:
+def validate(parts: TrainingSetup, loader, device: torch.device, *, loss: str = "bce") -> dict:
     """Loss, pixel accuracy and per-image Dice/IoU (an empty prediction of an empty mask scores 1)."""
     model = parts.model
     model.eval()
@@ -172,11 +178,9 @@ def validate(parts: Parts, loader, device: torch.device, *, loss: str = "bce") -
         pred = (logits.float() > 0).float()
         sums[1] += (pred == masks).sum().item()
         sums[2] += masks.numel()
-        inter = (pred * masks).sum(dim=(1, 2, 3))
-        both = pred.sum(dim=(1, 2, 3)) + masks.sum(dim=(1, 2, 3))
-        union = both - inter
-        sums[3] += torch.where(both > 0, 2 * inter / both.clamp(min=1), torch.ones_like(both)).sum().item()
-        sums[4] += torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).sum().item()
+        dice, iou = overlap(pred, masks)
+        sums[3] += dice.sum().item()
+        sums[4] += iou.sum().item()
         images_seen += images.shape[0]
     loss_sum, correct, pixels, dice, iou, n = _all_sum([*sums, images_seen], device)
     n = max(n, 1)
@@ -186,7 +190,7 @@ def validate(parts: Parts, loader, device: torch.device, *, loss: str = "bce") -
 
 # -- checkpoints -----------------------------------------------------------------------------
 
-def training_state(parts: Parts, progress: "Progress", config: dict) -> dict:
+def training_state(parts: TrainingSetup, progress: "Progress", config: dict) -> dict:
     return {
         "model": unwrap(parts.model).state_dict(),
         "optimizer": parts.optimizer.state_dict(),
@@ -197,33 +201,7 @@ def training_state(parts: Parts, progress: "Progress", config: dict) -> dict:
     }
 
 
-def state_bytes(obj: dict) -> bytes:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    return buf.getvalue()
-
-
-def save_state(state: dict, directory) -> "Location":
-    """Write ``state`` to ``directory/state.pt`` atomically (a local folder or a URI)."""
-    from lfa_ray.storage import locate  # pyarrow: only where checkpoints are stored (the loop runs without)
-
-    return (locate(directory) / STATE_FILE).write_bytes(state_bytes(state))
-
-
-def load_state(directory, device: torch.device | str = "cpu") -> dict:
-    """``directory/state.pt`` (a local folder or a URI), read as data only (``weights_only``): a
-    file that would run code when unpickled, or any other unreadable one, is refused with its name."""
-    from lfa_ray.storage import locate
-
-    file = locate(directory) / STATE_FILE
-    try:
-        return torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (struct.error for junk bytes)
-        raise UserError(f"{file}: not a checkpoint lfa_ray can load ({type(exc).__name__}); lfa_ray reads only "
-                        f"the tensors and plain values it writes, never code") from None
-
-
-def restore(parts: Parts, state: dict) -> "Progress":
+def restore(parts: TrainingSetup, state: dict) -> "Progress":
     """Load model, optimizer, scheduler and scaler state; return where training stood."""
     unwrap(parts.model).load_state_dict(state["model"])
     parts.optimizer.load_state_dict(state["optimizer"])
@@ -250,7 +228,7 @@ class EpochResult:
     last: bool = False
 
 
-def fit(cfg: Config, parts: Parts, train_loader, val_loader, device: torch.device, *,
+def fit(cfg: Config, parts: TrainingSetup, train_loader, val_loader, device: torch.device, *,
         on_epoch: Callable[[EpochResult], None], state: Optional[dict] = None,
         config_dict: Optional[dict] = None) -> Progress:
     """Train until ``train.epochs`` or early stopping, starting after ``state``'s epoch if given.

@@ -1,4 +1,4 @@
-"""The seed's UNET, with configurable widths."""
+"""The original's UNET, with configurable widths."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ class UNet(nn.Module):
     ConvTranspose 2x2 upsampling with skip concatenation, and a 1x1 head to ``out_channels``.
 
     Inputs of any size work: when pooling rounded a size down, the upsampled map is
-    resized to its skip connection (as the seed does).
+    resized to its skip connection (as the original does).
     """
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 1,

@@ -10,7 +10,6 @@ writes ``NAME_mask.png`` (0/255, at the photo's size as displayed) and ``NAME_ov
 
 from __future__ import annotations
 
-import argparse
 import io
 from pathlib import Path
 
@@ -20,9 +19,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lfa_ray.augment import model_input
+from lfa_ray.checkpoint import STATE_FILE
 from lfa_ray.errors import UserError, cli_entry
 from lfa_ray.images import IMAGE_EXTS, Photo, read_photo
-from lfa_ray.loop import STATE_FILE, nonfinite
+from lfa_ray.loop import nonfinite
 from lfa_ray.model import UNet
 from lfa_ray.runlog import overlay
 from lfa_ray.storage import Location, locate
@@ -85,11 +86,10 @@ def find_images(path: str | Path) -> list[Location]:
 def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.device,
             out_sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
     """Binary masks (uint8 0/1), each at its image's size or at ``out_sizes`` (width, height)."""
-    batch = np.stack([cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA) for im in images])
-    x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).to(device)  # the seed's normalisation
-    logits = model(x.contiguous(memory_format=torch.channels_last)).float()
+    x = model_input(images, size).to(device, memory_format=torch.channels_last)
+    logits = model(x).float()
     out = []
-    for i, (im, lg) in enumerate(zip(images, logits)):
+    for i, (im, lg) in enumerate(zip(images, logits, strict=True)):
         hw = im.shape[:2] if out_sizes is None else out_sizes[i][::-1]
         full = F.interpolate(lg[None], size=hw, mode="bilinear", align_corners=False)
         out.append((full[0, 0] > 0).cpu().numpy().astype(np.uint8))
@@ -107,7 +107,7 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
         chunk = files[start:start + batch_size]
         photos = [_decode(f, reduce_to=max(size, OVERLAY_SIDE // 2)) for f in chunk]
         masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos])
-        for f, photo, mask in zip(chunk, photos, masks):
+        for f, photo, mask in zip(chunk, photos, masks, strict=True):
             stem = Path(f.name).stem
             Image.fromarray(mask * 255).save(out_dir / f"{stem}_mask.png")
             h, w = photo.pixels.shape[:2]
@@ -126,13 +126,17 @@ def _decode(path: Location, reduce_to: int) -> Photo:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lfa-predict", description="Segment cassette photos with a trained model.")
-    parser.add_argument("--checkpoint", required=True, help="sweep folder, run folder, model.pt or checkpoint folder")
-    parser.add_argument("input", help="an image file or a folder of images")
-    parser.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    args = parser.parse_args(argv)
+    from lfa_ray import cli
+
+    p = cli.parser("lfa-predict", "Segment cassette photos with a trained model.")
+    cli.add_model_args(p)
+    p.add_argument("input", nargs="?", help="an image file or a folder of images")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    args = p.parse_args(argv)
+    if cli.print_model_config(args):
+        return
+    if args.input is None:
+        p.error("the following arguments are required: input")
     written = run(args.checkpoint, args.input, args.out, args.batch_size, args.device)
     print(f"wrote {len(written)} masks and overlays to {args.out}")
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import sys
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -18,21 +17,24 @@ from typing import Optional
 import ray
 import ray.train
 import ray.train.torch
+import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from lfa_ray.checkpoint import checkpoint_dir_name, load_state, save_state
 from lfa_ray.config import Config, config_from_dict
-from lfa_ray.data import Data, build_datasets, load_for
+from lfa_ray.console import VERBOSE, verbose
+from lfa_ray.data import DecodedDataset, build_datasets, load_for
 from lfa_ray.errors import UserError
-from lfa_ray.loop import (EpochResult, build, fit, format_metrics, load_state, loader_workers, log, make_loaders,
-                          nonfinite, save_state, state_bytes, unwrap)
+from lfa_ray.loop import EpochResult, build, fit, format_metrics, loader_workers, log, make_loaders, unwrap
 from lfa_ray.runlog import RunLog
-from lfa_ray.storage import Location, on_filesystem
+from lfa_ray.storage import Location
 
 # Ray Train's controller collects each report on its poll interval (2 s by default),
 # and ray.train.report blocks until then: with short epochs that is most of an epoch.
 # 0.1 s keeps a report at a few ms (docs/PERFORMANCE.md). Propagated to the controller.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+SETUP_WORKER = "lfa_ray.console.setup_worker"  # Ray's logging set up in every worker process of the job
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class SharedData:
     size: int
 
 
-def share(data: Data) -> SharedData:
+def share(data: DecodedDataset) -> SharedData:
     return SharedData(ray.put(data), data.root, data.size)
 
 
@@ -60,30 +62,21 @@ def data_for(cfg: Config, shared: SharedData) -> SharedData:
     return shared if cfg.data.image_size == shared.size else share(load_for(cfg, shared.root))
 
 
-def checkpoint_dir_name(epoch: int) -> str:
-    return f"checkpoint_epoch_{epoch:04d}"
-
-
-def _quiet_user_errors(record: logging.LogRecord) -> bool:
-    """Ray Train logs the traceback of any error leaving the training function; a UserError (e.g.
-    divergence) is a message for the user, which the driver prints as one line."""
-    return not isinstance(sys.exc_info()[1], UserError)
-
-
 def train_func_per_worker(config: dict) -> None:
     """Run :func:`lfa_ray.loop.fit` on one Ray Train worker.
 
     ``config``: ``cfg`` (Config.to_dict()), ``data`` (an object-store reference to the
-    :class:`lfa_ray.data.Data` the driver loaded), optional ``run_dir``
+    :class:`lfa_ray.data.DecodedDataset` the driver loaded), optional ``run_dir``
     (rank 0 writes metrics.csv and TensorBoard there) and ``resume_from`` (a
     checkpoint directory used when Ray has no checkpoint of this run yet).
     """
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("ray.train.v2._internal.util").addFilter(_quiet_user_errors)
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    # Ray sets OMP_NUM_THREADS from the CPUs an actor holds only where it was unset: say it outright.
+    torch.set_num_threads(cfg.scaling.cpus_per_worker)
 
     # [1] Data: decoded once by the driver; each worker maps it from the object store and reads its shard.
     train_ds, val_ds = build_datasets(cfg, ray.get(config["data"]), rank)
@@ -113,8 +106,7 @@ def train_func_per_worker(config: dict) -> None:
 
     run_log = None
     if rank == 0 and config.get("run_dir"):
-        run_log = RunLog(config["run_dir"], start_epoch=state["progress"]["epoch"] if state else 0,
-                         tensorboard=config.get("tensorboard", True))
+        run_log = RunLog(config["run_dir"], start_epoch=state["progress"]["epoch"] if state else 0)
 
     def on_epoch(result: EpochResult) -> None:
         m = result.metrics
@@ -122,7 +114,7 @@ def train_func_per_worker(config: dict) -> None:
             run_log.log(m)
             if result.checkpoint is not None and (result.last or m["epoch"] % cfg.train.checkpoint_every == 0):
                 run_log.log_overlays(unwrap(parts.model), val_ds, m["epoch"], device)
-        if rank == 0:
+        if rank == 0 and config.get("echo", True):
             log.info(format_metrics(m, cfg.train.epochs))
         # [4] Report every epoch (ASHA counts epochs); rank 0 attaches the checkpoint when due.
         if result.checkpoint is None:
@@ -177,10 +169,18 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
     CPUs and GPUs unless told otherwise)."""
     if ray.is_initialized():
         return
+    env = {"env_vars": {VERBOSE: "1" if verbose() else "0"}, "worker_process_setup_hook": SETUP_WORKER}
+    if not verbose():
+        # a default Ray states at every start, not a problem: lfa_ray keeps token auth on
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+        # Tune's newer console prints its experiment table, a TensorBoard hint (naming a staging folder,
+        # not the experiment) and trial errors even when silenced; the classic one at verbose 0 prints
+        # nothing, and lfa_ray.progress says what happens. Trial errors are still logged in full.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     address = cluster_address()
     if address:
         _check_answers(address)
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=env)
         return
     # Train V2's placement-group cleaner finds the dashboard by auto-detection, which fails
     # ("Found multiple active Ray instances") when another Ray runs on this machine; the
@@ -191,8 +191,12 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
     os.environ["RAY_API_SERVER_ADDRESS"] = url
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=port, logging_level=logging.WARNING, log_to_driver=True,
-             runtime_env={"env_vars": {"RAY_API_SERVER_ADDRESS": url}})
+    # No node of a cluster on this machine is preempted: Train's preemption watcher (an actor per run,
+    # for spot nodes of a cloud cluster) would only log Ray's warning about its restart arguments.
+    os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    env["env_vars"].update(RAY_API_SERVER_ADDRESS=url, RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0")
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=port,
+             logging_level=logging.WARNING, log_to_driver=True, runtime_env=env)
 
 
 def _gpu_word(n: float) -> str:
@@ -252,20 +256,33 @@ def check_resources(cfg: Config) -> float:
     return per_worker
 
 
+def alone_cpus(cfg: Config) -> int:
+    """CPUs per worker for a run that has the cluster to itself (the final retrain): on a cluster lfa_ray
+    started, the node's CPUs shared by the workers (two threads train ~1.3x faster than one on a 2-core
+    laptop); on a joined cluster (its autoscaler sizes nodes by the profile) the profile's value."""
+    s = cfg.scaling
+    if cluster_address():
+        return s.cpus_per_worker
+    return max(s.cpus_per_worker, int(ray.cluster_resources().get("CPU", 0) // s.num_workers))
+
+
 def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str, gpus_per_worker: float = 0.0,
-                 run_dir: Optional[str] = None, resume_from: Optional[str] = None, tensorboard: bool = True,
-                 init: Optional[ray.ObjectRef] = None, callbacks: Optional[list] = None) -> TorchTrainer:
+                 run_dir: Optional[str] = None, resume_from: Optional[str] = None,
+                 init: Optional[ray.ObjectRef] = None, callbacks: Optional[list] = None, echo: bool = True
+                 ) -> TorchTrainer:
     """A TorchTrainer for one training run of ``cfg`` on ``data``, stored at ``storage/name``
-    (a local folder or object storage); ``run_dir`` (metrics.csv, and TensorBoard unless
-    ``tensorboard=False``) and ``resume_from`` are paths or URIs.
+    (a local folder or object storage); ``run_dir`` (metrics.csv and TensorBoard) and ``resume_from``
+    are paths or URIs.
     ``gpus_per_worker`` is what :func:`check_resources` decided (0: CPU workers); ``init`` the
-    weights of ``train.init_from`` in the object store (``ray.put(read_init(cfg))``)."""
+    weights of ``train.init_from`` in the object store (``ray.put(read_init(cfg))``); ``echo=False``:
+    the workers print no line per epoch (a sweep's :class:`lfa_ray.progress.Progress` does)."""
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
-                           "resume_from": resume_from, "init": init, "tensorboard": tensorboard},
+                           "resume_from": resume_from, "init": init,
+                           "echo": echo},
         # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
@@ -276,8 +293,9 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
                                                checkpoint_score_attribute="val_dice",
                                                checkpoint_score_order="max"),
-            # Ray's per-report INFO lines repeat every metric; the worker logs one line per epoch instead.
-            logging_config=LoggingConfig(log_level="WARNING"),
+            # A trial that ASHA stops ends its Train run abruptly, and Train warns (with a traceback)
+            # that the workers' shutdown failed: quiet in a sweep, unless --verbose.
+            logging_config=LoggingConfig(log_level="WARNING" if echo or verbose() else "ERROR"),
         ),
     )
 
@@ -327,22 +345,3 @@ def failure_line(exc: BaseException) -> str:
     err = failures[0] if failures else exc
     text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def best_checkpoint(result) -> Optional[Location]:
-    """Where the best (val_dice) checkpoint of a finished TorchTrainer run is."""
-    if result.best_checkpoints:
-        best, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", float("-inf")))
-    else:
-        best = result.checkpoint
-    return on_filesystem(best.filesystem, best.path) if best else None
-
-
-def export_model(checkpoint: Location, out: Location) -> Location:
-    """Write the inference model (weights, config, metrics epoch) from a checkpoint to ``out`` atomically."""
-    state = load_state(checkpoint)
-    bad = nonfinite(state["model"])
-    if bad:
-        raise UserError(f"{checkpoint}: weights {bad} are not finite (the run diverged); no model exported")
-    return out.write_bytes(state_bytes({"model": state["model"], "config": state["config"],
-                                        "progress": state["progress"], "checkpoint": checkpoint.uri}))

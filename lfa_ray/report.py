@@ -40,7 +40,8 @@ def collect(grid, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
     metric = cfg.tune.metric
     rows, curves = [], []
     for result in grid:
-        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")  # NNN_id: N is the order the searcher proposed
+        # NNN_id: N is the order the searcher proposed
+        trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
         df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
         params = {k: result.config.get(k) for k in cfg.tune.search_space}
         row = {"trial_id": trial_id, **params, "status": "ERROR" if result.error else "TERMINATED",
@@ -113,7 +114,7 @@ def _plots(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataF
 
     keys = list(cfg.tune.search_space)
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    for ax, key in zip(axes[0], keys, strict=True):
         x = table[key].map(lambda v: str(list(v)) if isinstance(v, (list, np.ndarray)) else v)
         ax.scatter(x, table[f"best_{metric}"], c=table["stopped_early"].map({True: "tab:gray", False: "tab:blue"}))
         if "loguniform" in cfg.tune.search_space[key]:
@@ -146,7 +147,7 @@ def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: p
     text = [
         f"# Sweep {exp_dir.name}",
         "",
-        f"{len(table)} trials (Optuna TPE, the seed config first; ASHA on epochs: max_t "
+        f"{len(table)} trials (Optuna TPE, the original config first; ASHA on epochs: max_t "
         f"{cfg.tune.scheduler.max_t}, grace {cfg.tune.scheduler.grace_period}, reduction "
         f"{cfg.tune.scheduler.reduction_factor}); {int(table['stopped_early'].sum())} stopped early, "
         f"{int((table['status'] == 'ERROR').sum())} errored.",

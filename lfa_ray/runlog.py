@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from tensorboardX import SummaryWriter
 
+from lfa_ray.config import METRICS
 from lfa_ray.storage import Location, locate
 
-SCALARS = ["train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou", "best_val_dice", "lr", "epoch_seconds",
-           "images_per_second"]  # also in TensorBoard
+SCALARS = [*METRICS, "best_val_dice", "lr", "epoch_seconds", "images_per_second"]  # also in TensorBoard
 COLUMNS = ["epoch", *SCALARS, "time", "run_finished"]
 N_OVERLAYS = 4
 
@@ -39,8 +39,7 @@ def read_metrics(path: str | Path | Location) -> list[dict]:
 
 
 class RunLog:
-    """Appends each epoch to ``metrics.csv`` and (unless ``tensorboard=False``) TensorBoard under
-    ``run_dir`` (a path or a URI).
+    """Appends each epoch to ``metrics.csv`` and TensorBoard under ``run_dir`` (a path or a URI).
 
     On resume, rows after the restored epoch are dropped (they belong to the
     interrupted attempt) and TensorBoard hides its events from that step on.
@@ -48,12 +47,12 @@ class RunLog:
     uploaded after every epoch.
     """
 
-    def __init__(self, run_dir: str | Path | Location, start_epoch: int = 0, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path | Location, start_epoch: int = 0):
         self.run_dir = locate(run_dir)
         self.rows = [r for r in read_metrics(self.run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
         self.staging = self.run_dir.local if self.run_dir.is_local else Path(tempfile.mkdtemp(prefix="lfa_ray-log-"))
         self.writer = SummaryWriter(str(self.staging), purge_step=start_epoch + 1 if start_epoch else None,
-                                    flush_secs=5) if tensorboard else None
+                                    flush_secs=5)
 
     def log(self, metrics: dict) -> None:
         self.rows.append({k: metrics[k] for k in COLUMNS})
@@ -62,8 +61,6 @@ class RunLog:
         w.writeheader()
         w.writerows(self.rows)
         (self.run_dir / "metrics.csv").write_text(buf.getvalue())
-        if self.writer is None:
-            return
         step = int(metrics["epoch"])
         for key in SCALARS:
             self.writer.add_scalar(key, metrics[key], step)
@@ -78,7 +75,7 @@ class RunLog:
     def log_overlays(self, model: torch.nn.Module, val_ds, step: int, device: torch.device) -> None:
         """Predictions on the first validation images, as one image strip."""
         n = min(N_OVERLAYS, len(val_ds))
-        if n == 0 or self.writer is None:
+        if n == 0:
             return
         batch = torch.stack([val_ds[i][0] for i in range(n)]).to(device)
         was_training = model.training
@@ -90,20 +87,29 @@ class RunLog:
         self._flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        if not self.run_dir.is_local and self.writer is not None:
+        self.writer.close()
+        if not self.run_dir.is_local:
             self.run_dir.upload(self.staging)
             shutil.rmtree(self.staging, ignore_errors=True)
 
 
-def write_scalars(run_dir: str | Path | Location, scalars: dict, step: int) -> None:
-    """Add scalars at ``step`` to a run's TensorBoard logs (a new events file beside the run's own)."""
+def write_events(run_dir: str | Path | Location, step: int, scalars: dict, *, images: dict | None = None,
+                 hparams: dict | None = None) -> None:
+    """Add to a run's TensorBoard logs at ``step`` (a new events file beside the run's own): scalars,
+    RGB ``images`` by tag, and an HParams entry of ``hparams`` measured by ``scalars``."""
+    from tensorboardX.summary import hparams as hparams_summary
+
     run_dir = locate(run_dir)
     staging = run_dir.local if run_dir.is_local else Path(tempfile.mkdtemp(prefix="lfa_ray-log-"))
     with SummaryWriter(str(staging), filename_suffix=".scores") as writer:
+        if hparams:
+            for summary in hparams_summary({k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                            for k, v in hparams.items()}, scalars):
+                writer.file_writer.add_summary(summary)
         for key, value in scalars.items():
             writer.add_scalar(key, value, step)
+        for tag, image in (images or {}).items():
+            writer.add_image(tag, image, step, dataformats="HWC")
     if not run_dir.is_local:
         run_dir.upload(staging)
         shutil.rmtree(staging, ignore_errors=True)

@@ -19,13 +19,13 @@ from typing import Any
 
 from ray import tune
 
-from lfa_ray.config import Config, config_from_dict, check_values
+from lfa_ray.config import Config, check_values, config_from_dict
 from lfa_ray.errors import UserError
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
 SEARCHABLE = ("data", "model", "train", "scaling")
-# The seed project's hand-picked config: the first point the searcher evaluates.
-SEED_POINT = {"train.lr": 1.0e-4, "train.batch_size": 8, "train.aug_strength": 1.0, "train.weight_decay": 1.0e-6}
+# The original project's hand-picked config: the first point the searcher evaluates.
+REFERENCE_POINT = {"train.lr": 1.0e-4, "train.batch_size": 8, "train.aug_strength": 1.0, "train.weight_decay": 1.0e-6}
 
 
 def _set(d: dict, key: str, value: Any) -> None:
@@ -101,6 +101,11 @@ def _get(d: dict, key: str) -> Any:
     return d
 
 
+def value_of(cfg: Config, key: str) -> Any:
+    """The value of a dotted profile key, e.g. ``train.lr``."""
+    return _get(cfg.to_dict(), key)
+
+
 def to_tune(space: dict) -> dict:
     """Ray Tune domains for a validated space (OptunaSearch converts them for TPE)."""
     out = {}
@@ -111,15 +116,16 @@ def to_tune(space: dict) -> dict:
     return out
 
 
-def seed_point(cfg: Config) -> dict | None:
-    """The seed's config over the searched keys (the profile's own value for keys the seed did not
+def reference_point(cfg: Config) -> dict | None:
+    """The original's config over the searched keys (the profile's own value for keys the original did not
     set, e.g. model.features), if that point lies inside the space. Optuna needs every searched key."""
     space, base = cfg.tune.search_space, cfg.to_dict()
     point = {}
     for key, spec in space.items():
-        value = SEED_POINT.get(key, _get(base, key))
+        value = REFERENCE_POINT.get(key, _get(base, key))
         (kind, args), = spec.items()
-        inside = value in args if kind == "choice" else (isinstance(value, (int, float)) and args[0] <= value <= args[1])
+        inside = (value in args if kind == "choice"
+                  else isinstance(value, (int, float)) and args[0] <= value <= args[1])
         if not inside:
             return None
         point[key] = value

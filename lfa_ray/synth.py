@@ -17,7 +17,7 @@ Everything is a function of ``(seed, index)``, so a set is the same on every mac
 paper) or ``bold`` (coloured cassettes on saturated and patterned backgrounds). Checks that train
 on one family and test on the other measure how much a change of style costs (benchmarks/transfer.py).
 
-The set is written in the seed's folder layout (``train_images/NAME.jpg`` +
+The set is written in the original's folder layout (``train_images/NAME.jpg`` +
 ``train_masks/NAME_mask.gif``) so the default path exercises the real loader.
 """
 
@@ -117,7 +117,8 @@ def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: st
         cv2.circle(alpha, (cx, cy), r, 255, -1)
     if shape == 2:
         cut = int(height * 0.22)
-        for pts in ([(0, 0), (int(length * 0.08), 0), (0, cut)], [(0, height), (int(length * 0.08), height), (0, height - cut)]):
+        corner = int(length * 0.08)
+        for pts in ([(0, 0), (corner, 0), (0, cut)], [(0, height), (corner, height), (0, height - cut)]):
             cv2.fillPoly(alpha, [np.array(pts, np.int32)], 0)
     edge = cv2.distanceTransform(alpha, cv2.DIST_L2, 3)
     rgb *= (1 - 0.28 * np.exp(-edge / 3.0))[..., None]  # bevelled rim
@@ -302,7 +303,7 @@ def render(seed: int, index: int, family: str = "all") -> tuple[np.ndarray, dict
 
 
 def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "all") -> Path:
-    """Write ``n`` cassettes into ``out`` in the seed layout; the folder appears complete or not at all."""
+    """Write ``n`` cassettes into ``out`` in the original layout; the folder appears complete or not at all."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(out)

@@ -12,121 +12,27 @@ starts a new run from a saved state, ``--reset`` deletes the run and starts agai
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
-from lfa_ray.config import Config, default_profile, dump_config, load_config
+from lfa_ray.checkpoint import (
+    SNAPSHOT,
+    STATE_FILE,
+    Start,
+    best_checkpoint,
+    drop_partial,
+    export_model,
+    is_run_dir,
+    latest_checkpoint,
+    load_state,
+    ray_restores,
+    restorable,
+)
+from lfa_ray.cli import add_common_args, parser, print_config, profile_stem, resolve_config, show_ray_output
+from lfa_ray.config import Config, dump_config
 from lfa_ray.errors import Stopped, UserError, cli_entry
 from lfa_ray.lock import RunLock
-from lfa_ray.loop import STATE_FILE, load_state
 from lfa_ray.storage import Location, locate
-
-
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="profile YAML (default: tune_configs/default.yaml)")
-    parser.add_argument("--data", help="dataset folder (overrides data.path; default: synthetic cassettes)")
-    parser.add_argument("--name", help="run name under storage.path (default: derived from the profile)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a profile key, e.g. --set train.lr=3e-4 (repeatable)")
-
-
-def resolve_config(args: argparse.Namespace, base: Optional[Location] = None, base_raw: Optional[dict] = None,
-                   where: str = "") -> Config:
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
-    if base_raw is not None and not args.config:
-        return load_config(None, overrides, raw=base_raw, where=where)
-    return load_config(args.config or base, overrides)
-
-
-def profile_stem(args: argparse.Namespace) -> str:
-    path = args.config or default_profile()
-    return Path(path).stem if path else "default"
-
-
-def _checkpoints(run_dir: Location) -> list[Location]:
-    return [c for c in run_dir.children() if c.name.startswith("checkpoint_epoch_")]
-
-
-def is_run_dir(loc: Location) -> bool:
-    return (loc / "config.yaml").is_file() and bool(_checkpoints(loc))
-
-
-SNAPSHOT = "checkpoint_manager_snapshot.json"
-
-
-def _read_snapshot(run_dir: Location) -> Optional[dict]:
-    """Ray's record of a run's checkpoints; None when there is none or it was cut short (Ray
-    rewrites it in place, so a machine lost at that moment leaves it empty)."""
-    snapshot = run_dir / SNAPSHOT
-    try:
-        return json.loads(snapshot.read_text()) if snapshot.is_file() else None
-    except ValueError:
-        return None
-
-
-def latest_checkpoint(run_dir: Location) -> Optional[Location]:
-    """The latest checkpoint Ray registered for a run (the one it restores), if any.
-
-    A folder copied by a run killed before it registered the checkpoint may be
-    incomplete, so Ray's own snapshot decides; without a readable one (a folder
-    copied by hand, or a snapshot cut short) it is the newest checkpoint whose
-    state file loads.
-    """
-    snapshot = _read_snapshot(run_dir)
-    if snapshot is not None:
-        latest = snapshot.get("latest_checkpoint_result")
-        return run_dir / latest["checkpoint_dir_name"] if latest else None
-    for c in reversed(_checkpoints(run_dir)):
-        try:
-            load_state(c)
-            return c
-        except Exception:  # noqa: BLE001 - missing or partly copied state.pt: try the one before
-            continue
-    return None
-
-
-def restorable(run_dir: Location) -> tuple[Optional[Location], Optional[dict]]:
-    """The checkpoint a continued run starts from and its state: the latest Ray registered or, when
-    that one does not load (cut short, corrupted, deleted), the newest older one that does, with one
-    line saying so. None when the run has no checkpoint; a UserError when none of them loads."""
-    latest = latest_checkpoint(run_dir)
-    if latest is None:
-        return None, None
-    older = [c for c in reversed(_checkpoints(run_dir)) if c.name < latest.name]
-    problem = None
-    for c in [latest, *older]:
-        try:
-            state = load_state(c)
-        except UserError as exc:
-            problem = problem or str(exc).split(";")[0]
-            continue
-        if c is not latest:
-            print(f"note: {problem}; continuing from the newest checkpoint that loads, {c.name}")
-        return c, state
-    raise UserError(f"{run_dir}: none of its checkpoints loads ({problem}); start the run again with --reset "
-                    f"(deletes it) or under another --name")
-
-
-def _ray_restores(run_dir: Location, start: Location) -> bool:
-    """Whether Ray's own record of the run restores ``start`` (it is missing when the folder was
-    copied by hand, empty when cut short, and names a broken checkpoint when that one was damaged)."""
-    snapshot = _read_snapshot(run_dir) or {}
-    latest = snapshot.get("latest_checkpoint_result")
-    listed = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
-    # Ray refuses a record naming checkpoints that are gone (deleted by hand to free space)
-    return (latest is not None and latest["checkpoint_dir_name"] == start.name
-            and all((run_dir / name / STATE_FILE).is_file() for name in listed))
-
-
-def _drop_partial(run_dir: Location, kept: Optional[Location]) -> None:
-    """Remove checkpoint folders newer than the latest registered one: copies cut short."""
-    for c in _checkpoints(run_dir) if run_dir.exists() else []:
-        if kept is None or c.name > kept.name:
-            c.rmtree()
 
 
 def refuse_existing(run_dir: Location) -> None:
@@ -139,10 +45,10 @@ def refuse_existing(run_dir: Location) -> None:
 class Plan:
     cfg: Config
     run_dir: Location
-    resume_from: Optional[Location]  # a checkpoint to start a new run from
-    continuing: bool  # the run exists and Ray restores its latest checkpoint (or resume_from, if Ray's
-    # record of its checkpoints was cut short)
-    reset: bool
+    start: Start
+    # the checkpoint the workers load: FROM_CHECKPOINT's, or CONTINUE's when Ray's own record of the
+    # run cannot restore it (cut short, naming a damaged or deleted checkpoint); else None
+    checkpoint: Optional[Location] = None
 
 
 def plan(args: argparse.Namespace) -> Plan:
@@ -177,15 +83,15 @@ def plan(args: argparse.Namespace) -> Plan:
         storage.mkdir()  # fails here, before Ray starts, for a missing bucket or a read-only place
         run_dir = storage / (args.name or f"train-{profile_stem(args)}")
 
-    continuing = continuing_dir is not None and continuing_dir.uri == run_dir.uri
-    resume_from = None
-    if source is not None and not continuing:
-        resume_from = start if continuing_dir is not None else source
-    if continuing and start is not None and not _ray_restores(run_dir, start):
-        resume_from = start  # run() sets Ray's record aside; the workers start from this checkpoint
-    if not continuing and not args.reset:
-        refuse_existing(run_dir)
-    return Plan(cfg, run_dir, resume_from, continuing, args.reset)
+    if continuing_dir is not None and continuing_dir.uri == run_dir.uri:
+        # run() sets Ray's record aside when it cannot restore ``start``; the workers start from it
+        return Plan(cfg, run_dir, Start.CONTINUE, None if start is None or ray_restores(run_dir, start) else start)
+    if args.reset:
+        return Plan(cfg, run_dir, Start.RESET)
+    refuse_existing(run_dir)
+    if source is not None:  # a new run from a checkpoint (of another run, or a checkpoint folder)
+        return Plan(cfg, run_dir, Start.FROM_CHECKPOINT, start if continuing_dir is not None else source)
+    return Plan(cfg, run_dir, Start.NEW)
 
 
 def run(p: Plan) -> Location:
@@ -199,7 +105,7 @@ def run(p: Plan) -> Location:
     ray_train.init_ray()
     gpus = ray_train.check_resources(p.cfg)
     with RunLock(p.run_dir):
-        if not (p.continuing or p.reset):
+        if p.start in (Start.NEW, Start.FROM_CHECKPOINT):
             refuse_existing(p.run_dir)  # again: another command may have made it since plan()
         return _train(p, data, weights, gpus)
 
@@ -210,16 +116,16 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
     from lfa_ray import ray_train
     from lfa_ray.evaluate import format_summary, score_test
 
-    if p.reset:
+    if p.start is Start.RESET:
         p.run_dir.rmtree()
     created = not p.run_dir.exists()
     p.run_dir.mkdir()
     dump_config(p.cfg, p.run_dir / "config.yaml")
-    if p.continuing and p.resume_from is not None and (p.run_dir / SNAPSHOT).exists():
-        (p.run_dir / SNAPSHOT).unlink()  # not restorable: Ray starts a new record, from resume_from
+    if p.start is Start.CONTINUE and p.checkpoint is not None and (p.run_dir / SNAPSHOT).exists():
+        (p.run_dir / SNAPSHOT).unlink()  # not restorable: Ray starts a new record, from p.checkpoint
     trainer = ray_train.make_trainer(p.cfg, data=ray_train.share(data), storage=p.run_dir.parent,
                                      name=p.run_dir.name, gpus_per_worker=gpus, run_dir=p.run_dir.uri,
-                                     resume_from=p.resume_from.uri if p.resume_from else None,
+                                     resume_from=p.checkpoint.uri if p.checkpoint else None,
                                      init=None if weights is None else ray.put(weights))
     try:
         result = ray_train.run_trainer(trainer)
@@ -234,7 +140,7 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
         if ray_train.user_error(exc) is not None:
             raise UserError(str(ray_train.user_error(exc))) from None
         if ray_train.disk_full(exc):
-            _drop_partial(p.run_dir, kept)
+            drop_partial(p.run_dir, kept)
             raise UserError(f"disk full: no space left writing {p.run_dir}; free space there, then "
                             + (f"continue with --resume-from {p.run_dir}" if kept is not None
                                else "run the same command again")) from None
@@ -244,8 +150,8 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
                     if kept is not None else "")
             raise UserError(f"training failed: {ray_train.failure_line(exc)}{then}") from None
         raise
-    best = ray_train.best_checkpoint(result)
-    model = ray_train.export_model(best, p.run_dir / "model.pt")
+    best = best_checkpoint(result)
+    model = export_model(best, p.run_dir / "model.pt")
     m = result.metrics or {}
     test = score_test(model, p.cfg, p.run_dir, int(m.get("epoch", 0)), again=True)
     print(f"\nrun {p.run_dir.name}: {int(m.get('epoch', 0))} epochs, best val_dice {m.get('best_val_dice', 0):.4f}")
@@ -260,12 +166,15 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lfa-train", description="Train the LFA UNET with Ray Train.")
-    add_common_args(parser)
-    parser.add_argument("--resume-from", metavar="PATH",
-                        help="a run folder to continue, or a checkpoint_epoch_* folder to start from")
-    parser.add_argument("--reset", action="store_true", help="delete an existing run of this name and start fresh")
-    args = parser.parse_args(argv)
+    p = parser("lfa-train", "Train the LFA UNET with Ray Train.")
+    add_common_args(p)
+    p.add_argument("--resume-from", metavar="PATH",
+                   help="a run folder to continue, or a checkpoint_epoch_* folder to start from")
+    p.add_argument("--reset", action="store_true", help="delete an existing run of this name and start fresh")
+    args = p.parse_args(argv)
+    if args.print_config:  # with --resume-from: the run's own settings
+        return print_config(plan(args).cfg if args.resume_from else resolve_config(args))
+    show_ray_output(args)
     run(plan(args))
 
 

@@ -12,14 +12,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from typing import Callable
 
-from lfa_ray.config import Config, StorageConfig, config_from_dict, dump_config, load_config
+from lfa_ray.checkpoint import best_checkpoint, export_model
+from lfa_ray.cli import add_common_args, parser, print_config, profile_stem, resolve_config, show_ray_output
+from lfa_ray.config import Config, StorageConfig, config_from_dict, dump_config, flat_keys, load_config
 from lfa_ray.errors import Stopped, UserError, cli_entry
 from lfa_ray.evaluate import format_summary, score_test
 from lfa_ray.lock import RunLock
-from lfa_ray.search import apply_params, seed_point, to_tune, validate_space
+from lfa_ray.search import apply_params, reference_point, to_tune, validate_space
 from lfa_ray.storage import Location, locate
-from lfa_ray.train import add_common_args, profile_stem, resolve_config
 
 FINAL = "final"
 # What a trial's own process holds: no CPU, so that N trials of W workers fit exactly on N*W CPUs
@@ -49,8 +51,8 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
     if replay(run, exp_dir / trial_name / "result.json"):
         return  # it had finished before the sweep's driver was lost: its results, not a re-run
     trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train", run_dir=run.uri,
-                           tensorboard=False, gpus_per_worker=gpus_per_worker, init=init,
-                           callbacks=[TuneReportCallback()])
+                           gpus_per_worker=gpus_per_worker, init=init,
+                           callbacks=[TuneReportCallback()], echo=False)
     try:
         trainer.fit()
     except Exception as exc:  # the trial's error keeps the cause in one line (trials.csv, summary.md)
@@ -64,8 +66,8 @@ def replay(run: Location, results: Location) -> bool:
     one, those up to the checkpoint it continues from. So the trial's history stays whole."""
     from ray import tune
 
+    from lfa_ray.checkpoint import latest_checkpoint
     from lfa_ray.runlog import read_metrics
-    from lfa_ray.train import latest_checkpoint
 
     rows = read_metrics(run / "metrics.csv")
     finished = bool(rows) and bool(rows[-1].get("run_finished"))
@@ -115,9 +117,10 @@ def default_concurrency(cfg: Config, gpus_per_worker: float = 0.0) -> int:
 
 def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float = 0.0, init=None, restore: bool = False,
                restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
-               time_budget_s: float | None = None):
+               time_budget_s: float | None = None, trial: Callable = trial_fn):
     """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
-    ``time_budget_s`` exist for the benchmarks that compare TPE + ASHA with plain random search.
+    ``time_budget_s`` exist for the benchmarks that compare TPE + ASHA with plain random search;
+    ``trial`` (called as :func:`trial_fn` is) for the one that measures Ray's own cost per trial.
     ``data``: the loaded dataset in the object store (:class:`lfa_ray.ray_train.SharedData`);
     ``gpus_per_worker``: from :func:`lfa_ray.ray_train.check_resources` (0: CPU workers)."""
     import optuna
@@ -126,15 +129,20 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
     from ray.tune.search import BasicVariantGenerator
     from ray.tune.search.optuna import OptunaSearch
 
+    from lfa_ray.console import verbose
+    from lfa_ray.progress import Progress
+
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, base=trial_config(cfg).to_dict(), data=data,
+        tune.with_parameters(trial, base=trial_config(cfg).to_dict(), data=data,
                              exp_dir=exp_dir, gpus_per_worker=gpus_per_worker, init=init), TRIAL_RESOURCES)
     storage = exp_dir.ray_storage()
     if restore:
         return tune.Tuner.restore(exp_dir.path, trainable=trainable, resume_unfinished=True, resume_errored=False,
                                   restart_errored=restart_errored, storage_filesystem=storage["storage_filesystem"])
     t = cfg.tune
-    first = seed_point(cfg)
+    if not verbose():
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
+    first = reference_point(cfg)
     points = [first] if first else None
     concurrency = t.max_concurrent_trials or default_concurrency(cfg, gpus_per_worker)
     # Trials hold no CPU, so this limit is what keeps Tune from starting more trials than fit:
@@ -156,8 +164,12 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
             trial_dirname_creator=trial_name,
             time_budget_s=time_budget_s,
         ),
+        # The console is Progress's lines; Tune's status tables (and its TensorBoard hint, which names
+        # a staging folder, not the experiment) only with --verbose.
         run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
-                                  failure_config=tune.FailureConfig(max_failures=0)),
+                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t)],
+                                  verbose=None if verbose() else 0),
     )
 
 
@@ -173,32 +185,18 @@ def plan(args: argparse.Namespace) -> tuple[Config, Location]:
     if args.resume:
         if not args.name:
             raise UserError("--resume needs --name NAME of the sweep to continue (a folder under storage.path)")
-        others = [o for o in args.overrides if not o.startswith("storage.path=")]
-        if args.data or others:
-            raise UserError("--resume continues a sweep with its own config.yaml; drop --data and --set "
-                            "(except storage.path, to say where the sweep is)")
         exp_dir = locate(resolve_config(args).storage.path) / args.name
         if not exp_dir.exists():
             raise UserError(f"{exp_dir}: no such sweep; check --name (and storage.path)")
         if not is_experiment(exp_dir):
             raise UserError(f"{exp_dir} is not a tune experiment (no config.yaml and Tune state); "
                             f"resume a run of lfa_ray.train with: python -m lfa_ray.train --resume-from {exp_dir}")
-        return load_config(exp_dir / "config.yaml"), exp_dir
+        cfg = load_config(exp_dir / "config.yaml")
+        refuse_changes(args, cfg, exp_dir)
+        return cfg, exp_dir
     if args.restart_errored:
         raise UserError("--restart-errored applies to --resume; add --resume --name NAME")
     cfg = resolve_config(args)
-    if cfg.tune.num_samples < 1:
-        raise UserError(f"tune.num_samples must be at least 1, got {cfg.tune.num_samples}")
-    if cfg.tune.max_concurrent_trials is not None and cfg.tune.max_concurrent_trials < 1:
-        raise UserError(f"tune.max_concurrent_trials must be at least 1 or null, got {cfg.tune.max_concurrent_trials}")
-    if cfg.tune.scheduler.grace_period > cfg.tune.scheduler.max_t:
-        raise UserError(f"tune.scheduler.grace_period ({cfg.tune.scheduler.grace_period}) is above max_t "
-                        f"({cfg.tune.scheduler.max_t}); lower it")
-    if cfg.tune.scheduler.reduction_factor < 2:
-        raise UserError(f"tune.scheduler.reduction_factor must be at least 2, got {cfg.tune.scheduler.reduction_factor}")
-    if cfg.tune.metric not in ("val_dice", "val_iou", "val_accuracy", "val_loss", "train_loss"):
-        raise UserError(f"tune.metric '{cfg.tune.metric}' is not reported; use val_dice, val_iou, val_accuracy, "
-                        f"val_loss or train_loss")
     validate_space(cfg)
     if cfg.train.init_from and "model.features" in cfg.tune.search_space:
         raise UserError("train.init_from fixes the architecture; drop model.features from tune.search_space "
@@ -210,11 +208,13 @@ def plan(args: argparse.Namespace) -> tuple[Config, Location]:
     return cfg, exp_dir
 
 
-def final_config(cfg: Config, best_params: dict) -> Config:
-    """The profile with the best trial's params and the final retrain's epochs."""
+def final_config(cfg: Config, best_params: dict, cpus_per_worker: int) -> Config:
+    """The profile with the best trial's params, the final retrain's epochs and its CPUs per worker
+    (it runs alone: :func:`ray_train.alone_cpus`)."""
     best = apply_params(cfg, best_params)
     raw = best.to_dict()
     raw["train"]["epochs"] = cfg.final.epochs
+    raw["scaling"]["cpus_per_worker"] = cpus_per_worker
     return config_from_dict(raw)
 
 
@@ -231,7 +231,7 @@ def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0
         result = ray_train.run_trainer(trainer)
     except KeyboardInterrupt:
         raise Stopped(f"the final retrain stopped; continue it with: {resume_command(cfg, exp_dir)}") from None
-    return ray_train.export_model(ray_train.best_checkpoint(result), final_dir / "model.pt")
+    return export_model(best_checkpoint(result), final_dir / "model.pt")
 
 
 def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
@@ -252,6 +252,25 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
         if not resume:
             refuse_existing(exp_dir)  # again: another command may have made it since plan()
         return _sweep(cfg, exp_dir, data, gpus, init, resume=resume, restart_errored=restart_errored)
+
+
+def refuse_changes(args: argparse.Namespace, cfg: Config, exp_dir: Location) -> None:
+    """``--resume`` repeats the sweep's own command happily (its --set and --data values; --config is
+    not read again) and refuses a changed value, naming the key: a sweep continues with its config."""
+    if args.config:
+        print(f"note: --resume continues with the sweep's own {exp_dir / 'config.yaml'}; --config is not read")
+    if not (args.overrides or args.data):
+        return
+    given = resolve_config(argparse.Namespace(**{**vars(args), "config": None}), base_raw=cfg.to_dict(),
+                           where="--set")
+    now, then = flat_keys(given.to_dict()), flat_keys(cfg.to_dict())
+    changed = [k for k in then if now[k] != then[k] and k != "storage.path"]
+    if changed:
+        key = changed[0]
+        more = f" (and {len(changed) - 1} more key{'s' if len(changed) > 2 else ''})" if len(changed) > 1 else ""
+        raise UserError(f"--resume: {key} is {now[key]!r} in this command but {then[key]!r} in "
+                        f"{exp_dir / 'config.yaml'}{more}; a sweep continues with its own config: drop the "
+                        f"change, or start a new sweep with another --name")
 
 
 def resume_command(cfg: Config, exp_dir: Location) -> str:
@@ -290,13 +309,16 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
                         f"retry with {resume_command(cfg, exp_dir)} --restart-errored")
     best_row = report.best_row(table, cfg)
     best_params = {k: report.param_value(best_row, k) for k in cfg.tune.search_space}
-    final_cfg = final_config(cfg, best_params)
+    from lfa_ray import ray_train
+
+    final_cfg = final_config(cfg, best_params, ray_train.alone_cpus(cfg))
     dump_config(final_cfg, exp_dir / "best_config.yaml")
     report.write_trials(table, exp_dir)
 
     model = exp_dir / FINAL / "model.pt"
     if not model.exists():
-        print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL}")
+        print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL} "
+              f"({final_cfg.scaling.cpus_per_worker} CPUs per worker)")
         model = run_final(final_cfg, exp_dir, data, gpus, init)
     final_metrics = report.final_metrics(exp_dir / FINAL)
     test = score_test(model, final_cfg, exp_dir / FINAL, int(final_metrics.get("epoch", 0)))
@@ -315,12 +337,17 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
 
 @cli_entry
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="lfa-tune", description="Tune the LFA UNET with Ray Tune (TPE + ASHA).")
-    add_common_args(parser)
-    parser.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
-    parser.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
-    args = parser.parse_args(argv)
+    p = parser("lfa-tune", "Tune the LFA UNET with Ray Tune (TPE + ASHA).")
+    add_common_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    p.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
+    args = p.parse_args(argv)
+    if args.print_config and not args.resume:
+        return print_config(resolve_config(args))
+    show_ray_output(args)
     cfg, exp_dir = plan(args)
+    if args.print_config:  # the sweep's own config
+        return print_config(cfg)
     run(cfg, exp_dir, resume=args.resume, restart_errored=args.restart_errored)
 
 

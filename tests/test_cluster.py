@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 from lfa_ray.config import load_config
-from conftest import REPO, set_args, tiny_overrides
+
+from helpers import REPO, set_args, tiny_overrides
 
 
 def _cluster_yaml() -> dict:
@@ -65,12 +66,34 @@ def test_cluster_versions_match_pyproject():
     assert not re.search(r"(?i)aws_(secret_)?access_key|AKIA[0-9A-Z]{16}", no_secrets)
 
 
+@pytest.mark.skipif(shutil.which("rsync") is None, reason="needs rsync (.ci/run installs it)")
+def test_ray_up_copies_the_project_without_venv_results_or_git(tmp_path):
+    """The rsync command `ray up` runs for file_mounts (Ray's own argument builder), run locally on a
+    checkout as it looks after use."""
+    from ray.autoscaler._private.command_runner import SSHCommandRunner
+
+    project = tmp_path / "project"
+    keep = ["pyproject.toml", "lfa_ray/tune.py", "tune_configs/cloud.yaml", "README.md"]
+    junk = [".git/HEAD", ".venv/lib/torch.so", "results/tune-x/trial_001/state.pt", "lfa_ray/__pycache__/x.pyc",
+            "lfa_ray.egg-info/PKG-INFO", ".pytest_cache/v", ".gpu/site.tar.xz"]
+    for name in keep + junk:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(name)
+    cluster = _cluster_yaml()
+    rules = SSHCommandRunner._create_rsync_filter_args(None, {k: cluster.get(k) for k in
+                                                              ("rsync_exclude", "rsync_filter")})
+    subprocess.run(["rsync", "-a", *rules, f"{project}/", str(tmp_path / "node")], check=True)
+    copied = {p.relative_to(tmp_path / "node").as_posix() for p in (tmp_path / "node").rglob("*") if p.is_file()}
+    assert copied == set(keep)
+
+
 def test_cloud_profile_fits_the_cluster():
     cfg = load_config(REPO / "tune_configs" / "cloud.yaml")
     cluster = _cluster_yaml()
     assert cfg.storage.path.startswith("s3://") and cfg.data.path.startswith("s3://")
     assert cfg.data.path.endswith(".parquet")  # a packed dataset
-    assert cfg.scaling.use_gpu and cfg.tune.max_concurrent_trials == cluster["available_node_types"]["gpu_worker"]["max_workers"]
+    gpu_workers = cluster["available_node_types"]["gpu_worker"]["max_workers"]
+    assert cfg.scaling.use_gpu and cfg.tune.max_concurrent_trials == gpu_workers
     assert cfg.scaling.cpus_per_worker < 4  # g5.xlarge: 4 vCPUs, one left to Ray
 
 

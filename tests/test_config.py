@@ -9,14 +9,15 @@ from lfa_ray.errors import UserError
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_default_profile_lists_every_key_with_valid_values():
+def test_default_profile_lists_every_key_with_the_built_in_defaults():
+    """An install without tune_configs/ (a wheel) runs the very sweep the default profile describes."""
     raw = yaml.safe_load((REPO / "tune_configs" / "default.yaml").read_text())
     defaults = Config().to_dict()
     assert set(raw) == set(defaults)
     for section in raw:
         assert set(raw[section]) == set(defaults[section]), section
-    cfg = load_config(REPO / "tune_configs" / "default.yaml")
-    assert cfg.data.path is None and cfg.train.amp == "auto"
+    assert load_config(REPO / "tune_configs" / "default.yaml") == Config()
+    assert load_config(raw={}, where="built-in defaults") == Config()
 
 
 @pytest.mark.parametrize("profile", sorted((REPO / "tune_configs").glob("*.yaml")))
@@ -48,10 +49,10 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("train.lr=fast", "train.lr must be a number"),
     ("scaling.use_gpu=maybe", "scaling.use_gpu must be true, false or auto"),
     ("model.features=[]", "model.features must be a non-empty list"),
-    ("train.amp=fp8", "train.amp must be one of"),
+    ("train.amp=fp8", "train.amp must be auto, bf16, fp16 or off, got 'fp8'"),
     ("train.epochs=0", "train.epochs must be at least 1"),
-    ("data.val_fraction=1.5", "data.val_fraction must be between 0 and 1"),
-    ("data.test_fraction=0.8", "data.test_fraction must be in [0, 1) and leave training images beside"),
+    ("data.val_fraction=1.5", "data.val_fraction must be in (0, 1)"),
+    ("data.test_fraction=0.8", "data.test_fraction (0.8) and data.val_fraction (0.2) leave no training images"),
     ("data.test_fraction=-0.1", "data.test_fraction must be in [0, 1)"),
     ("train.aug_strength=2", "train.aug_strength must be in [0, 1]"),
     ("train.lr", "expected KEY=VALUE"),
@@ -68,6 +69,15 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("train.lr=50", "train.lr must be in (0, 1]"),
     ("train.weight_decay=-1", "train.weight_decay must be 0 or more"),
     ("train.grad_clip=.inf", "train.grad_clip must be a finite number"),
+    ("tune.num_samples=0", "tune.num_samples must be at least 1, got 0"),
+    ("tune.max_concurrent_trials=0", "tune.max_concurrent_trials must be at least 1"),
+    ("tune.scheduler.reduction_factor=1", "tune.scheduler.reduction_factor must be 2 or more"),
+    ("tune.scheduler.grace_period=9", "tune.scheduler.grace_period (9) is above max_t (8)"),
+    ("tune.metric=val_f1", "tune.metric must be train_loss, val_loss, val_accuracy, val_dice or val_iou"),
+    ("train.lr_factor=1", "train.lr_factor must be in (0, 1)"),
+    ("scaling.max_failures=-2", "scaling.max_failures must be -1 or more, got -2 (-1: no limit)"),
+    ("model.features=[8, 0]", "model.features must be at least 1, got 0"),
+    ("train.grad_clip=0", "train.grad_clip must be positive or null"),
     ("data.image_size=7", "data.image_size=7 is too small for 4 model levels (model.features); use at least 16"),
 ])
 def test_bad_overrides_name_the_key(item, fragment):
@@ -112,16 +122,31 @@ def test_gpu_settings_that_cannot_work_are_refused(items, fragment):
     assert fragment in str(info.value)
 
 
-def test_seed_point_covers_every_searched_key_or_none():
+def test_reference_point_covers_every_searched_key_or_none():
     """Optuna evaluates a first point only if it names every searched key (cloud.yaml searches weight_decay)."""
-    from lfa_ray.search import seed_point
+    from lfa_ray.search import reference_point
 
     cloud = load_config(REPO / "tune_configs" / "cloud.yaml")
-    assert seed_point(cloud) == {"train.lr": 1e-4, "train.batch_size": 8, "train.aug_strength": 1.0,
+    assert reference_point(cloud) == {"train.lr": 1e-4, "train.batch_size": 8, "train.aug_strength": 1.0,
                                  "train.weight_decay": 1e-6}
-    # a key the seed did not set takes the profile's value
+    # a key the original did not set takes the profile's value
     cfg = load_config(None, ["tune.search_space={train.lr: {loguniform: [1.0e-5, 1.0e-2]}, "
                              "model.features: {choice: [[8, 16], [16, 32, 64, 128]]}}"])
-    assert seed_point(cfg) == {"train.lr": 1e-4, "model.features": [16, 32, 64, 128]}
+    assert reference_point(cfg) == {"train.lr": 1e-4, "model.features": [16, 32, 64, 128]}
     cfg = load_config(None, ["tune.search_space={train.lr: {loguniform: [1.0e-3, 1.0e-2]}}"])
-    assert seed_point(cfg) is None  # the seed's lr 1e-4 lies outside
+    assert reference_point(cfg) is None  # the original's lr 1e-4 lies outside
+
+
+def test_print_config_and_version_on_the_commands(capsys):
+    from lfa_ray import data, evaluate, predict, train, tune
+
+    assert train.main(["--print-config", "--set", "train.lr=0.003", "--data", "/some/where"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["lr"] == 0.003 and printed["data"]["path"] == "/some/where"
+    assert load_config(raw=printed, where="printed") == load_config(None, ["train.lr=0.003", "data.path=/some/where"])
+    assert tune.main(["--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == Config().to_dict()
+    for main in (train.main, tune.main, predict.main, evaluate.main, data.main):
+        with pytest.raises(SystemExit) as done:
+            main(["--version"])
+        assert done.value.code == 0 and "lfa_ray " in capsys.readouterr().out

@@ -1,5 +1,5 @@
-from pathlib import Path
 import warnings
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,15 +24,15 @@ def _mask(path: Path, size=(40, 30), box=(5, 5, 20, 15), mode="L", value=255):
     (m if mode == "L" else m.convert(mode)).save(path)
 
 
-def seed_layout(root: Path, names=("a", "b", "c", "d", "e")) -> Path:
+def original_layout(root: Path, names=("a", "b", "c", "d", "e")) -> Path:
     for n in names:
         _img(root / "train_images" / f"{n}.jpg")
         _mask(root / "train_masks" / f"{n}_mask.gif")
     return root
 
 
-def test_seed_layout_pairs_and_maps_255_to_one(tmp_path):
-    root = seed_layout(tmp_path / "d")
+def test_original_layout_pairs_and_maps_255_to_one(tmp_path):
+    root = original_layout(tmp_path / "d")
     found = data.discover(root)
     pairs, val = found.pairs, found.val
     assert [p.name for p in pairs] == ["a", "b", "c", "d", "e"] and val is None
@@ -69,21 +69,21 @@ def test_rgba_mask_transparent_pixels_are_background(tmp_path):
 
 
 def test_explicit_validation_folders(tmp_path):
-    root = seed_layout(tmp_path / "d")
+    root = original_layout(tmp_path / "d")
     for n in ["v1", "v2"]:
         _img(root / "val_images" / f"{n}.jpg")
         _mask(root / "val_masks" / f"{n}_mask.gif")
     s = data.resolve_splits(root, 0.2, 42)
     assert s.explicit_val and len(s.train) == 5 and [p.name for p in s.val] == ["v1", "v2"]
     other = tmp_path / "tv"
-    seed_layout(other / "train")
-    seed_layout(other / "val", names=("q",))
+    original_layout(other / "train")
+    original_layout(other / "val", names=("q",))
     s = data.resolve_splits(other, 0.2, 42)
     assert s.explicit_val and len(s.train) == 5 and len(s.val) == 1
 
 
 def test_random_split_is_seeded_and_disjoint(tmp_path):
-    root = seed_layout(tmp_path / "d", names=[f"n{i}" for i in range(20)])
+    root = original_layout(tmp_path / "d", names=[f"n{i}" for i in range(20)])
     a = data.resolve_splits(root, 0.2, 42)
     b = data.resolve_splits(root, 0.2, 42)
     c = data.resolve_splits(root, 0.2, 1)
@@ -114,11 +114,11 @@ def test_bad_datasets_are_refused_with_file_and_fix(tmp_path, breakage, fragment
         (root / "train_images").mkdir(parents=True)
         (root / "train_masks").mkdir()
     elif breakage == "one_image":
-        seed_layout(root, names=("a",))
+        original_layout(root, names=("a",))
     elif breakage == "a_file":
-        root = seed_layout(root) / "train_images" / "a.jpg"
+        root = original_layout(root) / "train_images" / "a.jpg"
     else:
-        seed_layout(root)
+        original_layout(root)
         if breakage == "unpaired_image":
             (root / "train_masks" / "a_mask.gif").unlink()
         elif breakage == "orphan_mask":
@@ -136,7 +136,7 @@ def test_bad_datasets_are_refused_with_file_and_fix(tmp_path, breakage, fragment
 
 
 def test_some_empty_masks_are_counted_and_noted(tmp_path, capsys):
-    root = seed_layout(tmp_path / "d")
+    root = original_layout(tmp_path / "d")
     _mask(root / "train_masks" / "b_mask.gif", value=0)
     assert data.check(root)["empty_masks"] == 1
     assert "note: 1 of 5 masks in" in capsys.readouterr().out
@@ -144,7 +144,7 @@ def test_some_empty_masks_are_counted_and_noted(tmp_path, capsys):
 
 
 def test_check_lists_every_problem_not_just_the_first(tmp_path):
-    root = seed_layout(tmp_path / "d")
+    root = original_layout(tmp_path / "d")
     for n in "abc":
         (root / "train_masks" / f"{n}_mask.gif").unlink()
     with pytest.raises(UserError, match="3 problem"):
@@ -171,7 +171,7 @@ def test_synthetic_is_deterministic_and_masks_are_plausible():
     assert a_img.std() > 20  # a textured photo, not a flat image
 
 
-def test_synth_command_writes_seed_layout_that_loads(tmp_path, capsys):
+def test_synth_command_writes_original_layout_that_loads(tmp_path, capsys):
     out = tmp_path / "s"
     assert data.main(["synth", str(out), "--n", "6", "--target", "lines"]) == 0
     assert len(list((out / "train_images").glob("*.jpg"))) == 6
@@ -193,7 +193,7 @@ def test_dataset_resizes_and_augments_image_and_mask_together(synth_dir):
     ds.set_epoch(2)
     x3, _ = ds[0]
     assert x1.shape == (3, 48, 48) and y1.shape == (1, 48, 48)
-    assert 0 <= float(x1.min()) and float(x1.max()) <= 1.0 + 1e-6  # seed normalisation: /255
+    assert 0 <= float(x1.min()) and float(x1.max()) <= 1.0 + 1e-6  # the original normalisation: /255
     assert set(y1.unique().tolist()) <= {0.0, 1.0}
     assert np.array_equal(x1.numpy(), x2.numpy()) and not np.array_equal(x1.numpy(), x3.numpy())
 
@@ -243,7 +243,7 @@ def test_load_decodes_once_into_read_only_safe_arrays(synth_dir):
 
 
 def test_a_seeded_test_split_is_disjoint_and_leaves_validation_as_it_was(tmp_path):
-    root = seed_layout(tmp_path / "d", names=[f"n{i}" for i in range(20)])
+    root = original_layout(tmp_path / "d", names=[f"n{i}" for i in range(20)])
     old = data.resolve_splits(root, 0.2, 42)
     s = data.resolve_splits(root, 0.2, 42, test_fraction=0.1)
     assert s.val == old.val and old.test == [] and len(s.test) == 2 and len(s.train) == 14
@@ -254,15 +254,15 @@ def test_a_seeded_test_split_is_disjoint_and_leaves_validation_as_it_was(tmp_pat
 
 
 def test_explicit_test_folders_in_either_layout(tmp_path):
-    root = seed_layout(tmp_path / "seed")
-    seed_layout(tmp_path / "seedtest", names=("t1", "t2"))
+    root = original_layout(tmp_path / "seed")
+    original_layout(tmp_path / "seedtest", names=("t1", "t2"))
     (tmp_path / "seedtest" / "train_images").rename(root / "test_images")
     (tmp_path / "seedtest" / "train_masks").rename(root / "test_masks")
     s = data.resolve_splits(root, 0.2, 42, test_fraction=0.5)  # an explicit set wins over the fraction
     assert s.explicit_test and [p.name for p in s.test] == ["t1", "t2"] and len(s.train) + len(s.val) == 5
     generic = tmp_path / "generic"
-    seed_layout(generic / "train")
-    seed_layout(generic / "test", names=("t",))
+    original_layout(generic / "train")
+    original_layout(generic / "test", names=("t",))
     s = data.resolve_splits(generic, 0.2, 42)
     assert s.explicit_test and not s.explicit_val and [p.name for p in s.test] == ["t"] and len(s.val) == 1
     (generic / "val").mkdir()

@@ -4,14 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from lfa_ray import data, evaluate, predict
+from lfa_ray.checkpoint import state_bytes
 from lfa_ray.config import load_config
 from lfa_ray.images import read_mask
-from lfa_ray.loop import state_bytes
 from lfa_ray.model import UNet
-from conftest import error_line
+
+from helpers import error_line
 
 
 def test_scores_match_hand_computed_values():
@@ -111,3 +113,10 @@ def test_a_broken_test_photo_is_named(small_dir, tmp_path, capsys):
     model, _ = _model(tmp_path, small_dir)
     assert evaluate.main(["--checkpoint", str(model), "--data", str(root), "--out", str(tmp_path / "ev")]) == 2
     assert "bad.jpg: cannot be decoded as an image" in error_line(capsys)
+
+
+def test_predict_and_evaluate_print_the_models_profile(small_dir, tmp_path, capsys):
+    model, _ = _model(tmp_path, small_dir, **{"train.lr": 0.0025})
+    for main in (predict.main, evaluate.main):
+        assert main(["--checkpoint", str(model), "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["train"]["lr"] == 0.0025

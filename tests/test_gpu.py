@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from lfa_ray.errors import UserError
-from conftest import REPO, tiny_config
 
-pytestmark = pytest.mark.slow
+from helpers import REPO, tiny_config
 
 # One Ray cluster per process: the node with 16 CPUs and 1 logical GPU runs in its own interpreter.
 _GPU_NODE = r"""
@@ -50,6 +49,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 def test_gpu_concurrency_and_placement_on_a_cluster_that_declares_a_gpu(tmp_path):
     done = subprocess.run([sys.executable, "-c", _GPU_NODE, json.dumps(CASES), str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
@@ -68,6 +68,7 @@ def test_gpu_concurrency_and_placement_on_a_cluster_that_declares_a_gpu(tmp_path
         in done.stdout
 
 
+@pytest.mark.slow
 def test_auto_falls_back_to_cpu_and_gpu_settings_without_gpus_are_refused(ray_cluster, small_dir, tmp_path,
                                                                           capsys, monkeypatch):
     from lfa_ray.ray_train import check_resources
@@ -78,7 +79,8 @@ def test_auto_falls_back_to_cpu_and_gpu_settings_without_gpus_are_refused(ray_cl
                             "scaling.gpus_per_worker=0.5 needs GPUs but the Ray cluster has 0; use --set "
                             "scaling.gpus_per_worker=null to train on CPU"),
                            ({"scaling.use_gpu": "true"},
-                            "scaling.use_gpu: true needs GPUs but the Ray cluster has 0; use --set scaling.use_gpu=auto")]:
+                            "scaling.use_gpu: true needs GPUs but the Ray cluster has 0; "
+                            "use --set scaling.use_gpu=auto")]:
         with pytest.raises(UserError) as info:
             check_resources(tiny_config(small_dir, tmp_path, **sets))
         assert fragment in str(info.value)
@@ -87,6 +89,7 @@ def test_auto_falls_back_to_cpu_and_gpu_settings_without_gpus_are_refused(ray_cl
     assert "waits for the cluster's autoscaler" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_gpu_suite_runs_every_part_on_cpu_in_smoke_mode(tmp_path):
     """The suite spends scarce GPU time: every part must run end to end before it gets there."""
     out = tmp_path / "suite"

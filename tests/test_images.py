@@ -133,8 +133,8 @@ def test_a_big_jpeg_is_decoded_reduced_to_what_training_needs(tmp_path):
 def test_predict_writes_the_mask_at_the_photo_size_as_displayed(tmp_path):
     import torch
 
+    from lfa_ray.checkpoint import state_bytes
     from lfa_ray.config import load_config
-    from lfa_ray.loop import state_bytes
     from lfa_ray.model import UNet
 
     cfg = load_config(None, ["model.features=[4,8]", "data.image_size=32"])

@@ -11,7 +11,8 @@ from lfa_ray import train, tune
 from lfa_ray.errors import UserError
 from lfa_ray.lock import RunLock
 from lfa_ray.storage import locate
-from conftest import REPO, error_line, set_args, tiny_overrides
+
+from helpers import REPO, error_line, set_args, tiny_overrides
 
 HOLD = "import sys, time; from lfa_ray.lock import RunLock; from lfa_ray.storage import locate\n" \
        "with RunLock(locate(sys.argv[1])):\n    print('held', flush=True); time.sleep(120)"

@@ -1,13 +1,16 @@
-"""The plain PyTorch loop, without Ray: learning, exact resume, AMP modes, policies."""
+"""The plain PyTorch loop, without Ray: learning, exact resume, AMP modes, policies, metric values."""
 
 import logging
+import math
 
 import pytest
 import torch
 
 from lfa_ray import loop
+from lfa_ray.checkpoint import load_state, save_state
 from lfa_ray.data import build_datasets, load_for
-from conftest import tiny_config
+
+from helpers import tiny_config
 
 CPU = torch.device("cpu")
 
@@ -44,13 +47,13 @@ def test_resume_repeats_the_uninterrupted_run_exactly(small_dir, tmp_path):
     _, first = _run(cfg, small_dir)
     state = first[-1].checkpoint
     assert state["progress"]["epoch"] == 2
-    loop.save_state(state, tmp_path / "ckpt")  # through the file, as a real resume does
-    state = loop.load_state(tmp_path / "ckpt")
+    save_state(state, tmp_path / "ckpt")  # through the file, as a real resume does
+    state = load_state(tmp_path / "ckpt")
     cfg.train.epochs = 4
     resumed, rest = _run(cfg, small_dir, state=state)
     assert [r.metrics["epoch"] for r in rest] == [3, 4]
     assert rest[-1].metrics["train_loss"] == pytest.approx(full_results[-1].metrics["train_loss"], rel=1e-6)
-    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values()):
+    for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     opt_a, opt_b = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert opt_a.keys() == opt_b.keys()
@@ -69,9 +72,6 @@ def test_amp_modes_run_on_cpu(small_dir, tmp_path, mode, dtype):
     assert not parts.scaler.is_enabled()  # loss scaling is for fp16 on CUDA only
     assert torch.isfinite(torch.tensor(results[0].metrics["train_loss"]))
 
-
-def test_auto_amp_is_fp16_with_scaler_on_cuda():
-    assert loop.amp_dtype("auto", torch.device("cuda")) == torch.float16
 
 
 def test_checkpoint_policy_early_stopping_and_lr_plateau(small_dir, tmp_path, caplog):
@@ -103,11 +103,66 @@ def test_a_non_finite_loss_stops_the_run_at_that_epoch_and_saves_nothing(small_d
     assert results == []  # no epoch reported, no checkpoint of it
 
 
-def test_grad_clip_and_dice_loss_run(small_dir, tmp_path):
-    cfg = tiny_config(small_dir, tmp_path, **{"train.grad_clip": 0.5, "train.loss": "bce+dice",
-                                              "train.epochs": 1})
-    _, results = _run(cfg, small_dir)
-    assert results[0].metrics["train_loss"] > 0.5  # bce + (1 - dice) on an untrained model
+def _mask(rows: list[list[int]]) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32)[None, None]
+
+
+def test_dice_iou_and_accuracy_exact_values():
+    truth = torch.cat([_mask([[1, 0], [0, 0]]), _mask([[0, 0], [0, 0]]), _mask([[1, 1], [0, 0]]),
+                       _mask([[0, 0], [0, 0]])])
+    pred = torch.cat([_mask([[1, 1], [0, 0]]), _mask([[0, 0], [0, 0]]), _mask([[0, 0], [0, 0]]),
+                      _mask([[0, 0], [0, 1]])])
+    dice, iou = loop.overlap(pred, truth)
+    # 1 of 3 marked pixels shared; both empty (a photo without the target, rightly empty); all missed;
+    # something predicted where nothing is
+    assert dice.tolist() == pytest.approx([2 / 3, 1.0, 0.0, 0.0])
+    assert iou.tolist() == pytest.approx([1 / 2, 1.0, 0.0, 0.0])
+
+    class Fixed(torch.nn.Module):  # "predicts" pred: logits +-10
+        def forward(self, images):
+            return (pred[: len(images)] * 20 - 10).to(images.dtype)
+
+    parts = loop.TrainingSetup(Fixed(), None, None, None, None)
+    batches = [(torch.zeros(4, 3, 2, 2), truth)]
+    va = loop.validate(parts, batches, CPU, loss="bce")
+    assert va["val_dice"] == pytest.approx((2 / 3 + 1 + 0 + 0) / 4)
+    assert va["val_iou"] == pytest.approx((1 / 2 + 1 + 0 + 0) / 4)
+    assert va["val_accuracy"] == pytest.approx(12 / 16)  # 4 of 16 pixels wrong
+
+
+def test_losses_exact_values():
+    logits, target = torch.zeros(1, 1, 2, 2), torch.ones(1, 1, 2, 2)
+    bce = math.log(2)  # sigmoid(0) = 0.5 for every pixel of a full mask
+    assert loop.loss_fn(logits, target, "bce").item() == pytest.approx(bce)
+    # soft Dice with +1 smoothing: (2 * 2 + 1) / (2 + 4 + 1)
+    assert loop.loss_fn(logits, target, "bce+dice").item() == pytest.approx(bce + 1 - 5 / 7)
+
+
+def test_the_configured_loss_is_the_one_trained_and_reported(small_dir, tmp_path):
+    cfg = tiny_config(small_dir, tmp_path, **{"train.loss": "bce+dice", "train.epochs": 1})
+    parts, results = _run(cfg, small_dir)
+    _, va = build_datasets(cfg, load_for(cfg, small_dir))
+    _, vl = loop.make_loaders(va, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    reported = results[0].metrics["val_loss"]
+    assert reported == pytest.approx(loop.validate(parts, vl, CPU, loss="bce+dice")["val_loss"], rel=1e-4)
+    assert abs(reported - loop.validate(parts, vl, CPU, loss="bce")["val_loss"]) > 0.05
+
+
+def test_grad_clip_bounds_every_step(small_dir, tmp_path):
+    def norms_of(cfg):
+        tr, va = build_datasets(cfg, load_for(cfg, small_dir))
+        parts = loop.build(cfg, CPU)
+        seen = []
+        parts.optimizer.register_step_pre_hook(lambda opt, args, kwargs: seen.append(float(torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(p.grad) for p in parts.model.parameters() if p.grad is not None])))))
+        tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+        loop.fit(cfg, parts, tl, vl, CPU, on_epoch=lambda result: None)
+        return seen
+
+    free = norms_of(tiny_config(small_dir, tmp_path, **{"train.epochs": 1}))
+    clipped = norms_of(tiny_config(small_dir, tmp_path, **{"train.epochs": 1, "train.grad_clip": 0.01}))
+    assert max(free) > 0.05  # unclipped steps exceed the bound, so the bound below is the setting at work
+    assert len(clipped) == len(free) and max(clipped) <= 0.01 * (1 + 1e-5)
 
 
 def test_the_loop_runs_without_ray_or_pyarrow():
@@ -131,7 +186,7 @@ def test_compiled_model_trains_like_the_eager_one_and_saves_plain_weights(small_
     cfg.train.compile = True
     parts, compiled = _run(cfg, small_dir)
     assert hasattr(parts.model, "_orig_mod")  # it really ran compiled
-    for a, b in zip(eager, compiled):
+    for a, b in zip(eager, compiled, strict=True):
         assert b.metrics["train_loss"] == pytest.approx(a.metrics["train_loss"], rel=1e-3)
         assert b.metrics["val_loss"] == pytest.approx(a.metrics["val_loss"], rel=1e-3)
     state = compiled[-1].checkpoint["model"]

@@ -12,7 +12,7 @@ def test_output_matches_input_size_even_when_not_a_multiple_of_16(size):
 
 
 def test_seed_architecture_widths():
-    model = UNet()  # the seed's [64, 128, 256, 512]
+    model = UNet()  # the original's [64, 128, 256, 512]
     assert [d[0].out_channels for d in model.downs] == [64, 128, 256, 512]
     assert model.bottleneck[0].out_channels == 1024
     assert all(not d[0].bias is not None for d in model.downs)  # conv without bias before BatchNorm

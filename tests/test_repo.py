@@ -3,7 +3,7 @@
 import re
 import tomllib
 
-from conftest import REPO
+from helpers import REPO
 
 
 def test_ci_runs_the_readme_test_command():
@@ -20,3 +20,13 @@ def test_dependencies_are_pinned_exactly():
     deps = project["dependencies"] + project["optional-dependencies"]["test"]
     assert all("==" in d for d in deps), [d for d in deps if "==" not in d]
     assert "torch==2.13.0" in deps and "ray[default,train,tune]==2.60.0" in deps
+
+
+def test_the_code_passes_the_linter():
+    """ruff (pinned in the test extra, rules in pyproject.toml) over the package, tests and benchmarks."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", str(REPO)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]

@@ -18,7 +18,8 @@ from lfa_ray import data
 from lfa_ray.errors import UserError
 from lfa_ray.images import read_photo
 from lfa_ray.storage import locate
-from conftest import REPO, error_line, set_args, tiny_overrides
+
+from helpers import REPO, error_line, set_args, tiny_overrides
 
 BUCKET = "lfa-test"
 
@@ -199,7 +200,8 @@ def test_packed_dataset_trains_the_same_as_its_folder(small_dir, tmp_path):
     import torch
 
     from lfa_ray import loop
-    from conftest import tiny_config
+
+    from helpers import tiny_config
 
     packed = tmp_path / "small.parquet"
     data.pack(small_dir, packed)
@@ -220,7 +222,8 @@ def test_bad_storage_and_data_uris_are_refused_before_ray_starts(s3, small_dir, 
     from lfa_ray import train, tune
 
     cases = [
-        (tune.main, ["--set", "storage.path=s3://no-such-bucket/results"], "s3://no-such-bucket/results: cannot be created"),
+        (tune.main, ["--set", "storage.path=s3://no-such-bucket/results"],
+         "s3://no-such-bucket/results: cannot be created"),
         (train.main, ["--set", "storage.path=s3://no-such-bucket/results"], "check that the bucket exists"),
         (tune.main, ["--set", "storage.path=nosuchscheme://x"], "not a usable location"),
         (train.main, ["--data", f"{s3}/missing.parquet", "--set", f"storage.path={s3}/r"], "packed dataset not found"),

@@ -15,18 +15,27 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lfa_ray import train
+from lfa_ray.checkpoint import latest_checkpoint, load_state
 from lfa_ray.errors import UserError
-from lfa_ray.loop import load_state
 from lfa_ray.runlog import read_metrics
-from conftest import REPO, error_line, kill_session, set_args, tiny_config, tiny_overrides
 
-pytestmark = pytest.mark.slow
+from helpers import (
+    REPO,
+    error_line,
+    kill_session,
+    set_args,
+    tiny_config,
+    tiny_overrides,
+    train_worker_ids,
+    train_worker_pids,
+)
 
 
 def _args(data, storage, *extra, **sets):
     return set_args(tiny_overrides(data, storage, **sets)) + list(extra)
 
 
+@pytest.mark.slow
 def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small_dir, tmp_path, capsys):
     assert train.main(_args(small_dir, tmp_path, "--name", "run1")) == 0
     run = tmp_path / "run1"
@@ -68,11 +77,10 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
     assert not (run / "checkpoint_epoch_0004").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small_dir, tmp_path):
     """What a reclaimed spot node does to a run: with scaling.max_failures the run goes on and finishes."""
     import threading
-
-    import psutil
 
     run = tmp_path / "spot"
     killed = []
@@ -81,10 +89,9 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small_
         deadline = time.time() + 120
         while time.time() < deadline and not (run / "checkpoint_epoch_0002" / "state.pt").exists():
             time.sleep(0.05)
-        for p in psutil.process_iter(["cmdline"]):
-            if "RayTrainWorker" in " ".join(p.info["cmdline"] or []):
-                p.kill()
-                killed.append(p.pid)
+        for pid in train_worker_pids():  # this test's cluster's only run: its worker
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
     killer = threading.Thread(target=kill_the_worker_after_epoch_2)
     killer.start()
@@ -96,14 +103,18 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small_
     assert load_state(run / "checkpoint_epoch_0006")["progress"]["epoch"] == 6
 
 
+@pytest.mark.slow
 def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
+    before = train_worker_ids()
     assert train.main(_args(small_dir, tmp_path, "--name", "ddp", **{"scaling.num_workers": 2})) == 0
+    assert len(train_worker_ids() - before) == 2  # the run had two training workers
     rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
     assert len(rows) == 2
     # 19 training images split over 2 workers: 10 + 10 (DistributedSampler pads one), all counted
     assert load_state(tmp_path / "ddp" / "checkpoint_epoch_0002")["progress"]["epoch"] == 2
 
 
+@pytest.mark.slow
 def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_cluster, small_dir, tmp_path, capsys):
     """Ray rewrites checkpoint_manager_snapshot.json in place (a machine lost then leaves it empty);
     a disk or a hand can damage or delete the latest state.pt. Each damage in turn, on one run."""
@@ -131,6 +142,7 @@ def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_clust
         assert load_state(latest.parent)["progress"]["epoch"] == epochs - 1  # written again, whole
 
 
+@pytest.mark.slow
 def test_a_checkpoint_that_does_not_load_is_named(ray_cluster, small_dir, tmp_path, capsys):
     assert train.main(_args(small_dir, tmp_path, "--name", "ok")) == 0
     for c in (tmp_path / "ok").glob("checkpoint_epoch_*"):
@@ -144,6 +156,7 @@ def test_a_checkpoint_that_does_not_load_is_named(ray_cluster, small_dir, tmp_pa
     assert not (tmp_path / "b").exists()
 
 
+@pytest.mark.slow
 def test_a_diverging_run_stops_with_the_epoch_and_exports_nothing(ray_cluster, small_dir, tmp_path, capsys):
     assert train.main(_args(small_dir, tmp_path, "--name", "ok")) == 0
     state = load_state(tmp_path / "ok" / "checkpoint_epoch_0002")
@@ -159,6 +172,7 @@ def test_a_diverging_run_stops_with_the_epoch_and_exports_nothing(ray_cluster, s
     assert not list((tmp_path / "div").glob("checkpoint_epoch_*"))  # nothing non-finite saved
 
 
+@pytest.mark.slow
 def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, small_dir, tmp_path, monkeypatch,
                                                                  capsys):
     from lfa_ray.ray_train import check_resources
@@ -181,6 +195,7 @@ def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, sma
     (["--resume-from", "/no/such/run"], "--resume-from /no/such/run: not found"),
     (["--set", "train.init_from=/no/such/model.pt"], "--checkpoint /no/such/model.pt: no model here"),
 ])
+@pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_leaves_no_run_folder(ray_cluster, small_dir, tmp_path, capsys,
                                                                   extra, fragment):
     assert train.main(_args(small_dir, tmp_path, "--name", "bad") + extra) == 2
@@ -209,15 +224,16 @@ def test_a_cluster_that_does_not_answer_is_named_within_seconds(small_dir, tmp_p
     assert not (tmp_path / "x").exists()
 
 
-def test_bad_yaml_profile(ray_cluster, tmp_path, capsys):
+def test_bad_yaml_profile(tmp_path, capsys):
     profile = tmp_path / "p.yaml"
     profile.write_text("train: {lr: 0.1\n")
     assert train.main(["--config", str(profile), "--set", f"storage.path={tmp_path}"]) == 2
     assert "p.yaml: not valid YAML" in error_line(capsys)
 
 
-def test_seed_layout_folder_from_outside_trains(ray_cluster, tmp_path, capsys):
-    """A hand-made folder in the seed layout (not written by lfa_ray) trains and gives a loadable checkpoint."""
+@pytest.mark.slow
+def test_original_layout_folder_from_outside_trains(ray_cluster, tmp_path, capsys):
+    """A hand-made folder in the original layout (not written by lfa_ray) trains and gives a loadable checkpoint."""
     import numpy as np
     from PIL import Image
 
@@ -242,6 +258,7 @@ def test_seed_layout_folder_from_outside_trains(ray_cluster, tmp_path, capsys):
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 1, 64, 64)
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir, tmp_path):
     """A real `python -m lfa_ray.train` is SIGKILLed mid-run, then continued from its folder."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -260,7 +277,7 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
     assert len(done) >= 3, "the run did not get going"
     last = int(done[-1].name.rsplit("_", 1)[1])  # may not be registered yet when the kill came
     assert last < 40
-    restored = train.latest_checkpoint(run)  # what Ray registered: the run continues from here
+    restored = latest_checkpoint(run)  # what Ray registered: the run continues from here
     saved = load_state(restored)
     start = saved["progress"]["epoch"]
     # Ray registers a checkpoint after copying it, asynchronously: a kill can land with the newest
@@ -282,6 +299,7 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
         assert int(nxt["optimizer"]["state"][k]["step"]) == int(v["step"]) + steps_per_epoch
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_training_with_the_resume_command(small_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "c",
@@ -298,12 +316,13 @@ def test_ctrl_c_stops_training_with_the_resume_command(small_dir, tmp_path):
     assert last == f"stopped: training stopped; continue it with: python -m lfa_ray.train --resume-from {run}"
     # the printed command names the run (train.epochs=start: refused before Ray starts, so it is cheap;
     # test_killed_run_resumes_... shows a resume from such a folder trains on exactly)
-    start = load_state(train.latest_checkpoint(run))["progress"]["epoch"]
+    start = load_state(latest_checkpoint(run))["progress"]["epoch"]
     resumed = subprocess.run([sys.executable, *last.split(": ", 2)[2].split()[1:], "--set",
                               f"train.epochs={start}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert resumed.returncode == 2 and f"already trained {start} epochs" in resumed.stderr
 
 
+@pytest.mark.slow
 def test_a_dead_worker_without_retries_says_how_to_continue(small_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "w",
@@ -357,6 +376,7 @@ def _fill(disk: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_says_so_and_the_run_continues_once_space_is_freed(small_dir, tmp_path, small_disk):
     """Space is freed by deleting other files and, as a user might, the run's own older checkpoints
     (Ray's record still names them)."""
@@ -376,7 +396,7 @@ def test_a_full_disk_says_so_and_the_run_continues_once_space_is_freed(small_dir
     assert proc.returncode == 2, err[-3000:]
     assert err.strip().splitlines()[-1] == (f"error: disk full: no space left writing {run}; free space "
                                             f"there, then continue with --resume-from {run}")
-    registered = train.latest_checkpoint(run)
+    registered = latest_checkpoint(run)
     assert all(c.name <= registered.name for c in run.glob("checkpoint_epoch_*"))  # no cut-short copies
     filler.unlink()
     older = [c for c in run.glob("checkpoint_epoch_*") if c.name != registered.name]
@@ -390,10 +410,11 @@ def test_a_full_disk_says_so_and_the_run_continues_once_space_is_freed(small_dir
     assert load_state(run / f"checkpoint_epoch_{start + 1:04d}")["progress"]["epoch"] == start + 1
 
 
+@pytest.mark.slow
 def test_init_from_starts_a_new_run_from_another_models_weights(ray_cluster, small_dir, tmp_path, capsys):
     """Warm start: the weights of a model.pt (here a finished run's), not its optimizer or epoch count."""
+    from lfa_ray.checkpoint import state_bytes
     from lfa_ray.config import load_config
-    from lfa_ray.loop import state_bytes
     from lfa_ray.model import UNet
 
     assert train.main(_args(small_dir, tmp_path, "--name", "pre", **{"train.epochs": 2})) == 0

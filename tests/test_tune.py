@@ -19,10 +19,9 @@ from lfa_ray.config import load_config
 from lfa_ray.data import discover
 from lfa_ray.images import read_mask
 from lfa_ray.runlog import read_metrics
-from lfa_ray.search import SEED_POINT
-from conftest import REPO, error_line, kill_session, set_args, tiny_overrides
+from lfa_ray.search import REFERENCE_POINT
 
-pytestmark = pytest.mark.slow
+from helpers import REPO, error_line, kill_session, set_args, tiny_overrides
 
 # bce+dice: Dice separates trials within 2 epochs at this size, so ASHA has something to cut.
 SWEEP = {"data.image_size": 48, "model.features": "[8,16,32]", "train.loss": "bce+dice", "tune.num_samples": 5,
@@ -37,12 +36,12 @@ def _args(data, storage, *extra, **sets):
 
 
 def _scalar_runs(root: Path, tag: str) -> set[str]:
-    """Folders under root whose TensorBoard events hold scalar ``tag``."""
+    """Folders under root (relative paths: TensorBoard's run names) whose events hold scalar ``tag``."""
     found = set()
     for events in root.rglob("events.out.tfevents.*"):
         acc = EventAccumulator(str(events.parent), size_guidance={"scalars": 0}).Reload()
-        if any(t.endswith(tag) for t in acc.Tags()["scalars"]):
-            found.add(events.parent.name)
+        if tag in acc.Tags()["scalars"]:
+            found.add(events.parent.relative_to(root).as_posix())
     return found
 
 
@@ -51,6 +50,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if both == 0 else 2 * float((pred & truth).sum()) / both
 
 
+@pytest.mark.slow
 def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_dir, tmp_path, capsys):
     # One trial at a time: ASHA's cut depends on the order results reach a rung, and with
     # concurrent trials that order (and so whether any trial is stopped) varies from run to run.
@@ -64,7 +64,7 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     assert (table["status"] == "TERMINATED").all()
     first = table.sort_values("trial_id").iloc[0]  # trial ids start with the searcher's order
     searched = load_config(exp / "config.yaml").tune.search_space
-    assert {k: first[k] for k in searched} == {k: SEED_POINT[k] for k in searched}  # the seed's config went first
+    assert {k: first[k] for k in searched} == {k: REFERENCE_POINT[k] for k in searched}  # the original's went first
     assert table["stopped_early"].any(), table  # ASHA cut at least one trial short
     assert (table.loc[table.stopped_early, "epochs"] < 6).all()
     assert len({round(v, 12) for v in table["train.lr"]}) == 5  # the searcher proposed distinct points
@@ -72,6 +72,7 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
 
     best = load_config(exp / "best_config.yaml")
     assert best.train.epochs == 14
+    assert best.scaling.cpus_per_worker == ray_cluster.cluster_resources()["CPU"] > 1  # the final retrain runs alone
     best_trial = table.loc[table["best_val_dice"].idxmax()]
     assert best.train.lr == pytest.approx(best_trial["train.lr"])
     final_rows = pd.read_csv(exp / "final" / "metrics.csv")
@@ -87,11 +88,14 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     assert test["dice_mean"] > 0.45 and f"Test split ({test['images']} photos" in summary
     assert [e.step for e in EventAccumulator(str(exp / "final")).Reload().Scalars("test_dice")] == [len(final_rows)]
 
-    # TensorBoard: every trial and the final run have val_dice; the final run has overlays; HParams view.
+    # TensorBoard: every trial's run and the final run write the same tag, so one chart overlays them;
+    # the final run has val and test overlays and an HParams entry, as every trial does (Tune's logger).
     runs = _scalar_runs(exp, "val_dice")
-    assert {f"trial_{t}" for t in table["trial_id"]} <= runs and "final" in runs
-    assert EventAccumulator(str(exp / "final"), size_guidance={"images": 0}).Reload().Images("val/overlay")
-    for trial_id in table["trial_id"]:  # Tune's logger writes each finished trial's params + metrics
+    assert {f"trial_{t}/train" for t in table["trial_id"]} | {"final"} <= runs, runs
+    final_events = EventAccumulator(str(exp / "final"), size_guidance={"images": 0}).Reload()
+    assert final_events.Images("val/overlay") and final_events.Images("test/worst")
+    assert final_events.PluginTagToContent("hparams")
+    for trial_id in table["trial_id"]:
         assert EventAccumulator(str(exp / f"trial_{trial_id}")).Reload().PluginTagToContent("hparams")
 
     # predict with the sweep folder on synthetic photos it never saw
@@ -112,13 +116,18 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     trial_logs = {p: p.read_text() for p in exp.glob("trial_*/result.json")}
     final_ckpts = sorted(p.name for p in (exp / "final").glob("checkpoint_epoch_*"))
     (exp / "final" / "model.pt").unlink()
-    assert tune.main(["--resume", "--name", "sw", "--set", f"storage.path={tmp_path}"]) == 0
+    # --resume refuses a changed key, naming it, and accepts the sweep's own command (up-arrow, add --resume)
+    assert tune.main(["--resume", "--name", "sw", *_args(synth_dir, tmp_path, **{"tune.num_samples": 6})]) == 2
+    assert "--resume: tune.num_samples is 6 in this command but 5 in" in error_line(capsys)
+    assert tune.main(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1}),
+                      "--resume"]) == 0
     assert (exp / "final" / "model.pt").is_file()
     assert {p: p.read_text() for p in exp.glob("trial_*/result.json")} == trial_logs
     assert sorted(p.name for p in (exp / "final").glob("checkpoint_epoch_*")) == final_ckpts
     assert len(pd.read_csv(exp / "final" / "metrics.csv")) == len(final_rows)
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "lfa_ray.tune", "--name", "int"]
@@ -144,6 +153,14 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, 
     resumed = subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    # the console: a line per trial event with the trial's name and a progress line, not Ray's chatter
+    console = resumed.stdout + resumed.stderr
+    last = sorted(p.name for p in exp.glob("trial_004_*"))[0]
+    assert f"{last} started: aug_strength=" in console and f"{last} epoch 1/6: val_dice " in console
+    assert "[4/4 trials done | best val_dice " in console
+    for noise in ("Reporting training result", "PreemptionWatcher", "To visualize your results with TensorBoard",
+                  "Trial status:", "A new study created"):
+        assert noise not in console, noise
     trials = sorted(p.name for p in exp.glob("trial_*"))
     assert len(trials) == 4 and len({t.split("_")[1] for t in trials}) == 4
     assert (first / "result.json").read_text() == first_results  # finished trial not re-run
@@ -151,6 +168,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, 
     assert (exp / "final" / "model.pt").is_file()
 
 
+@pytest.mark.slow
 def test_a_trial_finished_when_the_driver_was_killed_keeps_its_results(small_dir, tmp_path):
     """Tune saves its state every few seconds; a driver lost just after a trial finished must not
     re-run, blank or forget that trial: its Train run's own record brings the results back."""
@@ -186,6 +204,7 @@ def test_a_trial_finished_when_the_driver_was_killed_keeps_its_results(small_dir
     assert row["status"] == "TERMINATED" and row["best_val_dice"] == max(r["val_dice"] for r in finished)
 
 
+@pytest.mark.slow
 def test_an_errored_trials_cause_is_one_readable_line(ray_cluster):
     """Ray hands a trial's error back wrapped, its text starting with a colour-coded ray:: header."""
     import ray

@@ -1,0 +1,160 @@
+"""Checkpoints of a training run: writing and reading ``state.pt``, finding the one to continue
+from, the best one, and the inference model exported from it. No Ray here.
+
+A run folder holds ``config.yaml``, ``checkpoint_epoch_NNNN/state.pt`` (model, optimizer,
+scheduler, scaler, progress, config) and Ray's record of them,
+``checkpoint_manager_snapshot.json``. How a ``train`` command starts is one :class:`Start`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from enum import Enum
+from typing import Optional
+
+import torch
+
+from lfa_ray.errors import UserError
+from lfa_ray.loop import nonfinite
+from lfa_ray.storage import Location, locate, on_filesystem
+
+STATE_FILE = "state.pt"
+SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+class Start(Enum):
+    """How a ``train`` command starts."""
+    NEW = "new"  # a new run folder
+    CONTINUE = "continue"  # the run exists: Ray restores its latest checkpoint (or ``Plan.checkpoint``)
+    FROM_CHECKPOINT = "from checkpoint"  # a new run whose workers start from ``Plan.checkpoint``
+    RESET = "reset"  # the existing run folder is deleted, then as NEW
+
+
+def checkpoint_dir_name(epoch: int) -> str:
+    return f"checkpoint_epoch_{epoch:04d}"
+
+
+def state_bytes(obj: dict) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def save_state(state: dict, directory) -> Location:
+    """Write ``state`` to ``directory/state.pt`` atomically (a local folder or a URI)."""
+    return (locate(directory) / STATE_FILE).write_bytes(state_bytes(state))
+
+
+def load_state(directory, device: torch.device | str = "cpu") -> dict:
+    """``directory/state.pt`` (a local folder or a URI), read as data only (``weights_only``): a
+    file that would run code when unpickled, or any other unreadable one, is refused with its name."""
+    file = locate(directory) / STATE_FILE
+    try:
+        return torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (struct.error for junk bytes)
+        raise UserError(f"{file}: not a checkpoint lfa_ray can load ({type(exc).__name__}); lfa_ray reads only "
+                        f"the tensors and plain values it writes, never code") from None
+
+
+def checkpoints(run_dir: Location) -> list[Location]:
+    return [c for c in run_dir.children() if c.name.startswith("checkpoint_epoch_")]
+
+
+def is_run_dir(loc: Location) -> bool:
+    return (loc / "config.yaml").is_file() and bool(checkpoints(loc))
+
+
+def read_snapshot(run_dir: Location) -> Optional[dict]:
+    """Ray's record of a run's checkpoints; None when there is none or it was cut short (Ray
+    rewrites it in place, so a machine lost at that moment leaves it empty).
+
+    Read as the file it is: Ray's public reader (``ray.train.Result.from_path``) refuses a record
+    that names a checkpoint gone missing, which is exactly the record lfa_ray must read to say which
+    checkpoint was lost and to continue from the one before it."""
+    snapshot = run_dir / SNAPSHOT
+    try:
+        return json.loads(snapshot.read_text()) if snapshot.is_file() else None
+    except ValueError:
+        return None
+
+
+def latest_checkpoint(run_dir: Location | str) -> Optional[Location]:
+    """The latest checkpoint Ray registered for a run (the one it restores), if any.
+
+    A folder copied by a run killed before it registered the checkpoint may be
+    incomplete, so Ray's own record decides; without a readable one (a folder
+    copied by hand, or a record cut short) it is the newest checkpoint whose
+    state file loads.
+    """
+    run_dir = locate(run_dir)
+    snapshot = read_snapshot(run_dir)
+    if snapshot is not None:
+        latest = snapshot.get("latest_checkpoint_result")
+        return run_dir / latest["checkpoint_dir_name"] if latest else None
+    for c in reversed(checkpoints(run_dir)):
+        try:
+            load_state(c)
+            return c
+        except Exception:  # noqa: BLE001 - missing or partly copied state.pt: try the one before
+            continue
+    return None
+
+
+def restorable(run_dir: Location) -> tuple[Optional[Location], Optional[dict]]:
+    """The checkpoint a continued run starts from and its state: the latest Ray registered or, when
+    that one does not load (cut short, corrupted, deleted), the newest older one that does, with one
+    line saying so. None when the run has no checkpoint; a UserError when none of them loads."""
+    latest = latest_checkpoint(run_dir)
+    if latest is None:
+        return None, None
+    older = [c for c in reversed(checkpoints(run_dir)) if c.name < latest.name]
+    problem = None
+    for c in [latest, *older]:
+        try:
+            state = load_state(c)
+        except UserError as exc:
+            problem = problem or str(exc).split(";")[0]
+            continue
+        if c is not latest:
+            print(f"note: {problem}; continuing from the newest checkpoint that loads, {c.name}")
+        return c, state
+    raise UserError(f"{run_dir}: none of its checkpoints loads ({problem}); start the run again with --reset "
+                    f"(deletes it) or under another --name")
+
+
+def ray_restores(run_dir: Location, start: Location) -> bool:
+    """Whether Ray's own record of the run restores ``start`` (it is missing when the folder was
+    copied by hand, empty when cut short, and names a broken checkpoint when that one was damaged)."""
+    snapshot = read_snapshot(run_dir) or {}
+    latest = snapshot.get("latest_checkpoint_result")
+    listed = [r["checkpoint_dir_name"] for r in snapshot.get("checkpoint_results", [])]
+    # Ray refuses a record naming checkpoints that are gone (deleted by hand to free space)
+    return (latest is not None and latest["checkpoint_dir_name"] == start.name
+            and all((run_dir / name / STATE_FILE).is_file() for name in listed))
+
+
+def drop_partial(run_dir: Location, kept: Optional[Location]) -> None:
+    """Remove checkpoint folders newer than the latest registered one: copies cut short."""
+    for c in checkpoints(run_dir) if run_dir.exists() else []:
+        if kept is None or c.name > kept.name:
+            c.rmtree()
+
+
+def best_checkpoint(result) -> Optional[Location]:
+    """Where the best (val_dice) checkpoint of a finished TorchTrainer run is."""
+    if result.best_checkpoints:
+        best, _ = max(result.best_checkpoints, key=lambda cm: cm[1].get("val_dice", float("-inf")))
+    else:
+        best = result.checkpoint
+    return on_filesystem(best.filesystem, best.path) if best else None
+
+
+def export_model(checkpoint: Location, out: Location) -> Location:
+    """Write the inference model (weights, config, metrics epoch) from a checkpoint to ``out`` atomically."""
+    state = load_state(checkpoint)
+    bad = nonfinite(state["model"])
+    if bad:
+        raise UserError(f"{checkpoint}: weights {bad} are not finite (the run diverged); no model exported")
+    return out.write_bytes(state_bytes({"model": state["model"], "config": state["config"],
+                                        "progress": state["progress"], "checkpoint": checkpoint.uri}))
