@@ -256,14 +256,18 @@ def check_resources(cfg: Config) -> float:
     return per_worker
 
 
-def alone_cpus(cfg: Config) -> int:
-    """CPUs per worker for a run that has the cluster to itself (the final retrain): on a cluster lfa_ray
-    started, the node's CPUs shared by the workers (two threads train ~1.3x faster than one on a 2-core
-    laptop); on a joined cluster (its autoscaler sizes nodes by the profile) the profile's value."""
+def alone(cfg: Config) -> Config:
+    """``cfg`` for a run that has the cluster to itself (``train``, a sweep's final retrain): on a
+    cluster lfa_ray started, each worker takes the cluster's CPUs shared by the workers (two torch
+    threads train ~1.3x faster than one on a 2-core laptop; the profile's value is what each of the
+    trials running side by side gets); on a joined cluster (its autoscaler sizes nodes by the profile)
+    the profile's value."""
     s = cfg.scaling
-    if cluster_address():
-        return s.cpus_per_worker
-    return max(s.cpus_per_worker, int(ray.cluster_resources().get("CPU", 0) // s.num_workers))
+    cpus = s.cpus_per_worker if cluster_address() else max(
+        s.cpus_per_worker, int(ray.cluster_resources().get("CPU", 0) // s.num_workers))
+    raw = cfg.to_dict()
+    raw["scaling"]["cpus_per_worker"] = cpus
+    return config_from_dict(raw)
 
 
 def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str, gpus_per_worker: float = 0.0,

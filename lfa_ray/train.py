@@ -12,6 +12,7 @@ starts a new run from a saved state, ``--reset`` deletes the run and starts agai
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -103,6 +104,7 @@ def run(p: Plan) -> Location:
     print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val, {data.summary['test']} test)")
     weights = ray_train.read_init(p.cfg)
     ray_train.init_ray()
+    p = dataclasses.replace(p, cfg=ray_train.alone(p.cfg))  # the run has the cluster to itself
     gpus = ray_train.check_resources(p.cfg)
     with RunLock(p.run_dir):
         if p.start in (Start.NEW, Start.FROM_CHECKPOINT):

@@ -208,13 +208,11 @@ def plan(args: argparse.Namespace) -> tuple[Config, Location]:
     return cfg, exp_dir
 
 
-def final_config(cfg: Config, best_params: dict, cpus_per_worker: int) -> Config:
-    """The profile with the best trial's params, the final retrain's epochs and its CPUs per worker
-    (it runs alone: :func:`ray_train.alone_cpus`)."""
+def final_config(cfg: Config, best_params: dict) -> Config:
+    """The profile with the best trial's params and the final retrain's epochs."""
     best = apply_params(cfg, best_params)
     raw = best.to_dict()
     raw["train"]["epochs"] = cfg.final.epochs
-    raw["scaling"]["cpus_per_worker"] = cpus_per_worker
     return config_from_dict(raw)
 
 
@@ -311,7 +309,7 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
     best_params = {k: report.param_value(best_row, k) for k in cfg.tune.search_space}
     from lfa_ray import ray_train
 
-    final_cfg = final_config(cfg, best_params, ray_train.alone_cpus(cfg))
+    final_cfg = ray_train.alone(final_config(cfg, best_params))  # it runs alone: all of a local cluster's CPUs
     dump_config(final_cfg, exp_dir / "best_config.yaml")
     report.write_trials(table, exp_dir)
 

@@ -16,6 +16,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lfa_ray import train
 from lfa_ray.checkpoint import latest_checkpoint, load_state
+from lfa_ray.config import load_config
 from lfa_ray.errors import UserError
 from lfa_ray.runlog import read_metrics
 
@@ -53,7 +54,10 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
     assert [e.step for e in events.Scalars("val_dice")] == [1, 2]
     assert events.Images("val/overlay")  # prediction overlays of validation images
     out = capsys.readouterr().out
-    assert "tensorboard --logdir" in out and "devices: CPU" in out and "test split:" in out
+    assert "tensorboard --logdir" in out and "test split:" in out
+    # the run had the 2-CPU test cluster to itself: its worker took both CPUs (two torch threads)
+    assert "devices: CPU, 2 per training worker" in out
+    assert load_config(run / "config.yaml").scaling.cpus_per_worker == 2
     assert json.loads((run / "test" / "summary.json").read_text())["images"] == 2  # 24 photos x test_fraction 0.1
 
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
