@@ -1,6 +1,9 @@
-"""What lfa_ray's commands share on the command line: the profile arguments (``--config``,
-``--data``, ``--name``, ``--set``), profile resolution, ``--version``, ``--print-config`` and
-``--verbose``. Library modules take a :class:`~lfa_ray.config.Config`; only commands parse."""
+"""lfa_ray's commands: argument parsing and the entry points (``python -m lfa_ray.train`` and the
+``lfa-train`` console script both land in :func:`train`, and so on). Every command has
+``--version``; ``train`` and ``tune`` share the profile arguments (``--config``, ``--data``,
+``--name``, ``--set``, ``--verbose``), they and ``predict``/``evaluate`` ``--print-config``.
+The library modules take typed arguments (:class:`~lfa_ray.config.ProfileChoice`, paths, numbers);
+only this module parses."""
 
 from __future__ import annotations
 
@@ -8,14 +11,12 @@ import argparse
 import os
 import sys
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
-from typing import Optional
 
 import yaml
 
-from lfa_ray.config import Config, default_profile, load_config
+from lfa_ray.config import Config, ProfileChoice, resolve
 from lfa_ray.console import VERBOSE
-from lfa_ray.storage import Location
+from lfa_ray.errors import UserError, cli_entry
 
 
 def package_version() -> str:
@@ -77,17 +78,145 @@ def print_config(cfg: Config | dict) -> None:
     sys.stdout.write(yaml.safe_dump(raw, sort_keys=False))
 
 
-def resolve_config(args: argparse.Namespace, base: Optional[Location] = None, base_raw: Optional[dict] = None,
-                   where: str = "") -> Config:
-    """The profile of ``--config`` (else ``base``, else the default), or ``base_raw``, with ``--set``/``--data``."""
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.append(f"data.path={args.data}")
-    if base_raw is not None and not args.config:
-        return load_config(None, overrides, raw=base_raw, where=where)
-    return load_config(args.config or base, overrides)
+def choice(args: argparse.Namespace) -> ProfileChoice:
+    return ProfileChoice(args.config, args.data, list(args.overrides))
 
 
-def profile_stem(args: argparse.Namespace) -> str:
-    path = args.config or default_profile()
-    return Path(path).stem if path else "default"
+# -- the commands ------------------------------------------------------------------------------
+
+@cli_entry
+def train(argv: list[str] | None = None) -> None:
+    from lfa_ray import train as training
+
+    p = parser("lfa-train", "Train the LFA UNET with Ray Train.")
+    add_common_args(p)
+    p.add_argument("--resume-from", metavar="PATH",
+                   help="a run folder to continue, or a checkpoint_epoch_* folder to start from")
+    p.add_argument("--reset", action="store_true", help="delete an existing run of this name and start fresh")
+    args = p.parse_args(argv)
+    if args.print_config:  # with --resume-from: the run's own settings
+        return print_config(training.plan(choice(args), args.name, args.resume_from, args.reset).cfg
+                            if args.resume_from else resolve(choice(args)))
+    show_ray_output(args)
+    training.run(training.plan(choice(args), args.name, args.resume_from, args.reset))
+
+
+@cli_entry
+def tune(argv: list[str] | None = None) -> None:
+    from lfa_ray import tune as tuning
+
+    p = parser("lfa-tune", "Tune the LFA UNET with Ray Tune (TPE + ASHA).")
+    add_common_args(p)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
+    p.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
+    args = p.parse_args(argv)
+    if args.print_config and not args.resume:
+        return print_config(resolve(choice(args)))
+    show_ray_output(args)
+    cfg, exp_dir = tuning.plan(choice(args), args.name, args.resume, args.restart_errored)
+    if args.print_config:  # the sweep's own config
+        return print_config(cfg)
+    tuning.run(cfg, exp_dir, resume=args.resume, restart_errored=args.restart_errored)
+
+
+@cli_entry
+def predict(argv: list[str] | None = None) -> None:
+    from lfa_ray import predict as prediction
+
+    p = parser("lfa-predict", "Segment cassette photos with a trained model.")
+    add_model_args(p)
+    p.add_argument("input", nargs="?", help="an image file or a folder of images")
+    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
+    args = p.parse_args(argv)
+    if print_model_config(args):
+        return
+    if args.input is None:
+        p.error("the following arguments are required: input")
+    written = prediction.run(args.checkpoint, args.input, args.out, args.batch_size, args.device)
+    print(f"wrote {len(written)} masks and overlays to {args.out}")
+
+
+@cli_entry
+def evaluate(argv: list[str] | None = None) -> None:
+    from lfa_ray import evaluate as evaluation
+
+    p = parser("lfa-evaluate", "Score a model photo by photo.")
+    add_model_args(p)
+    p.add_argument("--data", help="dataset folder or packed .parquet (default: the model's own data)")
+    p.add_argument("--split", choices=evaluation.SPLITS, help="default: test (all, for --data without a test set)")
+    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
+    p.add_argument("--worst", type=int, default=12, help="photos in worst.png (default 12)")
+    args = p.parse_args(argv)
+    if print_model_config(args):
+        return
+    s = evaluation.run(args.checkpoint, args.data, args.split, args.out, args.worst, args.batch_size, args.device)
+    print(evaluation.format_summary(s))
+    print(f"wrote per_image.csv, summary.md and worst.png to {args.out}")
+
+
+@cli_entry
+def data(argv: list[str] | None = None) -> None:
+    from lfa_ray.synth import FAMILIES
+
+    top = parser("lfa-data", "Check, make or pack LFA segmentation datasets.")
+    sub = top.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("check", help="validate a dataset (folder or packed) and print counts, sizes, foreground")
+    p.add_argument("dir")
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=float, default=0.0)
+    p.add_argument("--split-seed", type=int, default=42)
+    p.set_defaults(func=_data_check)
+    p = sub.add_parser("synth", help="write synthetic cassette photos in the original layout")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=300)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--target", choices=["window", "lines"], default="window")
+    p.add_argument("--family", choices=FAMILIES, default="all",
+                   help="all styles (default), plain (neutral cassettes on tables) or bold (coloured cassettes on "
+                        "saturated and patterned backgrounds)")
+    p.set_defaults(func=_data_synth)
+    p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
+    p.add_argument("dir")
+    p.add_argument("out", help="OUT.parquet: a local path or a URI such as s3://bucket/data.parquet")
+    p.set_defaults(func=_data_pack)
+    args = top.parse_args(argv)
+    args.func(args)
+
+
+def _data_check(args: argparse.Namespace) -> None:
+    from lfa_ray.data import check
+
+    s = check(args.dir, args.val_fraction, args.split_seed, args.test_fraction)
+    random_split = f"random split, seed {args.split_seed}"
+    val_kind = "explicit folder" if s["explicit_val"] else f"{random_split}, fraction {args.val_fraction}"
+    kinds = [f"val {s['val']} ({val_kind})"]
+    if s["test"]:
+        test_kind = "explicit folder" if s["explicit_test"] else f"fraction {args.test_fraction}"
+        kinds.append(f"test {s['test']} ({test_kind})")
+    print(f"{args.dir}: {s['train'] + s['val'] + s['test']} pairs, all decode, sizes match")
+    print(f"  train {s['train']}, " + ", ".join(kinds))
+    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(s["sizes"].items(), key=lambda kv: -kv[1]))
+    print(f"  image sizes: {sizes}")
+    print(f"  foreground fraction: mean {s['foreground_mean']:.3f}, "
+          f"min {s['foreground_min']:.3f}, max {s['foreground_max']:.3f}")
+
+
+def _data_synth(args: argparse.Namespace) -> None:
+    from lfa_ray.synth import write_synthetic
+
+    if args.n < 1:
+        raise UserError(f"--n must be at least 1, got {args.n}")
+    try:
+        out = write_synthetic(args.out, args.n, seed=args.seed, target=args.target, family=args.family)
+    except FileExistsError:
+        raise UserError(f"{args.out}: folder exists and is not empty; choose a new OUT") from None
+    print(f"wrote {args.n} synthetic cassettes ({args.target} masks, {args.family} styles) to {out}")
+
+
+def _data_pack(args: argparse.Namespace) -> None:
+    from lfa_ray.data import pack
+
+    r = pack(args.dir, args.out)
+    explicit = [f"{r[k]} {what}" for k, what in (("val", "validation"), ("test", "test")) if r[k]]
+    split_kind = f"explicit sets: {', '.join(explicit)}" if explicit else "split at training time"
+    print(f"packed {r['pairs']} pairs ({split_kind}) into {r['out']} ({r['bytes'] / 2**20:.1f} MiB)")

@@ -369,6 +369,32 @@ def default_profile() -> Path | None:
     return None
 
 
+@dataclass
+class ProfileChoice:
+    """Which profile a command runs: ``--config`` (None: the default profile), ``--data`` and the
+    ``--set KEY=VALUE`` items, applied in that order."""
+    config: Optional[str] = None
+    data: Optional[str] = None
+    overrides: list[str] = field(default_factory=list)
+
+
+def resolve(choice: ProfileChoice, base=None, base_raw: Optional[dict] = None, where: str = "") -> Config:
+    """The profile of ``choice.config`` (else ``base``, else the default), or ``base_raw``, with its
+    ``--set`` and ``--data`` applied."""
+    overrides = list(choice.overrides)
+    if choice.data:
+        overrides.append(f"data.path={choice.data}")
+    if base_raw is not None and not choice.config:
+        return load_config(None, overrides, raw=base_raw, where=where)
+    return load_config(choice.config or base, overrides)
+
+
+def profile_stem(choice: ProfileChoice) -> str:
+    """The profile's name, for default run names (``train-default``)."""
+    path = choice.config or default_profile()
+    return Path(path).stem if path else "default"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, *,
                 raw: dict | None = None, where: str = "") -> Config:
     """Load a profile (``None``: the default profile) or take ``raw``, apply ``--set`` overrides, validate."""

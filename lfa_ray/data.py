@@ -20,7 +20,6 @@ Command line: ``python -m lfa_ray.data check DIR | synth OUT [--n N] [--seed S] 
 
 from __future__ import annotations
 
-import argparse
 import io
 import random
 from dataclasses import dataclass
@@ -30,10 +29,9 @@ import torch
 from PIL import UnidentifiedImageError
 
 from lfa_ray.augment import resize, train_transform, val_transform
-from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.errors import UserError
 from lfa_ray.images import IMAGE_EXTS, Photo, read_mask, read_photo
 from lfa_ray.storage import Location, locate
-from lfa_ray.synth import FAMILIES
 
 LAYOUTS = [("train_images", "train_masks"), ("images", "masks")]
 MAX_LISTED = 5
@@ -430,71 +428,7 @@ def pack(src: str | Location, out: str | Location) -> dict:
             "out": out.uri}
 
 
-# -- command line ----------------------------------------------------------------------------
-
-def _cmd_check(args: argparse.Namespace) -> None:
-    s = check(args.dir, args.val_fraction, args.split_seed, args.test_fraction)
-    random_split = f"random split, seed {args.split_seed}"
-    val_kind = "explicit folder" if s["explicit_val"] else f"{random_split}, fraction {args.val_fraction}"
-    kinds = [f"val {s['val']} ({val_kind})"]
-    if s["test"]:
-        test_kind = "explicit folder" if s["explicit_test"] else f"fraction {args.test_fraction}"
-        kinds.append(f"test {s['test']} ({test_kind})")
-    print(f"{args.dir}: {s['train'] + s['val'] + s['test']} pairs, all decode, sizes match")
-    print(f"  train {s['train']}, " + ", ".join(kinds))
-    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(s["sizes"].items(), key=lambda kv: -kv[1]))
-    print(f"  image sizes: {sizes}")
-    print(f"  foreground fraction: mean {s['foreground_mean']:.3f}, "
-          f"min {s['foreground_min']:.3f}, max {s['foreground_max']:.3f}")
-
-
-def _cmd_synth(args: argparse.Namespace) -> None:
-    from lfa_ray.synth import write_synthetic
-
-    if args.n < 1:
-        raise UserError(f"--n must be at least 1, got {args.n}")
-    try:
-        out = write_synthetic(args.out, args.n, seed=args.seed, target=args.target, family=args.family)
-    except FileExistsError:
-        raise UserError(f"{args.out}: folder exists and is not empty; choose a new OUT") from None
-    print(f"wrote {args.n} synthetic cassettes ({args.target} masks, {args.family} styles) to {out}")
-
-
-def _cmd_pack(args: argparse.Namespace) -> None:
-    r = pack(args.dir, args.out)
-    explicit = [f"{r[k]} {what}" for k, what in (("val", "validation"), ("test", "test")) if r[k]]
-    split_kind = f"explicit sets: {', '.join(explicit)}" if explicit else "split at training time"
-    print(f"packed {r['pairs']} pairs ({split_kind}) into {r['out']} ({r['bytes'] / 2**20:.1f} MiB)")
-
-
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    from lfa_ray import cli
-
-    parser = cli.parser("lfa-data", "Check, make or pack LFA segmentation datasets.")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("check", help="validate a dataset (folder or packed) and print counts, sizes, foreground")
-    p.add_argument("dir")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--test-fraction", type=float, default=0.0)
-    p.add_argument("--split-seed", type=int, default=42)
-    p.set_defaults(func=_cmd_check)
-    p = sub.add_parser("synth", help="write synthetic cassette photos in the original layout")
-    p.add_argument("out")
-    p.add_argument("--n", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--target", choices=["window", "lines"], default="window")
-    p.add_argument("--family", choices=FAMILIES, default="all",
-                   help="all styles (default), plain (neutral cassettes on tables) or bold (coloured cassettes on "
-                        "saturated and patterned backgrounds)")
-    p.set_defaults(func=_cmd_synth)
-    p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
-    p.add_argument("dir")
-    p.add_argument("out", help="OUT.parquet: a local path or a URI such as s3://bucket/data.parquet")
-    p.set_defaults(func=_cmd_pack)
-    args = parser.parse_args(argv)
-    args.func(args)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from lfa_ray.cli import data
+
+    raise SystemExit(data())

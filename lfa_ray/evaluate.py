@@ -14,11 +14,11 @@ The final model of every sweep and training run is scored on its test split this
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
 from dataclasses import dataclass, field
+from typing import Optional
 
 import cv2
 import numpy as np
@@ -27,7 +27,7 @@ import torch
 
 from lfa_ray.config import Config, config_from_dict
 from lfa_ray.data import Pair, decode_pair, discover, resolve_root, splits_for
-from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.errors import UserError
 from lfa_ray.runlog import overlay
 from lfa_ray.storage import Location, locate
 
@@ -185,10 +185,10 @@ def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, 
     return s
 
 
-def _pairs(args: argparse.Namespace, cfg: Config) -> tuple[list[Pair], str, Location]:
-    root = locate(args.data) if args.data else resolve_root(cfg)
+def _pairs(data: Optional[str], split: Optional[str], cfg: Config) -> tuple[list[Pair], str, Location]:
+    root = locate(data) if data else resolve_root(cfg)
     found = discover(root)
-    split = args.split or ("test" if not args.data or found.test is not None else "all")
+    split = split or ("test" if not data or found.test is not None else "all")
     if split == "all":
         pairs = found.pairs + (found.val or []) + (found.test or [])
     else:
@@ -199,31 +199,23 @@ def _pairs(args: argparse.Namespace, cfg: Config) -> tuple[list[Pair], str, Loca
     return pairs, split, root
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    from lfa_ray import cli
+def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None, out: str = "evaluation",
+        worst: int = 12, batch_size: int = 16, device: Optional[str] = None) -> dict:
+    """``lfa_ray.evaluate``: score the model of ``checkpoint`` on ``data``'s ``split`` (default: its
+    own data's test split; another dataset's test folder, else all of it); writes ``out``; the summary."""
     from lfa_ray.predict import find_model, load_model
 
-    p = cli.parser("lfa-evaluate", "Score a model photo by photo.")
-    cli.add_model_args(p)
-    p.add_argument("--data", help="dataset folder or packed .parquet (default: the model's own data)")
-    p.add_argument("--split", choices=SPLITS, help="default: test (all, for --data without a test set)")
-    p.add_argument("--out", default="evaluation", help="output folder (default: evaluation)")
-    p.add_argument("--worst", type=int, default=12, help="photos in worst.png (default 12)")
-    args = p.parse_args(argv)
-    if cli.print_model_config(args):
-        return
-    if args.worst < 1 or args.batch_size < 1:
+    if worst < 1 or batch_size < 1:
         raise UserError("--worst and --batch-size must be at least 1")
-    device = _device(args.device)
-    model, size, trained_with = load_model(args.checkpoint, device)
-    pairs, split, root = _pairs(args, config_from_dict(trained_with))
-    print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(args.checkpoint)}")
-    ev = evaluate(model, size, pairs, device, args.batch_size)
-    s = write(ev, locate(args.out), f"{split} of {root}", args.worst)
-    print(format_summary(s))
-    print(f"wrote per_image.csv, summary.md and worst.png to {args.out}")
+    dev = _device(device)
+    model, size, trained_with = load_model(checkpoint, dev)
+    pairs, split, root = _pairs(data, split, config_from_dict(trained_with))
+    print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(checkpoint)}")
+    ev = evaluate(model, size, pairs, dev, batch_size)
+    return write(ev, locate(out), f"{split} of {root}", worst)
 
 
 if __name__ == "__main__":
+    from lfa_ray.cli import evaluate as main
+
     raise SystemExit(main())

@@ -21,7 +21,7 @@ from PIL import Image
 
 from lfa_ray.augment import model_input
 from lfa_ray.checkpoint import STATE_FILE
-from lfa_ray.errors import UserError, cli_entry
+from lfa_ray.errors import UserError
 from lfa_ray.images import IMAGE_EXTS, Photo, read_photo
 from lfa_ray.loop import nonfinite
 from lfa_ray.model import UNet
@@ -124,22 +124,7 @@ def _decode(path: Location, reduce_to: int) -> Photo:
         raise UserError(f"{path}: cannot be decoded as an image; remove it or fix it") from None
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    from lfa_ray import cli
-
-    p = cli.parser("lfa-predict", "Segment cassette photos with a trained model.")
-    cli.add_model_args(p)
-    p.add_argument("input", nargs="?", help="an image file or a folder of images")
-    p.add_argument("--out", default="predictions", help="output folder (default: predictions)")
-    args = p.parse_args(argv)
-    if cli.print_model_config(args):
-        return
-    if args.input is None:
-        p.error("the following arguments are required: input")
-    written = run(args.checkpoint, args.input, args.out, args.batch_size, args.device)
-    print(f"wrote {len(written)} masks and overlays to {args.out}")
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from lfa_ray.cli import predict
+
+    raise SystemExit(predict())

@@ -11,7 +11,6 @@ starts a new run from a saved state, ``--reset`` deletes the run and starts agai
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from dataclasses import dataclass
 from typing import Optional
@@ -29,9 +28,8 @@ from lfa_ray.checkpoint import (
     ray_restores,
     restorable,
 )
-from lfa_ray.cli import add_common_args, parser, print_config, profile_stem, resolve_config, show_ray_output
-from lfa_ray.config import Config, dump_config
-from lfa_ray.errors import Stopped, UserError, cli_entry
+from lfa_ray.config import Config, ProfileChoice, dump_config, profile_stem, resolve
+from lfa_ray.errors import Stopped, UserError
 from lfa_ray.lock import RunLock
 from lfa_ray.storage import Location, locate
 
@@ -52,12 +50,15 @@ class Plan:
     checkpoint: Optional[Location] = None
 
 
-def plan(args: argparse.Namespace) -> Plan:
-    """Work out what to run and check it all before anything is started or written."""
-    source = locate(args.resume_from) if args.resume_from else None
+def plan(choice: ProfileChoice, name: Optional[str] = None, resume_from: Optional[str] = None,
+         reset: bool = False) -> Plan:
+    """Work out what to run and check it all before anything is started or written: the profile
+    ``choice``, the run ``name`` (default ``train-<profile>``), ``resume_from`` (a run folder to
+    continue or a checkpoint folder to start from), ``reset`` (delete the run and start again)."""
+    source = locate(resume_from) if resume_from else None
     if source is not None and not source.exists():
         raise UserError(f"--resume-from {source}: not found; pass a run folder or a checkpoint_epoch_* folder")
-    if source is not None and args.reset:
+    if source is not None and reset:
         raise UserError("--resume-from and --reset contradict each other; pass one of them")
     continuing_dir = source if source is not None and is_run_dir(source) else None
     if source is not None and continuing_dir is None and not (source / STATE_FILE).is_file():
@@ -66,28 +67,28 @@ def plan(args: argparse.Namespace) -> Plan:
 
     state = None
     if continuing_dir is not None:
-        cfg = resolve_config(args, base=continuing_dir / "config.yaml")  # the run's own settings
+        cfg = resolve(choice, base=continuing_dir / "config.yaml")  # the run's own settings
         start, state = restorable(continuing_dir)
     elif source is not None:
         state = load_state(source)
-        cfg = resolve_config(args, base_raw=state["config"], where=f"{source}/{STATE_FILE}")
+        cfg = resolve(choice, base_raw=state["config"], where=f"{source}/{STATE_FILE}")
     else:
-        cfg = resolve_config(args)
+        cfg = resolve(choice)
     if state is not None and state["progress"]["epoch"] >= cfg.train.epochs:
         raise UserError(f"--resume-from {source}: already trained {state['progress']['epoch']} epochs and "
                         f"train.epochs is {cfg.train.epochs}; raise it, e.g. --set train.epochs="
                         f"{state['progress']['epoch'] + 10}")
-    if continuing_dir is not None and not args.name:
+    if continuing_dir is not None and not name:
         run_dir = continuing_dir
     else:
         storage = locate(cfg.storage.path)
         storage.mkdir()  # fails here, before Ray starts, for a missing bucket or a read-only place
-        run_dir = storage / (args.name or f"train-{profile_stem(args)}")
+        run_dir = storage / (name or f"train-{profile_stem(choice)}")
 
     if continuing_dir is not None and continuing_dir.uri == run_dir.uri:
         # run() sets Ray's record aside when it cannot restore ``start``; the workers start from it
         return Plan(cfg, run_dir, Start.CONTINUE, None if start is None or ray_restores(run_dir, start) else start)
-    if args.reset:
+    if reset:
         return Plan(cfg, run_dir, Start.RESET)
     refuse_existing(run_dir)
     if source is not None:  # a new run from a checkpoint (of another run, or a checkpoint folder)
@@ -166,19 +167,7 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
     return p.run_dir
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    p = parser("lfa-train", "Train the LFA UNET with Ray Train.")
-    add_common_args(p)
-    p.add_argument("--resume-from", metavar="PATH",
-                   help="a run folder to continue, or a checkpoint_epoch_* folder to start from")
-    p.add_argument("--reset", action="store_true", help="delete an existing run of this name and start fresh")
-    args = p.parse_args(argv)
-    if args.print_config:  # with --resume-from: the run's own settings
-        return print_config(plan(args).cfg if args.resume_from else resolve_config(args))
-    show_ray_output(args)
-    run(plan(args))
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from lfa_ray.cli import train
+
+    raise SystemExit(train())

@@ -9,15 +9,23 @@ continues an interrupted sweep (and/or its final retrain) from there.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 from lfa_ray.checkpoint import best_checkpoint, export_model
-from lfa_ray.cli import add_common_args, parser, print_config, profile_stem, resolve_config, show_ray_output
-from lfa_ray.config import Config, StorageConfig, config_from_dict, dump_config, flat_keys, load_config
-from lfa_ray.errors import Stopped, UserError, cli_entry
+from lfa_ray.config import (
+    Config,
+    ProfileChoice,
+    StorageConfig,
+    config_from_dict,
+    dump_config,
+    flat_keys,
+    load_config,
+    profile_stem,
+    resolve,
+)
+from lfa_ray.errors import Stopped, UserError
 from lfa_ray.evaluate import format_summary, score_test
 from lfa_ray.lock import RunLock
 from lfa_ray.search import apply_params, reference_point, to_tune, validate_space
@@ -180,30 +188,33 @@ def is_experiment(loc: Location) -> bool:
             and tune.Tuner.can_restore(loc.path, storage_filesystem=loc.ray_storage()["storage_filesystem"]))
 
 
-def plan(args: argparse.Namespace) -> tuple[Config, Location]:
-    """Resolve and check everything before Ray starts or anything is written."""
-    if args.resume:
-        if not args.name:
+def plan(choice: ProfileChoice, name: Optional[str] = None, resume: bool = False,
+         restart_errored: bool = False) -> tuple[Config, Location]:
+    """Resolve and check everything before Ray starts or anything is written: the profile ``choice``,
+    the experiment ``name`` (default ``tune-<profile>``), ``resume`` (continue sweep ``name``),
+    ``restart_errored`` (with ``resume``: rerun errored trials)."""
+    if resume:
+        if not name:
             raise UserError("--resume needs --name NAME of the sweep to continue (a folder under storage.path)")
-        exp_dir = locate(resolve_config(args).storage.path) / args.name
+        exp_dir = locate(resolve(choice).storage.path) / name
         if not exp_dir.exists():
             raise UserError(f"{exp_dir}: no such sweep; check --name (and storage.path)")
         if not is_experiment(exp_dir):
             raise UserError(f"{exp_dir} is not a tune experiment (no config.yaml and Tune state); "
                             f"resume a run of lfa_ray.train with: python -m lfa_ray.train --resume-from {exp_dir}")
         cfg = load_config(exp_dir / "config.yaml")
-        refuse_changes(args, cfg, exp_dir)
+        refuse_changes(choice, cfg, exp_dir)
         return cfg, exp_dir
-    if args.restart_errored:
+    if restart_errored:
         raise UserError("--restart-errored applies to --resume; add --resume --name NAME")
-    cfg = resolve_config(args)
+    cfg = resolve(choice)
     validate_space(cfg)
     if cfg.train.init_from and "model.features" in cfg.tune.search_space:
         raise UserError("train.init_from fixes the architecture; drop model.features from tune.search_space "
                         "or drop train.init_from")
     storage = locate(cfg.storage.path)
     storage.mkdir()  # fails here, before Ray starts, for a missing bucket or a read-only place
-    exp_dir = storage / (args.name or f"tune-{profile_stem(args)}")
+    exp_dir = storage / (name or f"tune-{profile_stem(choice)}")
     refuse_existing(exp_dir)
     return cfg, exp_dir
 
@@ -252,15 +263,14 @@ def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool =
         return _sweep(cfg, exp_dir, data, gpus, init, resume=resume, restart_errored=restart_errored)
 
 
-def refuse_changes(args: argparse.Namespace, cfg: Config, exp_dir: Location) -> None:
+def refuse_changes(choice: ProfileChoice, cfg: Config, exp_dir: Location) -> None:
     """``--resume`` repeats the sweep's own command happily (its --set and --data values; --config is
     not read again) and refuses a changed value, naming the key: a sweep continues with its config."""
-    if args.config:
+    if choice.config:
         print(f"note: --resume continues with the sweep's own {exp_dir / 'config.yaml'}; --config is not read")
-    if not (args.overrides or args.data):
+    if not (choice.overrides or choice.data):
         return
-    given = resolve_config(argparse.Namespace(**{**vars(args), "config": None}), base_raw=cfg.to_dict(),
-                           where="--set")
+    given = resolve(ProfileChoice(None, choice.data, choice.overrides), base_raw=cfg.to_dict(), where="--set")
     now, then = flat_keys(given.to_dict()), flat_keys(cfg.to_dict())
     changed = [k for k in then if now[k] != then[k] and k != "storage.path"]
     if changed:
@@ -333,21 +343,7 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
     return exp_dir
 
 
-@cli_entry
-def main(argv: list[str] | None = None) -> None:
-    p = parser("lfa-tune", "Tune the LFA UNET with Ray Tune (TPE + ASHA).")
-    add_common_args(p)
-    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep --name")
-    p.add_argument("--restart-errored", action="store_true", help="with --resume: rerun errored trials")
-    args = p.parse_args(argv)
-    if args.print_config and not args.resume:
-        return print_config(resolve_config(args))
-    show_ray_output(args)
-    cfg, exp_dir = plan(args)
-    if args.print_config:  # the sweep's own config
-        return print_config(cfg)
-    run(cfg, exp_dir, resume=args.resume, restart_errored=args.restart_errored)
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from lfa_ray.cli import tune
+
+    raise SystemExit(tune())

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lfa_ray import cli
 from lfa_ray.config import Config, dump_config, load_config, parse_overrides
 from lfa_ray.errors import UserError
 
@@ -138,15 +139,13 @@ def test_reference_point_covers_every_searched_key_or_none():
 
 
 def test_print_config_and_version_on_the_commands(capsys):
-    from lfa_ray import data, evaluate, predict, train, tune
-
-    assert train.main(["--print-config", "--set", "train.lr=0.003", "--data", "/some/where"]) == 0
+    assert cli.train(["--print-config", "--set", "train.lr=0.003", "--data", "/some/where"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["train"]["lr"] == 0.003 and printed["data"]["path"] == "/some/where"
     assert load_config(raw=printed, where="printed") == load_config(None, ["train.lr=0.003", "data.path=/some/where"])
-    assert tune.main(["--print-config"]) == 0
+    assert cli.tune(["--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == Config().to_dict()
-    for main in (train.main, tune.main, predict.main, evaluate.main, data.main):
+    for main in (cli.train, cli.tune, cli.predict, cli.evaluate, cli.data):
         with pytest.raises(SystemExit) as done:
             main(["--version"])
         assert done.value.code == 0 and "lfa_ray " in capsys.readouterr().out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lfa_ray import data
+from lfa_ray import cli, data
 from lfa_ray.errors import UserError
 from lfa_ray.images import read_mask
 from lfa_ray.synth import render
@@ -152,10 +152,10 @@ def test_check_lists_every_problem_not_just_the_first(tmp_path):
 
 
 def test_data_check_command(tmp_path, capsys, small_dir):
-    assert data.main(["check", str(small_dir)]) == 0
+    assert cli.data(["check", str(small_dir)]) == 0
     out = capsys.readouterr().out
     assert "24 pairs" in out and "train 19, val 5" in out and "image sizes: " in out
-    assert data.main(["check", str(tmp_path / "nope")]) == 2
+    assert cli.data(["check", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "Traceback" not in err and len(err.splitlines()) == 1
 
@@ -173,12 +173,12 @@ def test_synthetic_is_deterministic_and_masks_are_plausible():
 
 def test_synth_command_writes_original_layout_that_loads(tmp_path, capsys):
     out = tmp_path / "s"
-    assert data.main(["synth", str(out), "--n", "6", "--target", "lines"]) == 0
+    assert cli.data(["synth", str(out), "--n", "6", "--target", "lines"]) == 0
     assert len(list((out / "train_images").glob("*.jpg"))) == 6
     assert len(list((out / "train_masks").glob("*_mask.gif"))) == 6
     s = data.check(out)
     assert s["train"] + s["val"] == 6 and s["foreground_max"] < 0.05  # line masks are thin
-    assert data.main(["synth", str(out), "--n", "2"]) == 2  # never writes into an existing set
+    assert cli.data(["synth", str(out), "--n", "2"]) == 2  # never writes into an existing set
     assert "exists" in capsys.readouterr().err
 
 
@@ -275,7 +275,7 @@ def test_style_families_restrict_the_colours(tmp_path, capsys):
     saturation = {f: np.mean([cv2.cvtColor(render(5, i, f)[0], cv2.COLOR_RGB2HSV)[..., 1].mean() for i in range(8)])
                   for f in ("plain", "bold")}
     assert saturation["bold"] > saturation["plain"] + 40  # far more saturated
-    assert data.main(["synth", str(tmp_path / "b"), "--n", "3", "--family", "bold"]) == 0
+    assert cli.data(["synth", str(tmp_path / "b"), "--n", "3", "--family", "bold"]) == 0
     assert "bold styles" in capsys.readouterr().out and data.check(tmp_path / "b", 0.34)["train"] == 2
 
 

@@ -7,7 +7,7 @@ import torch
 import yaml
 from PIL import Image
 
-from lfa_ray import data, evaluate, predict
+from lfa_ray import cli, data, evaluate, predict
 from lfa_ray.checkpoint import state_bytes
 from lfa_ray.config import load_config
 from lfa_ray.images import read_mask
@@ -45,7 +45,7 @@ def _model(tmp_path, data_dir, **sets):
 def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir, tmp_path, capsys):
     model, cfg = _model(tmp_path, small_dir, **{"data.test_fraction": 0.25})
     out = tmp_path / "ev"
-    assert evaluate.main(["--checkpoint", str(model), "--out", str(out), "--worst", "3"]) == 0
+    assert cli.evaluate(["--checkpoint", str(model), "--out", str(out), "--worst", "3"]) == 0
     assert "Dice mean" in capsys.readouterr().out
     table = pd.read_csv(out / "per_image.csv")
     test = data.splits_for(cfg, small_dir).test
@@ -70,7 +70,7 @@ def test_evaluate_on_other_data_takes_its_test_folder_or_all_of_it(small_dir, tm
     for p in data.discover(small_dir).pairs[:5]:
         (other / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
         (other / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
-    assert evaluate.main(["--checkpoint", str(model), "--data", str(other), "--out", str(tmp_path / "all")]) == 0
+    assert cli.evaluate(["--checkpoint", str(model), "--data", str(other), "--out", str(tmp_path / "all")]) == 0
     assert len(pd.read_csv(tmp_path / "all" / "per_image.csv")) == 5 and "(all of" in capsys.readouterr().out
     (other / "train_images").rename(other / "test_images")  # now the same photos are an explicit test set ...
     (other / "train_masks").rename(other / "test_masks")
@@ -79,7 +79,7 @@ def test_evaluate_on_other_data_takes_its_test_folder_or_all_of_it(small_dir, tm
         (other / "train_masks").mkdir(exist_ok=True)
         (other / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
         (other / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
-    assert evaluate.main(["--checkpoint", str(model), "--data", str(other), "--out", str(tmp_path / "t")]) == 0
+    assert cli.evaluate(["--checkpoint", str(model), "--data", str(other), "--out", str(tmp_path / "t")]) == 0
     assert len(pd.read_csv(tmp_path / "t" / "per_image.csv")) == 5 and "(test of" in capsys.readouterr().out
 
 
@@ -94,7 +94,7 @@ def test_bad_input_exits_2_with_one_line(small_dir, tmp_path, capsys, args, frag
     argv = ["--checkpoint", str(model), "--out", str(tmp_path / "ev"), *args]
     if args[0] == "--checkpoint":
         argv = args + ["--out", str(tmp_path / "ev")]
-    assert evaluate.main(argv) == 2
+    assert cli.evaluate(argv) == 2
     assert fragment in error_line(capsys)
     assert not (tmp_path / "ev").exists()
 
@@ -111,12 +111,12 @@ def test_a_broken_test_photo_is_named(small_dir, tmp_path, capsys):
         (root / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
         (root / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
     model, _ = _model(tmp_path, small_dir)
-    assert evaluate.main(["--checkpoint", str(model), "--data", str(root), "--out", str(tmp_path / "ev")]) == 2
+    assert cli.evaluate(["--checkpoint", str(model), "--data", str(root), "--out", str(tmp_path / "ev")]) == 2
     assert "bad.jpg: cannot be decoded as an image" in error_line(capsys)
 
 
 def test_predict_and_evaluate_print_the_models_profile(small_dir, tmp_path, capsys):
     model, _ = _model(tmp_path, small_dir, **{"train.lr": 0.0025})
-    for main in (predict.main, evaluate.main):
+    for main in (cli.predict, cli.evaluate):
         assert main(["--checkpoint", str(model), "--print-config"]) == 0
         assert yaml.safe_load(capsys.readouterr().out)["train"]["lr"] == 0.0025

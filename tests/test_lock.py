@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from lfa_ray import train, tune
+from lfa_ray import cli
 from lfa_ray.errors import UserError
 from lfa_ray.lock import RunLock
 from lfa_ray.storage import locate
@@ -45,9 +45,9 @@ def test_train_and_tune_refuse_a_name_in_use(ray_cluster, small_dir, tmp_path, c
     items = set_args(tiny_overrides(small_dir, tmp_path))
     holder = _holder(tmp_path / "busy")
     try:
-        assert train.main(["--name", "busy", *items]) == 2
+        assert cli.train(["--name", "busy", *items]) == 2
         assert f"busy is in use by process {holder.pid}" in error_line(capsys)
-        assert tune.main(["--name", "busy", *items]) == 2
+        assert cli.tune(["--name", "busy", *items]) == 2
         assert f"busy is in use by process {holder.pid}" in error_line(capsys)
     finally:
         holder.kill()

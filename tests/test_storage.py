@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lfa_ray import data
+from lfa_ray import cli, data
 from lfa_ray.errors import UserError
 from lfa_ray.images import read_photo
 from lfa_ray.storage import locate
@@ -79,10 +79,10 @@ def test_locations_read_write_list_and_delete_on_s3(s3):
 def test_packed_dataset_round_trips_exactly(small_dir, tmp_path, s3, capsys):
     """Same names, same split, same pixels as the folder — locally and from a URI."""
     local = tmp_path / "small.parquet"
-    assert data.main(["pack", str(small_dir), str(local)]) == 0
+    assert cli.data(["pack", str(small_dir), str(local)]) == 0
     assert "packed 24 pairs" in capsys.readouterr().out
     remote = f"{s3}/packed/small.parquet"
-    assert data.main(["pack", str(small_dir), remote]) == 0
+    assert cli.data(["pack", str(small_dir), remote]) == 0
     folder = data.load(small_dir, 48)
     for packed in (data.load(local, 48), data.load(remote, 48)):
         assert packed.train.names == folder.train.names and packed.val.names == folder.val.names
@@ -93,7 +93,7 @@ def test_packed_dataset_round_trips_exactly(small_dir, tmp_path, s3, capsys):
     pairs = data.discover(remote).pairs
     first = next(p for p in data.discover(small_dir).pairs if p.name == pairs[0].name)
     assert np.array_equal(read_photo(pairs[0].image).pixels, np.asarray(Image.open(first.image.local).convert("RGB")))
-    assert data.main(["check", remote]) == 0
+    assert cli.data(["check", remote]) == 0
     assert "24 pairs, all decode" in capsys.readouterr().out
 
 
@@ -117,9 +117,9 @@ def test_packed_dataset_keeps_explicit_validation_and_test_sets(tmp_path, explic
 def test_bad_pack_and_packed_input(small_dir, tmp_path, capsys):
     out = tmp_path / "p.parquet"
     out.write_bytes(b"keep me")
-    assert data.main(["pack", str(small_dir), str(out)]) == 2
+    assert cli.data(["pack", str(small_dir), str(out)]) == 2
     assert "already exists" in error_line(capsys) and out.read_bytes() == b"keep me"
-    assert data.main(["pack", str(small_dir), str(tmp_path / "p.zip")]) == 2
+    assert cli.data(["pack", str(small_dir), str(tmp_path / "p.zip")]) == 2
     assert "must end in .parquet" in error_line(capsys)
     with pytest.raises(UserError, match="not a readable Parquet file"):
         data.discover(out)
@@ -219,16 +219,15 @@ def test_packed_dataset_trains_the_same_as_its_folder(small_dir, tmp_path):
 
 
 def test_bad_storage_and_data_uris_are_refused_before_ray_starts(s3, small_dir, tmp_path, capsys):
-    from lfa_ray import train, tune
 
     cases = [
-        (tune.main, ["--set", "storage.path=s3://no-such-bucket/results"],
+        (cli.tune, ["--set", "storage.path=s3://no-such-bucket/results"],
          "s3://no-such-bucket/results: cannot be created"),
-        (train.main, ["--set", "storage.path=s3://no-such-bucket/results"], "check that the bucket exists"),
-        (tune.main, ["--set", "storage.path=nosuchscheme://x"], "not a usable location"),
-        (train.main, ["--data", f"{s3}/missing.parquet", "--set", f"storage.path={s3}/r"], "packed dataset not found"),
-        (train.main, ["--data", f"{s3}/missing", "--set", f"storage.path={s3}/r"], "data folder not found"),
-        (tune.main, ["--resume", "--name", "nope", "--set", f"storage.path={s3}/r"], "no such sweep"),
+        (cli.train, ["--set", "storage.path=s3://no-such-bucket/results"], "check that the bucket exists"),
+        (cli.tune, ["--set", "storage.path=nosuchscheme://x"], "not a usable location"),
+        (cli.train, ["--data", f"{s3}/missing.parquet", "--set", f"storage.path={s3}/r"], "packed dataset not found"),
+        (cli.train, ["--data", f"{s3}/missing", "--set", f"storage.path={s3}/r"], "data folder not found"),
+        (cli.tune, ["--resume", "--name", "nope", "--set", f"storage.path={s3}/r"], "no such sweep"),
     ]
     for main, args, fragment in cases:
         assert main(["--name", "bad", *args]) == 2, args

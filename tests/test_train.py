@@ -14,7 +14,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lfa_ray import train
+from lfa_ray import cli
 from lfa_ray.checkpoint import latest_checkpoint, load_state
 from lfa_ray.config import load_config
 from lfa_ray.errors import UserError
@@ -38,7 +38,7 @@ def _args(data, storage, *extra, **sets):
 
 @pytest.mark.slow
 def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small_dir, tmp_path, capsys):
-    assert train.main(_args(small_dir, tmp_path, "--name", "run1")) == 0
+    assert cli.train(_args(small_dir, tmp_path, "--name", "run1")) == 0
     run = tmp_path / "run1"
     assert (run / "config.yaml").is_file()
     assert sorted(p.name for p in run.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0001", "checkpoint_epoch_0002"]
@@ -61,22 +61,22 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
     assert json.loads((run / "test" / "summary.json").read_text())["images"] == 2  # 24 photos x test_fraction 0.1
 
     before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
-    assert train.main(_args(small_dir, tmp_path, "--name", "run1")) == 2
+    assert cli.train(_args(small_dir, tmp_path, "--name", "run1")) == 2
     assert "already exists; continue it with --resume-from" in error_line(capsys)
     assert before == {p: p.stat().st_mtime_ns for p in run.rglob("*")}  # nothing touched
 
     # continue the same run for two more epochs: Ray restores its latest checkpoint
-    assert train.main(["--resume-from", str(run), "--set", "train.epochs=4"]) == 0
+    assert cli.train(["--resume-from", str(run), "--set", "train.epochs=4"]) == 0
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1.0, 2.0, 3.0, 4.0]
     assert load_state(run / "checkpoint_epoch_0004")["progress"]["epoch"] == 4
 
     # start a new run from a saved checkpoint
-    assert train.main(["--resume-from", str(run / "checkpoint_epoch_0002"), "--name", "branch",
+    assert cli.train(["--resume-from", str(run / "checkpoint_epoch_0002"), "--name", "branch",
                        "--set", f"storage.path={tmp_path}", "--set", "train.epochs=3"]) == 0
     assert [r["epoch"] for r in read_metrics(tmp_path / "branch" / "metrics.csv")] == [3.0]
 
     # --reset starts again from scratch
-    assert train.main(_args(small_dir, tmp_path, "--name", "run1", "--reset", **{"train.epochs": 1})) == 0
+    assert cli.train(_args(small_dir, tmp_path, "--name", "run1", "--reset", **{"train.epochs": 1})) == 0
     assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == [1.0]
     assert not (run / "checkpoint_epoch_0004").exists()
 
@@ -99,7 +99,7 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small_
 
     killer = threading.Thread(target=kill_the_worker_after_epoch_2)
     killer.start()
-    code = train.main(_args(small_dir, tmp_path, "--name", "spot", **{"train.epochs": 6, "scaling.max_failures": 1}))
+    code = cli.train(_args(small_dir, tmp_path, "--name", "spot", **{"train.epochs": 6, "scaling.max_failures": 1}))
     killer.join()
     assert killed and code == 0
     epochs = [int(r["epoch"]) for r in read_metrics(run / "metrics.csv")]
@@ -110,7 +110,7 @@ def test_a_killed_worker_restarts_from_the_latest_checkpoint(ray_cluster, small_
 @pytest.mark.slow
 def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
     before = train_worker_ids()
-    assert train.main(_args(small_dir, tmp_path, "--name", "ddp", **{"scaling.num_workers": 2})) == 0
+    assert cli.train(_args(small_dir, tmp_path, "--name", "ddp", **{"scaling.num_workers": 2})) == 0
     assert len(train_worker_ids() - before) == 2  # the run had two training workers
     rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
     assert len(rows) == 2
@@ -122,7 +122,7 @@ def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
 def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_cluster, small_dir, tmp_path, capsys):
     """Ray rewrites checkpoint_manager_snapshot.json in place (a machine lost then leaves it empty);
     a disk or a hand can damage or delete the latest state.pt. Each damage in turn, on one run."""
-    assert train.main(_args(small_dir, tmp_path, "--name", "cut")) == 0
+    assert cli.train(_args(small_dir, tmp_path, "--name", "cut")) == 0
     run = tmp_path / "cut"
     for epochs, damage in enumerate(["snapshot_cut_short", "latest_truncated", "latest_garbage",
                                      "latest_deleted"], start=3):
@@ -136,7 +136,7 @@ def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_clust
         else:
             shutil.rmtree(latest.parent)
         capsys.readouterr()
-        assert train.main(["--resume-from", str(run), "--set", f"train.epochs={epochs}"]) == 0, damage
+        assert cli.train(["--resume-from", str(run), "--set", f"train.epochs={epochs}"]) == 0, damage
         out = capsys.readouterr().out
         if damage != "snapshot_cut_short":
             assert f"{latest}: not a checkpoint lfa_ray can load" in out, damage
@@ -148,27 +148,27 @@ def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_clust
 
 @pytest.mark.slow
 def test_a_checkpoint_that_does_not_load_is_named(ray_cluster, small_dir, tmp_path, capsys):
-    assert train.main(_args(small_dir, tmp_path, "--name", "ok")) == 0
+    assert cli.train(_args(small_dir, tmp_path, "--name", "ok")) == 0
     for c in (tmp_path / "ok").glob("checkpoint_epoch_*"):
         (c / "state.pt").write_bytes(b"\x80\x02garbage")
     capsys.readouterr()
-    assert train.main(["--resume-from", str(tmp_path / "ok" / "checkpoint_epoch_0001"), "--name", "b",
+    assert cli.train(["--resume-from", str(tmp_path / "ok" / "checkpoint_epoch_0001"), "--name", "b",
                        "--set", f"storage.path={tmp_path}"]) == 2
     assert "checkpoint_epoch_0001/state.pt: not a checkpoint lfa_ray can load" in error_line(capsys)
-    assert train.main(["--resume-from", str(tmp_path / "ok")]) == 2
+    assert cli.train(["--resume-from", str(tmp_path / "ok")]) == 2
     assert "none of its checkpoints loads" in error_line(capsys)
     assert not (tmp_path / "b").exists()
 
 
 @pytest.mark.slow
 def test_a_diverging_run_stops_with_the_epoch_and_exports_nothing(ray_cluster, small_dir, tmp_path, capsys):
-    assert train.main(_args(small_dir, tmp_path, "--name", "ok")) == 0
+    assert cli.train(_args(small_dir, tmp_path, "--name", "ok")) == 0
     state = load_state(tmp_path / "ok" / "checkpoint_epoch_0002")
     state["model"] = {k: v * float("nan") if v.is_floating_point() else v for k, v in state["model"].items()}
     (tmp_path / "nan").mkdir()
     torch.save(state, tmp_path / "nan" / "state.pt")
     capsys.readouterr()
-    assert train.main(["--resume-from", str(tmp_path / "nan"), "--name", "div", "--set", f"storage.path={tmp_path}",
+    assert cli.train(["--resume-from", str(tmp_path / "nan"), "--name", "div", "--set", f"storage.path={tmp_path}",
                        "--set", "train.epochs=4"]) == 2
     line = error_line(capsys)
     assert "training diverged at epoch 3: train_loss is nan" in line and "lower train.lr" in line
@@ -202,7 +202,7 @@ def test_a_joined_cluster_may_grow_so_a_shortfall_is_only_noted(ray_cluster, sma
 @pytest.mark.slow
 def test_bad_input_exits_2_with_one_line_and_leaves_no_run_folder(ray_cluster, small_dir, tmp_path, capsys,
                                                                   extra, fragment):
-    assert train.main(_args(small_dir, tmp_path, "--name", "bad") + extra) == 2
+    assert cli.train(_args(small_dir, tmp_path, "--name", "bad") + extra) == 2
     assert fragment in error_line(capsys)
     assert not (tmp_path / "bad").exists()
 
@@ -231,7 +231,7 @@ def test_a_cluster_that_does_not_answer_is_named_within_seconds(small_dir, tmp_p
 def test_bad_yaml_profile(tmp_path, capsys):
     profile = tmp_path / "p.yaml"
     profile.write_text("train: {lr: 0.1\n")
-    assert train.main(["--config", str(profile), "--set", f"storage.path={tmp_path}"]) == 2
+    assert cli.train(["--config", str(profile), "--set", f"storage.path={tmp_path}"]) == 2
     assert "p.yaml: not valid YAML" in error_line(capsys)
 
 
@@ -251,7 +251,7 @@ def test_original_layout_folder_from_outside_trains(ray_cluster, tmp_path, capsy
         (root / "train_masks").mkdir(exist_ok=True)
         Image.fromarray(img).save(root / "train_images" / f"car{i}.jpg")
         Image.fromarray(mask).convert("P").save(root / "train_masks" / f"car{i}_mask.gif")
-    assert train.main(["--data", str(root), "--set", "train.epochs=2", "--set", "data.image_size=64",
+    assert cli.train(["--data", str(root), "--set", "train.epochs=2", "--set", "data.image_size=64",
                        "--set", "scaling.cpus_per_worker=1", "--set", f"storage.path={tmp_path / 'r'}"]) == 0
     run = tmp_path / "r" / "train-default"
     state = load_state(sorted(run.glob("checkpoint_epoch_*"))[-1])
@@ -421,11 +421,11 @@ def test_init_from_starts_a_new_run_from_another_models_weights(ray_cluster, sma
     from lfa_ray.config import load_config
     from lfa_ray.model import UNet
 
-    assert train.main(_args(small_dir, tmp_path, "--name", "pre", **{"train.epochs": 2})) == 0
+    assert cli.train(_args(small_dir, tmp_path, "--name", "pre", **{"train.epochs": 2})) == 0
     pretrained = torch.load(tmp_path / "pre" / "model.pt", weights_only=False)["model"]
     # lr 1e-9: one epoch leaves the weights where they started, so the checkpoint shows the start
     for name, init in (("warm", str(tmp_path / "pre" / "model.pt")), ("cold", "null")):
-        assert train.main(_args(small_dir, tmp_path, "--name", name, **{"train.epochs": 1, "train.lr": 1e-9,
+        assert cli.train(_args(small_dir, tmp_path, "--name", name, **{"train.epochs": 1, "train.lr": 1e-9,
                                                                           "train.init_from": init})) == 0
     convs = [k for k in pretrained if k.endswith(".weight") and pretrained[k].dim() == 4]
     for name, same in (("warm", True), ("cold", False)):
@@ -437,7 +437,7 @@ def test_init_from_starts_a_new_run_from_another_models_weights(ray_cluster, sma
     other.write_bytes(state_bytes({"model": UNet(features=[4, 8, 16]).state_dict(),
                                    "config": load_config(None, ["model.features=[4,8,16]"]).to_dict()}))
     capsys.readouterr()
-    assert train.main(_args(small_dir, tmp_path, "--name", "bad", **{"train.init_from": str(other)})) == 2
+    assert cli.train(_args(small_dir, tmp_path, "--name", "bad", **{"train.init_from": str(other)})) == 2
     assert "that UNET has model.features [4, 8, 16] but this profile has [4, 8]" in error_line(capsys)
     assert not (tmp_path / "bad").exists()
 
@@ -454,7 +454,6 @@ class _Payload:
 
 def test_model_and_checkpoint_files_never_run_code(small_dir, tmp_path, capsys):
     """predict and --resume-from read tensors and plain values only: a pickle payload is refused, unrun."""
-    from lfa_ray import predict
 
     marker = tmp_path / "payload-ran"
     evil = {"model": {}, "config": {}, "progress": {"epoch": 1}, "x": _Payload(marker)}
@@ -462,9 +461,9 @@ def test_model_and_checkpoint_files_never_run_code(small_dir, tmp_path, capsys):
     torch.save(evil, tmp_path / "ckpt" / "state.pt")
     torch.save(evil, tmp_path / "model.pt")
     image = next((small_dir / "train_images").iterdir())
-    assert predict.main(["--checkpoint", str(tmp_path / "model.pt"), str(image), "--out", str(tmp_path / "p")]) == 2
+    assert cli.predict(["--checkpoint", str(tmp_path / "model.pt"), str(image), "--out", str(tmp_path / "p")]) == 2
     assert "model.pt: not an lfa_ray model (UnpicklingError)" in error_line(capsys)
-    assert train.main(["--resume-from", str(tmp_path / "ckpt"), "--name", "x",
+    assert cli.train(["--resume-from", str(tmp_path / "ckpt"), "--name", "x",
                        "--set", f"storage.path={tmp_path}"]) == 2
     assert "state.pt: not a checkpoint lfa_ray can load (UnpicklingError)" in error_line(capsys)
     assert not marker.exists()

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lfa_ray import predict, tune
+from lfa_ray import cli, predict
 from lfa_ray.config import load_config
 from lfa_ray.data import discover
 from lfa_ray.images import read_mask
@@ -54,7 +54,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_dir, tmp_path, capsys):
     # One trial at a time: ASHA's cut depends on the order results reach a rung, and with
     # concurrent trials that order (and so whether any trial is stopped) varies from run to run.
-    assert tune.main(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1})]) == 0
+    assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1})]) == 0
     exp = tmp_path / "sw"
     out = capsys.readouterr().out
     assert "best config:" in out and f"tensorboard --logdir {exp}" in out
@@ -117,9 +117,9 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     final_ckpts = sorted(p.name for p in (exp / "final").glob("checkpoint_epoch_*"))
     (exp / "final" / "model.pt").unlink()
     # --resume refuses a changed key, naming it, and accepts the sweep's own command (up-arrow, add --resume)
-    assert tune.main(["--resume", "--name", "sw", *_args(synth_dir, tmp_path, **{"tune.num_samples": 6})]) == 2
+    assert cli.tune(["--resume", "--name", "sw", *_args(synth_dir, tmp_path, **{"tune.num_samples": 6})]) == 2
     assert "--resume: tune.num_samples is 6 in this command but 5 in" in error_line(capsys)
-    assert tune.main(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1}),
+    assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1}),
                       "--resume"]) == 0
     assert (exp / "final" / "model.pt").is_file()
     assert {p: p.read_text() for p in exp.glob("trial_*/result.json")} == trial_logs
@@ -233,32 +233,32 @@ def test_an_errored_trials_cause_is_one_readable_line(ray_cluster):
     ("{train.aug_strength: {uniform: [0, .inf]}}", "uniform bounds must be finite numbers, got [0, inf]"),
 ])
 def test_invalid_search_space_is_refused_before_ray_starts(tmp_path, small_dir, capsys, space, fragment):
-    assert tune.main(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.search_space": space})]) == 2
+    assert cli.tune(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.search_space": space})]) == 2
     assert fragment in error_line(capsys)
     assert not (tmp_path / "bad").exists()
 
 
 def test_other_bad_tune_input(tmp_path, small_dir, capsys):
-    assert tune.main(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.num_samples": 0})]) == 2
+    assert cli.tune(["--name", "bad", *_args(small_dir, tmp_path, **{"tune.num_samples": 0})]) == 2
     assert "tune.num_samples must be at least 1" in error_line(capsys)
-    assert tune.main(["--resume", "--name", "nope", "--set", f"storage.path={tmp_path}"]) == 2
+    assert cli.tune(["--resume", "--name", "nope", "--set", f"storage.path={tmp_path}"]) == 2
     assert "no such sweep" in error_line(capsys)
     run = tmp_path / "a_train_run"
     run.mkdir()
     (run / "config.yaml").write_text("{}\n")
-    assert tune.main(["--resume", "--name", "a_train_run", "--set", f"storage.path={tmp_path}"]) == 2
+    assert cli.tune(["--resume", "--name", "a_train_run", "--set", f"storage.path={tmp_path}"]) == 2
     assert "is not a tune experiment" in error_line(capsys)
     before = sorted(p.name for p in run.iterdir())
-    assert tune.main(["--name", "a_train_run", *_args(small_dir, tmp_path)]) == 2
+    assert cli.tune(["--name", "a_train_run", *_args(small_dir, tmp_path)]) == 2
     assert "already exists; continue it with --resume" in error_line(capsys)
     assert sorted(p.name for p in run.iterdir()) == before
-    assert tune.main(["--restart-errored", "--name", "x"]) == 2
+    assert cli.tune(["--restart-errored", "--name", "x"]) == 2
     assert "--restart-errored applies to --resume" in error_line(capsys)
 
 
 def test_predict_bad_input(tmp_path, capsys):
-    assert predict.main(["--checkpoint", str(tmp_path / "none"), str(tmp_path)]) == 2
+    assert cli.predict(["--checkpoint", str(tmp_path / "none"), str(tmp_path)]) == 2
     assert "no model here" in error_line(capsys)
     (tmp_path / "model.pt").write_bytes(b"junk")
-    assert predict.main(["--checkpoint", str(tmp_path), str(tmp_path / "missing.jpg")]) == 2
+    assert cli.predict(["--checkpoint", str(tmp_path), str(tmp_path / "missing.jpg")]) == 2
     assert "not an lfa_ray model" in error_line(capsys)
