@@ -155,6 +155,26 @@ def evaluate(argv: list[str] | None = None) -> None:
 
 
 @cli_entry
+def export(argv: list[str] | None = None) -> None:
+    import numpy as np
+
+    from lfa_ray import export as exporting
+
+    p = parser("lfa-export", "Export a trained model (ONNX or TorchScript) with its normalisation baked in.")
+    p.add_argument("--checkpoint", required=True, help="sweep folder, run folder, model.pt or checkpoint folder")
+    p.add_argument("--format", choices=exporting.FORMATS, required=True)
+    p.add_argument("--size", type=int, help="input side in pixels (default: the model's training size)")
+    p.add_argument("--out", default="lfa_model", help="output file (default: lfa_model.onnx / lfa_model.pt)")
+    args = p.parse_args(argv)
+    out, size = exporting.export(args.checkpoint, args.out, args.format, args.size)
+    images = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
+    same = exporting.agreement(args.checkpoint, out, images)
+    print(f"wrote {out} ({args.format}): input image uint8 (N, {size}, {size}, 3) RGB, the photo resized to "
+          f"{size}x{size}; output logits (N, 1, {size}, {size}), mask = logits > 0; "
+          f"masks agree with PyTorch on {same:.4%} of pixels")
+
+
+@cli_entry
 def data(argv: list[str] | None = None) -> None:
     from lfa_ray.synth import FAMILIES
 

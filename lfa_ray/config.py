@@ -112,6 +112,10 @@ class TuneConfig:
     max_concurrent_trials: Optional[int] = key(None, minimum=1)
     metric: str = key("val_dice", choices=METRICS)
     mode: str = key("max", choices=("max", "min"))
+    # the sweep ends after this many seconds (running trials are stopped) or once a trial's tune.metric
+    # reaches stop_at (at least it for mode max, at most for min); null: all num_samples trials run
+    time_budget_s: Optional[float] = key(None, rule=lambda v: None if v > 0 else f"must be positive or null, got {v}")
+    stop_at: Optional[float] = key(None)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     search_space: dict = key({
         "train.lr": {"loguniform": [1.0e-5, 1.0e-2]},

@@ -63,13 +63,14 @@ class Progress(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
         epoch = last.get("epoch", 0)
+        best = self._best_of(str(trial))
         if epoch < self.max_t and not last.get("run_finished"):
             how = f"stopped by ASHA after epoch {epoch}"
         elif epoch < self.max_t:
             how = f"finished after epoch {epoch} (early stopping)"
         else:
             how = f"finished {epoch} epochs"
-        print(f"{trial} {how}: best {self.metric} {self._best_of(str(trial)):.4f}", flush=True)
+        print(f"{trial} {how}: best {self.metric} {best:.4f}", flush=True)
         self._progress(trials, trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):

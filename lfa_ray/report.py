@@ -138,8 +138,9 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame, best_params: dict,
-                  final: dict, model: Location, test: dict | None = None) -> None:
-    """``summary.md``; ``test``: the final model's scores on the test split (lfa_ray.evaluate)."""
+                  final: dict, model: Location, test: dict | None = None, ended_early: str | None = None) -> None:
+    """``summary.md``; ``test``: the final model's scores on the test split (lfa_ray.evaluate);
+    ``ended_early``: why the sweep ended before all its trials ran."""
     metric = cfg.tune.metric
     plots = _plots(exp_dir, cfg, table, curves)
     shown = ["trial_id", *cfg.tune.search_space, f"best_{metric}", f"last_{metric}", "epochs", "stopped_early",
@@ -150,7 +151,9 @@ def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: p
         f"{len(table)} trials (Optuna TPE, the original config first; ASHA on epochs: max_t "
         f"{cfg.tune.scheduler.max_t}, grace {cfg.tune.scheduler.grace_period}, reduction "
         f"{cfg.tune.scheduler.reduction_factor}); {int(table['stopped_early'].sum())} stopped early, "
-        f"{int((table['status'] == 'ERROR').sum())} errored.",
+        f"{int((table['status'] == 'ERROR').sum())} errored."
+        + (f" The sweep ended after {len(table)} of {cfg.tune.num_samples} trials: {ended_early}." if ended_early
+           else ""),
         "",
         "Best config: " + ", ".join(f"`{k}={v}`" for k, v in best_params.items()) + " (`best_config.yaml`).",
         "",

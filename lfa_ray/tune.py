@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from typing import Callable, Optional
+
+from ray.tune import Stopper
 
 from lfa_ray.checkpoint import best_checkpoint, export_model
 from lfa_ray.config import (
@@ -91,6 +94,36 @@ def replay(run: Location, results: Location) -> bool:
     return finished
 
 
+def _reached(value: float, target: float, mode: str) -> bool:
+    return value >= target if mode == "max" else value <= target
+
+
+class StopAt(Stopper):
+    """``tune.stop_at``: ends the sweep once a trial's metric reaches the target."""
+
+    def __init__(self, metric: str, mode: str, target: float):
+        self.metric, self.mode, self.target, self.reached = metric, mode, target, False
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        value = result.get(self.metric)
+        self.reached = self.reached or (value is not None and _reached(value, self.target, self.mode))
+        return False
+
+    def stop_all(self) -> bool:
+        return self.reached
+
+
+def why_ended_early(cfg: Config, table, seconds: float) -> str | None:
+    """Why a sweep ended before all its trials ran: the time budget or the stop_at target (None: neither)."""
+    t = cfg.tune
+    best = table[f"best_{t.metric}"].dropna()
+    if t.stop_at is not None and any(_reached(v, t.stop_at, t.mode) for v in best):
+        return f"{t.metric} {t.stop_at:g} reached (tune.stop_at)"
+    if t.time_budget_s is not None and seconds >= t.time_budget_s * 0.98:
+        return f"time budget of {t.time_budget_s:g} s spent (tune.time_budget_s)"
+    return None
+
+
 class TrialFailed(Exception):
     """A trial's training failed; the message is the cause in one line."""
 
@@ -127,7 +160,8 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
                restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
                time_budget_s: float | None = None, trial: Callable = trial_fn):
     """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
-    ``time_budget_s`` exist for the benchmarks that compare TPE + ASHA with plain random search;
+    ``time_budget_s`` (instead of ``tune.time_budget_s``) exist for the benchmarks that compare
+    TPE + ASHA with plain random search;
     ``trial`` (called as :func:`trial_fn` is) for the one that measures Ray's own cost per trial.
     ``data``: the loaded dataset in the object store (:class:`lfa_ray.ray_train.SharedData`);
     ``gpus_per_worker``: from :func:`lfa_ray.ray_train.check_resources` (0: CPU workers)."""
@@ -170,13 +204,14 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
             max_concurrent_trials=concurrency if search == "tpe" else None,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
-            time_budget_s=time_budget_s,
+            time_budget_s=time_budget_s if time_budget_s is not None else t.time_budget_s,
         ),
         # The console is Progress's lines; Tune's status tables (and its TensorBoard hint, which names
         # a staging folder, not the experiment) only with --verbose.
         run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t)],
+                                  stop=None if t.stop_at is None else StopAt(t.metric, t.mode, t.stop_at),
                                   verbose=None if verbose() else 0),
     )
 
@@ -303,15 +338,20 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
     try:
         tuner = make_tuner(cfg, exp_dir, data, gpus_per_worker=gpus, init=init, restore=resume,
                            restart_errored=restart_errored)
+        started = time.monotonic()
         grid = tuner.fit()
+        seconds = time.monotonic() - started
     except BaseException:
         if created and not any(c.name.startswith("trial_") for c in exp_dir.children()):
             exp_dir.rmtree()  # nothing ran: don't block a corrected retry
         raise
-    if grid.num_terminated + grid.num_errors < cfg.tune.num_samples:  # Tune stops this way on Ctrl-C
+    table, curves = report.collect(grid, cfg)
+    ended_early = why_ended_early(cfg, table, seconds)
+    if ended_early is None and grid.num_terminated + grid.num_errors < cfg.tune.num_samples:  # Tune's Ctrl-C
         raise Stopped(f"sweep stopped before all {cfg.tune.num_samples} trials finished; continue it with: "
                       f"{resume_command(cfg, exp_dir)}")
-    table, curves = report.collect(grid, cfg)
+    if ended_early:
+        print(f"sweep ended after {len(table)} of {cfg.tune.num_samples} trials: {ended_early}")
     if table.empty or table["best_" + cfg.tune.metric].isna().all():
         raise UserError(f"no trial reported {cfg.tune.metric}; see the trial errors above, fix and "
                         f"retry with {resume_command(cfg, exp_dir)} --restart-errored")
@@ -330,8 +370,9 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
         model = run_final(final_cfg, exp_dir, data, gpus, init)
     final_metrics = report.final_metrics(exp_dir / FINAL)
     test = score_test(model, final_cfg, exp_dir / FINAL, int(final_metrics.get("epoch", 0)))
-    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test)
-    print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early by ASHA")
+    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early)
+    print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early"
+          + (f" (by ASHA, or as the sweep ended: {ended_early})" if ended_early else " by ASHA"))
     print("  best config:  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in best_params.items()))
     print(f"  best trial {cfg.tune.metric}: {best_row['best_' + cfg.tune.metric]:.4f}")

@@ -79,6 +79,7 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("scaling.max_failures=-2", "scaling.max_failures must be -1 or more, got -2 (-1: no limit)"),
     ("model.features=[8, 0]", "model.features must be at least 1, got 0"),
     ("train.grad_clip=0", "train.grad_clip must be positive or null"),
+    ("tune.time_budget_s=0", "tune.time_budget_s must be positive or null, got 0"),
     ("data.image_size=7", "data.image_size=7 is too small for 4 model levels (model.features); use at least 16"),
 ])
 def test_bad_overrides_name_the_key(item, fragment):
@@ -145,7 +146,7 @@ def test_print_config_and_version_on_the_commands(capsys):
     assert load_config(raw=printed, where="printed") == load_config(None, ["train.lr=0.003", "data.path=/some/where"])
     assert cli.tune(["--print-config"]) == 0
     assert yaml.safe_load(capsys.readouterr().out) == Config().to_dict()
-    for main in (cli.train, cli.tune, cli.predict, cli.evaluate, cli.data):
+    for main in (cli.train, cli.tune, cli.predict, cli.evaluate, cli.export, cli.data):
         with pytest.raises(SystemExit) as done:
             main(["--version"])
         assert done.value.code == 0 and "lfa_ray " in capsys.readouterr().out

@@ -205,6 +205,19 @@ def test_a_trial_finished_when_the_driver_was_killed_keeps_its_results(small_dir
 
 
 @pytest.mark.slow
+def test_stop_at_ends_the_sweep_and_the_best_so_far_is_retrained(ray_cluster, small_dir, tmp_path, capsys):
+    sets = _args(small_dir, tmp_path, **{"tune.num_samples": 4, "tune.max_concurrent_trials": 1,
+                                         "tune.stop_at": 0.0, "final.epochs": 1})
+    assert cli.tune(["--name", "stop", *sets]) == 0
+    exp = tmp_path / "stop"
+    trials = pd.read_parquet(exp / "trials.parquet")
+    assert len(trials) == 1  # one at a time: a val_dice >= 0 ends it at the first report
+    assert "sweep ended after 1 of 4 trials: val_dice 0 reached (tune.stop_at)" in capsys.readouterr().out
+    assert "val_dice 0 reached (tune.stop_at)" in (exp / "summary.md").read_text()
+    assert (exp / "final" / "model.pt").is_file()
+
+
+@pytest.mark.slow
 def test_an_errored_trials_cause_is_one_readable_line(ray_cluster):
     """Ray hands a trial's error back wrapped, its text starting with a colour-coded ray:: header."""
     import ray
