@@ -92,19 +92,25 @@ def latest_checkpoint(run_dir: Location | str) -> Optional[Location]:
     if snapshot is not None:
         latest = snapshot.get("latest_checkpoint_result")
         return run_dir / latest["checkpoint_dir_name"] if latest else None
+    return _newest_loadable(run_dir)[0]
+
+
+def _newest_loadable(run_dir: Location) -> tuple[Optional[Location], Optional[dict]]:
+    """The newest checkpoint whose state file loads, and its state (None, None: none does)."""
     for c in reversed(checkpoints(run_dir)):
         try:
-            load_state(c)
-            return c
+            return c, load_state(c)
         except Exception:  # noqa: BLE001 - missing or partly copied state.pt: try the one before
             continue
-    return None
+    return None, None
 
 
 def restorable(run_dir: Location) -> tuple[Optional[Location], Optional[dict]]:
     """The checkpoint a continued run starts from and its state: the latest Ray registered or, when
     that one does not load (cut short, corrupted, deleted), the newest older one that does, with one
     line saying so. None when the run has no checkpoint; a UserError when none of them loads."""
+    if read_snapshot(run_dir) is None:  # no record of Ray's: the newest that loads, loaded once
+        return _newest_loadable(run_dir)
     latest = latest_checkpoint(run_dir)
     if latest is None:
         return None, None

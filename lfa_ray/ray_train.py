@@ -343,8 +343,8 @@ def disk_full(exc: BaseException) -> bool:
 def failure_line(exc: BaseException) -> str:
     """One line for a failed TorchTrainer run: a worker's own UserError as raised, else the first
     line of what failed (a dead worker, a crash)."""
-    if user_error(exc) is not None:
-        return str(user_error(exc))
+    if (cause := user_error(exc)) is not None:
+        return str(cause)
     failures = list((getattr(exc, "worker_failures", None) or {}).values())
     err = failures[0] if failures else exc
     text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")

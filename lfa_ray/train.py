@@ -140,8 +140,8 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
             raise Stopped(f"training stopped; continue it with: python -m lfa_ray.train --resume-from {p.run_dir}"
                           if kept is not None else "training stopped before its first checkpoint; nothing was "
                           "kept, run the same command again") from None
-        if ray_train.user_error(exc) is not None:
-            raise UserError(str(ray_train.user_error(exc))) from None
+        if (cause := ray_train.user_error(exc)) is not None:
+            raise UserError(str(cause)) from None
         if ray_train.disk_full(exc):
             drop_partial(p.run_dir, kept)
             raise UserError(f"disk full: no space left writing {p.run_dir}; free space there, then "
