@@ -181,6 +181,8 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
     if address:
         _check_answers(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=env)
+        source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "recorded by ray start"
+        print(f"cluster: joined the Ray cluster at {address} ({source})")
         return
     # Train V2's placement-group cleaner finds the dashboard by auto-detection, which fails
     # ("Found multiple active Ray instances") when another Ray runs on this machine; the

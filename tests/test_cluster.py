@@ -1,13 +1,16 @@
-"""The cloud path: cluster.yaml against Ray's own schema, the cloud profile, and a real two-node
-Ray cluster on loopback that runs a sweep submitted with ``ray job submit``.
+"""The cloud path: cluster.yaml against Ray's own schema, the cloud profile, a real two-node Ray
+cluster on loopback that runs a sweep submitted with ``ray job submit``, and ``ray up`` / ``ray exec``
+/ ``ray down`` of cluster.yaml's local-provider twin over SSH.
 
-A cloud account cannot exist here, so ``ray up`` itself is not run against AWS; everything it reads
-from cluster.yaml is checked by the autoscaler's validation, and the cluster it would start is
-made real with two ``ray start`` nodes on this machine.
+A cloud account cannot exist here, so ``ray up`` is not run against AWS; everything it reads from
+cluster.yaml is checked by the autoscaler's validation, the cluster it would start is made real with
+two ``ray start`` nodes on this machine, and the launcher itself runs cluster.yaml's file mounts,
+rsync rules, setup and start commands on a node reached over SSH.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import time
 import tomllib
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -179,3 +183,168 @@ def _stop_cluster(temp: Path) -> list[int]:
         except psutil.Error:
             pass
     return [p.pid for p in psutil.wait_procs(alive, timeout=5)[1]]
+
+
+# --- `ray up` over SSH -------------------------------------------------------------------------------
+
+# PID 1 of the node: brings up the node's own loopback and reaps the processes Ray leaves to it.
+_NODE_INIT = """
+import os, subprocess, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+print("up", flush=True)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.5)
+"""
+
+_SSHD_CONFIG = """\
+HostKey {root}/keys/host
+AuthorizedKeysFile {root}/keys/user.pub
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+PidFile none
+SetEnv HOME={root}/node
+"""
+
+
+def _can_make_a_node() -> str:
+    """Why this machine cannot host the SSH node ('' when it can)."""
+    missing = [tool for tool in ("unshare", "nsenter", "ip", "ssh", "ssh-keygen", "rsync")
+               if shutil.which(tool) is None] + [f for f in ("/usr/sbin/sshd",) if not os.path.exists(f)]
+    if missing:
+        return f"needs {', '.join(missing)} (.ci/run installs openssh-server and rsync)"
+    if os.geteuid() != 0:
+        return "needs root (Linux namespaces and sshd)"
+    return ""
+
+
+@contextmanager
+def _ssh_node(root: Path):
+    """A machine of its own for the cluster launcher: own process table and network (Linux PID, mount
+    and network namespaces), so cluster.yaml's ``ray stop`` and fixed ports touch nothing outside it;
+    an SSH server (``sshd -i`` through ssh's ProxyCommand: no port to pick), HOME at ``root/node``,
+    and on PATH a venv that sees this venv's packages (as a node image has Ray and torch) where the
+    setup command's ``pip install -e ~/lfa_ray`` installs the synced copy without touching this venv.
+    Yields (private key, ProxyCommand, a function listing the node's processes). Leaving kills the
+    node's PID 1: the kernel ends every process in it, and only those."""
+    import psutil
+
+    keys, home, venv = root / "keys", root / "node", root / "venv"
+    keys.mkdir(parents=True)
+    home.mkdir()
+    for name in ("host", "user"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / name)], check=True)
+    (root / "sshd_config").write_text(_SSHD_CONFIG.format(root=root))
+    os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # sshd's privilege-separation directory
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)],
+                   check=True)
+    import sysconfig
+
+    site = Path(next(venv.glob("lib/python*/site-packages")))
+    (site / "host_packages.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    for tool, main in (("ray", "ray.scripts.scripts"), ("pip", "pip._internal.cli.main")):
+        script = f"#!{venv}/bin/python\nimport sys\nfrom {main} import main\nsys.exit(main())\n"
+        (venv / "bin" / tool).write_text(script)
+        (venv / "bin" / tool).chmod(0o755)
+    # The node has no network: pip installs from what it has (PIP_NO_BUILD_ISOLATION=0 is pip's
+    # spelling of --no-build-isolation), Ray finds no route out and takes 127.0.0.1 as the node's IP.
+    (home / ".profile").write_text(f"export PATH={venv}/bin:$PATH RAY_TMPDIR={root}/tmp PIP_NO_INDEX=1 "
+                                   "PIP_NO_BUILD_ISOLATION=0\n")
+    (home / ".bashrc").write_text("")
+    init = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", "--net", "--kill-child",
+                             sys.executable, "-c", _NODE_INIT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert init.stdout.readline().strip() == "up"
+        pid1 = psutil.Process(init.pid).children()[0].pid
+        namespace = os.readlink(f"/proc/{pid1}/ns/pid")
+
+        def processes() -> list[str]:
+            names = []
+            for proc in psutil.process_iter(["name"]):
+                try:
+                    if proc.pid != pid1 and os.readlink(f"/proc/{proc.pid}/ns/pid") == namespace:
+                        names.append(proc.info["name"])
+                except (OSError, psutil.Error):
+                    pass
+            return names
+
+        sshd = f"nsenter --target {pid1} --pid --mount --net /usr/sbin/sshd -i -f {root}/sshd_config"
+        yield keys / "user", sshd, processes
+    finally:
+        init.kill()
+        init.wait(timeout=30)
+
+
+def _local_twin(cluster: dict, name: str, key: Path, proxy: str) -> dict:
+    """cluster.yaml for Ray's local provider with one node at 127.0.0.1: what is AWS or Docker goes
+    (provider, node types, image; auth is the node's SSH login), everything else stays."""
+    aws_only = ("provider", "auth", "docker", "available_node_types", "head_node_type", "max_workers")
+    return {**{k: v for k, v in cluster.items() if k not in aws_only}, "cluster_name": name, "max_workers": 0,
+            "provider": {"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
+            "auth": {"ssh_user": getpass.getuser(), "ssh_private_key": str(key), "ssh_proxy_command": proxy}}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_can_make_a_node()), reason=_can_make_a_node())
+def test_ray_up_exec_down_runs_a_sweep_on_the_local_twin_of_cluster_yaml():
+    import hashlib
+
+    root = Path("/tmp") / f"lfaup-{secrets.token_hex(3)}"  # Ray's socket paths must stay short
+    name = root.name
+    cluster = _cluster_yaml()
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")}, "HOME": str(root / "local"),
+           "RAY_TMPDIR": str(root / "local-tmp"), "TMPDIR": str(root / "local-tmp")}
+    log = []
+
+    def ray(*args: str, timeout: int = 300) -> str:
+        run = subprocess.run([ray_cli, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        log.append(f"$ ray {' '.join(args)}\n{run.stdout}{run.stderr}")
+        assert run.returncode == 0, "\n".join(log)[-6000:]
+        return run.stdout + run.stderr
+
+    try:
+        with _ssh_node(root) as (key, proxy, node_processes):
+            twin = _local_twin(cluster, name, key, proxy)
+            for same in ("file_mounts", "rsync_exclude", "setup_commands", "head_start_ray_commands",
+                         "worker_start_ray_commands"):
+                assert twin[same] == cluster[same]
+            (root / "local-tmp").mkdir(parents=True)
+            (root / "twin.yaml").write_text(yaml.safe_dump(twin))
+            ray("get-auth-token", "--generate")  # the README's first step: ~/.ray/auth_token, mounted on the node
+            ray("up", "-y", "--no-config-cache", str(root / "twin.yaml"), timeout=600)
+
+            node = root / "node"
+            synced = {p.relative_to(node / "lfa_ray").parts[0] for p in (node / "lfa_ray").rglob("*")}
+            assert {"pyproject.toml", "lfa_ray", "tune_configs", "README.md"} <= synced
+            assert not synced & {".git", ".venv", "results", ".gpu", ".pytest_cache"}, synced
+            assert not list((node / "lfa_ray").rglob("__pycache__"))
+            tokens = [(d / ".ray" / "auth_token").read_text() for d in (root / "local", node)]
+            assert tokens[0] == tokens[1]
+
+            sets = " ".join(set_args([
+                "data.synthetic_n=24", "data.image_size=32", "model.features=[4,8]", "train.batch_size=4",
+                "train.epochs=2", "scaling.cpus_per_worker=1", "storage.path=~/runs", "tune.num_samples=2",
+                "tune.max_concurrent_trials=2", "tune.scheduler.max_t=2", "tune.scheduler.grace_period=2",
+                "final.epochs=1"]))
+            out = ray("exec", str(root / "twin.yaml"),
+                      f"cd ~/lfa_ray && RAY_AUTH_MODE=token python -m lfa_ray.tune --name up {sets}", timeout=600)
+            assert "joined the Ray cluster at 127.0.0.1:6379" in out, out[-4000:]
+            exp = node / "runs" / "up"
+            assert len(pd.read_parquet(exp / "trials.parquet")) == 2 and (exp / "final" / "model.pt").is_file()
+            # the node ran its own copy, installed by the setup command into the node's venv
+            assert "lfa_ray/lfa_ray/__init__.py" in ray("exec", str(root / "twin.yaml"),
+                                                        "python -c 'import lfa_ray; print(lfa_ray.__file__)'")
+            assert {"raylet", "gcs_server"} <= set(node_processes())
+            ray("down", "-y", str(root / "twin.yaml"))
+            assert not {"raylet", "gcs_server"} & set(node_processes())
+    finally:
+        control = hashlib.sha256(getpass.getuser().encode()).hexdigest()[:10]
+        shutil.rmtree(Path("/tmp") / f"ray_ssh_{control}" / hashlib.sha256(name.encode()).hexdigest()[:10],
+                      ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
