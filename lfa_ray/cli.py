@@ -53,7 +53,18 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, help="sweep folder, run folder, model.pt or checkpoint folder")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--readout", action="store_true",
+                   help="also read each test: control/test lines, T/C ratio, positive/negative/invalid")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="readout.KEY=VALUE",
+                   help="with --readout: change a read-out key of the model's profile (repeatable)")
     add_print_config(p, "the profile the model was trained with")
+
+
+def readout_sets(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str] | None:
+    """``--readout``'s ``--set`` items (None without ``--readout``)."""
+    if args.overrides and not args.readout:
+        p.error("--set changes the read-out; add --readout")
+    return args.overrides if args.readout else None
 
 
 def print_model_config(args: argparse.Namespace) -> bool:
@@ -132,8 +143,10 @@ def predict(argv: list[str] | None = None) -> None:
         return
     if args.input is None:
         p.error("the following arguments are required: input")
-    written = prediction.run(args.checkpoint, args.input, args.out, args.batch_size, args.device)
-    print(f"wrote {len(written)} masks and overlays to {args.out}")
+    written = prediction.run(args.checkpoint, args.input, args.out, args.batch_size, args.device,
+                             readout_sets(p, args))
+    print(f"wrote {len(written)} masks and overlays" + (", read-outs and readout.csv" if args.readout else "")
+          + f" to {args.out}")
 
 
 @cli_entry
@@ -149,7 +162,8 @@ def evaluate(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if print_model_config(args):
         return
-    s = evaluation.run(args.checkpoint, args.data, args.split, args.out, args.worst, args.batch_size, args.device)
+    s = evaluation.run(args.checkpoint, args.data, args.split, args.out, args.worst, args.batch_size, args.device,
+                       readout_sets(p, args))
     print(evaluation.format_summary(s))
     print(f"wrote per_image.csv, summary.md and worst.png to {args.out}")
 
@@ -194,6 +208,8 @@ def data(argv: list[str] | None = None) -> None:
     p.add_argument("--family", choices=FAMILIES, default="all",
                    help="all styles (default), plain (neutral cassettes on tables) or bold (coloured cassettes on "
                         "saturated and patterned backgrounds)")
+    p.add_argument("--invalid-share", type=float, default=0.0,
+                   help="share of cassettes drawn without a control line (failed tests), for read-out checks")
     p.set_defaults(func=_data_synth)
     p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
     p.add_argument("dir")
@@ -226,8 +242,11 @@ def _data_synth(args: argparse.Namespace) -> None:
 
     if args.n < 1:
         raise UserError(f"--n must be at least 1, got {args.n}")
+    if not 0 <= args.invalid_share <= 1:
+        raise UserError(f"--invalid-share must be in [0, 1], got {args.invalid_share}")
     try:
-        out = write_synthetic(args.out, args.n, seed=args.seed, target=args.target, family=args.family)
+        out = write_synthetic(args.out, args.n, seed=args.seed, target=args.target, family=args.family,
+                              invalid_share=args.invalid_share)
     except FileExistsError:
         raise UserError(f"{args.out}: folder exists and is not empty; choose a new OUT") from None
     print(f"wrote {args.n} synthetic cassettes ({args.target} masks, {args.family} styles) to {out}")

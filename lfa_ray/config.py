@@ -130,6 +130,16 @@ class FinalConfig:
 
 
 @dataclass
+class ReadoutConfig:
+    """Where the lines are and when they count (``lfa_ray.readout``; ``predict --readout``, ``evaluate``)."""
+    control_at: float = key(0.72, interval="(0, 1)")  # share of the window's length from its sample-well end
+    test_at: float = key(0.38, interval="(0, 1)")  # either order: the control line may come first
+    tolerance: float = key(0.07, interval="(0, 0.25)")  # how far (share of the length) a line may sit from its place
+    control_min: float = key(0.05, interval="(0, 1)")  # control line intensity below this: invalid
+    test_min: float = key(0.02, interval="(0, 1)")  # test line intensity from this on: positive
+
+
+@dataclass
 class StorageConfig:
     path: str = key("results")
 
@@ -143,6 +153,7 @@ class Config:
     tune: TuneConfig = field(default_factory=TuneConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    readout: ReadoutConfig = field(default_factory=ReadoutConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -291,6 +302,12 @@ def check_relations(cfg: Config, where: str) -> None:
         raise UserError(f"{where}: scaling.gpus_per_worker={g:g} with scaling.num_workers={s.num_workers}: NCCL "
                         f"needs a whole GPU per worker of one run; use fractions for trials sharing a GPU "
                         f"(num_workers: 1) or set scaling.gpus_per_worker=1")
+    r = cfg.readout
+    for other, seen in ((r.test_at, "the test line's"), (1 - r.test_at, "the test line's, seen from the other end,")):
+        if abs(r.control_at - other) <= r.tolerance:
+            raise UserError(f"{where}: readout.control_at ({r.control_at}) is within readout.tolerance "
+                            f"({r.tolerance}) of {seen} place ({other:.3g}), so the lines cannot be told apart; "
+                            f"lower readout.tolerance or fix the places")
 
 
 def flat_keys(d: dict, prefix: str = "") -> dict:

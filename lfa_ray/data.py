@@ -32,6 +32,7 @@ from lfa_ray.augment import resize, train_transform, val_transform
 from lfa_ray.errors import UserError
 from lfa_ray.images import IMAGE_EXTS, Photo, read_mask, read_photo
 from lfa_ray.storage import Location, locate
+from lfa_ray.synth import TRUTH_SUFFIX
 
 LAYOUTS = [("train_images", "train_masks"), ("images", "masks")]
 MAX_LISTED = 5
@@ -60,6 +61,7 @@ class Pair:
     name: str
     image: Location | InMemoryFile
     mask: Location | InMemoryFile
+    readout: Location | InMemoryFile | None = None  # the read-out's truth (JSON beside the mask), if any
 
 
 def _stem_suffix(name: str) -> tuple[str, str]:
@@ -79,11 +81,12 @@ def _images_by_stem(directory: Location) -> dict[str, Location]:
 def _pair_folder(images_dir: Location, masks_dir: Location) -> tuple[list[Pair], list[str]]:
     images = _images_by_stem(images_dir)
     masks = _images_by_stem(masks_dir)
+    truths = {f.name: f for f in masks_dir.files() if f.name.endswith(TRUTH_SUFFIX)}
     pairs, errors, used = [], [], set()
     for stem, image in images.items():
         mask_stem = f"{stem}_mask" if f"{stem}_mask" in masks else stem
         if mask_stem in masks:
-            pairs.append(Pair(stem, image, masks[mask_stem]))
+            pairs.append(Pair(stem, image, masks[mask_stem], truths.get(f"{stem}{TRUTH_SUFFIX}")))
             used.add(mask_stem)
         else:
             errors.append(f"{image}: no mask; add {masks_dir}/{stem}_mask.<ext> (or {stem}.<ext>) or remove the image")
@@ -121,10 +124,14 @@ def _discover_packed(root: Location) -> tuple[list[Pair], list[Pair] | None]:
         raise UserError(f"{root}: not a packed lfa_ray dataset (no column {', '.join(missing)}); "
                         f"write it with python -m lfa_ray.data pack")
     pairs: dict[str, list[Pair]] = {"train": [], "val": [], "test": [], "": []}
-    for row in table.select(["name", "split", "image", "mask", "image_file", "mask_file"]).to_pylist():
+    columns = PACKED_COLUMNS[:6] + (["readout"] if "readout" in table.column_names else [])
+    for row in table.select(columns).to_pylist():
+        truth = row.get("readout")
         pairs[row["split"]].append(Pair(
             row["name"], InMemoryFile(f"{root}:{row['image_file']}", row["image_file"], row["image"]),
-            InMemoryFile(f"{root}:{row['mask_file']}", row["mask_file"], row["mask"])))
+            InMemoryFile(f"{root}:{row['mask_file']}", row["mask_file"], row["mask"]),
+            None if truth is None else InMemoryFile(f"{root}:{row['name']}{TRUTH_SUFFIX}",
+                                                    f"{row['name']}{TRUTH_SUFFIX}", truth.encode())))
     if not (pairs["train"] or pairs[""]):
         raise UserError(f"{root}: packed dataset has no training images; pack a folder that has some")
     return Found(pairs["train"] + pairs[""] if pairs["val"] else pairs[""] + pairs["train"],
@@ -416,11 +423,12 @@ def pack(src: str | Location, out: str | Location) -> dict:
             continue
         rows.append({"name": pair.name, "split": split_name, "image": image_src.data, "mask": mask_src.data,
                      "image_file": image_src.name, "mask_file": mask_src.name,
-                     "width": photo.size[0], "height": photo.size[1]})
+                     "width": photo.size[0], "height": photo.size[1],
+                     "readout": pair.readout.read_bytes().decode() if pair.readout else None})
     _raise_all(errors)
     schema = pa.schema([("name", pa.string()), ("split", pa.string()), ("image", pa.binary()), ("mask", pa.binary()),
                         ("image_file", pa.string()), ("mask_file", pa.string()), ("width", pa.int32()),
-                        ("height", pa.int32())])
+                        ("height", pa.int32()), ("readout", pa.string())])
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, row_group_size=64)
     out.write_bytes(buf.getvalue())

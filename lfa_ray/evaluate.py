@@ -25,7 +25,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lfa_ray.config import Config, config_from_dict
+from lfa_ray import readout
+from lfa_ray.config import Config, ReadoutConfig, config_from_dict
 from lfa_ray.data import Pair, decode_pair, discover, resolve_root, splits_for
 from lfa_ray.errors import UserError
 from lfa_ray.runlog import overlay
@@ -73,13 +74,18 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict:
 class Evaluation:
     table: pd.DataFrame  # one row per photo: name, width, height, true/predicted area, dice, iou, boundary_f1
     tiles: dict[str, np.ndarray] = field(default_factory=dict)  # name -> overlay thumbnail
+    strips: dict[str, np.ndarray] = field(default_factory=dict)  # name -> read-out strip (with --readout)
 
     def summary(self) -> dict:
         d = self.table["dice"]
-        return {"images": len(d), "dice_mean": float(d.mean()), "dice_median": float(d.median()),
-                "dice_p5": float(np.percentile(d, 5)), "dice_below_0.5": int((d < 0.5).sum()),
-                "iou_mean": float(self.table["iou"].mean()),
-                "boundary_f1_mean": float(self.table["boundary_f1"].mean())}
+        s = {"images": len(d), "dice_mean": float(d.mean()), "dice_median": float(d.median()),
+             "dice_p5": float(np.percentile(d, 5)), "dice_below_0.5": int((d < 0.5).sum()),
+             "iou_mean": float(self.table["iou"].mean()),
+             "boundary_f1_mean": float(self.table["boundary_f1"].mean())}
+        if "call" in self.table:
+            s["calls"] = {c: int((self.table["call"] == c).sum()) for c in readout.CALLS}
+            s["readout"] = readout.score(self.table)
+        return s
 
 
 def _thumb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -92,21 +98,39 @@ def _thumb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray
 
 
 def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch.device,
-             batch_size: int = 16) -> Evaluation:
-    """Score ``model`` (trained at ``size`` px) on ``pairs``, each at its photo's size as displayed."""
-    from lfa_ray.predict import predict
+             batch_size: int = 16, layout: Optional[ReadoutConfig] = None) -> Evaluation:
+    """Score ``model`` (trained at ``size`` px) on ``pairs``, each at its photo's size as displayed;
+    with ``layout``, also read each test (:mod:`lfa_ray.readout`) and compare with the truth the
+    pairs carry (synthetic cassettes)."""
+    from lfa_ray.predict import READ_SIDE, predict
 
-    rows, tiles = [], {}
+    rows, tiles, strips = [], {}, {}
+    reduce_to = size if layout is None else max(size, READ_SIDE)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
-        decoded = [decode_pair(p, reduce_to=size) for p in chunk]  # UserError names a broken file
+        decoded = [decode_pair(p, reduce_to=reduce_to) for p in chunk]  # UserError names a broken file
         preds = predict(model, [ph.pixels for ph, _ in decoded], size, device, out_sizes=[ph.size for ph, _ in decoded])
         for pair, (photo, truth), pred in zip(chunk, decoded, preds, strict=True):
-            rows.append({"name": pair.name, "width": photo.size[0], "height": photo.size[1],
-                         "true_area": float(truth.mean()), "predicted_area": float(pred.mean()),
-                         **scores(pred, truth)})
+            row = {"name": pair.name, "width": photo.size[0], "height": photo.size[1],
+                   "true_area": float(truth.mean()), "predicted_area": float(pred.mean()), **scores(pred, truth)}
+            if layout is not None:
+                reading = readout.read(photo.pixels, pred, layout)
+                row.update(reading.row())
+                if pair.readout is not None:
+                    row.update(readout.truth_row(_truth(pair)))
+                if reading.strip is not None:
+                    strips[pair.name] = reading.strip
+            rows.append(row)
             tiles[pair.name] = _thumb(photo.pixels, truth, pred)
-    return Evaluation(pd.DataFrame(rows), tiles)
+    return Evaluation(pd.DataFrame(rows), tiles, strips)
+
+
+def _truth(pair: Pair) -> dict:
+    try:
+        return json.loads(pair.readout.read_bytes())
+    except (ValueError, OSError):
+        raise UserError(f"{pair.readout}: not a read-out truth file (JSON as lfa_ray.synth writes); "
+                        f"fix or remove it") from None
 
 
 def gallery(ev: Evaluation, worst: int) -> np.ndarray:
@@ -125,9 +149,8 @@ def gallery(ev: Evaluation, worst: int) -> np.ndarray:
 
 
 def write(ev: Evaluation, out: Location, title: str, worst: int = 12) -> dict:
-    """``per_image.csv``, ``summary.md`` and ``worst.png`` into ``out``; returns the summary."""
-    from PIL import Image
-
+    """``per_image.csv``, ``summary.md`` and ``worst.png`` into ``out`` (read-outs: also ``misread.png``,
+    the strips of wrongly called photos); returns the summary."""
     out.mkdir()
     s = ev.summary()
     (out / "per_image.csv").write_text(ev.table.sort_values("dice").to_csv(index=False, float_format="%.5g"))
@@ -139,17 +162,53 @@ def write(ev: Evaluation, out: Location, title: str, worst: int = 12) -> dict:
     lines += ["", f"Dice below 0.5: {s['dice_below_0.5']} of {s['images']}.", "",
               f"![worst photos](worst.png) — the {min(worst, s['images'])} lowest Dice: red = prediction, "
               f"green = true outline; `per_image.csv` lists every photo, worst first.", ""]
+    if "calls" in s:
+        lines += ["Calls: " + ", ".join(f"{c} {n}" for c, n in s["calls"].items()) + ".", ""]
+        lines += readout.markdown(s["readout"])
     (out / "summary.md").write_text("\n".join(lines))
-    buf = io.BytesIO()
-    Image.fromarray(gallery(ev, worst)).save(buf, format="png")
-    (out / "worst.png").write_bytes(buf.getvalue())
+    _write_png(out / "worst.png", gallery(ev, worst))
+    if ev.strips:
+        wrong = ev.table[ev.table["call"] != ev.table.get("true_call", ev.table["call"])]["name"]
+        if len(wrong):
+            _write_png(out / "misread.png", strip_gallery(ev, list(wrong)[:worst]))
     return s
 
 
+def _write_png(path: Location, image: np.ndarray) -> None:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="png")
+    path.write_bytes(buf.getvalue())
+
+
+def strip_gallery(ev: Evaluation, names: list[str]) -> np.ndarray:
+    """The read-out strips of ``names``, one under the other, each labelled with its call and truth."""
+    width = max((ev.strips[n].shape[1] for n in names if n in ev.strips), default=160) + 240
+    rows = []
+    for name in names:
+        row = ev.table[ev.table["name"] == name].iloc[0]
+        strip = ev.strips.get(name)
+        tile = np.full((strip.shape[0] if strip is not None else 30, width, 3), 255, np.uint8)
+        if strip is not None:
+            tile[:, 240:240 + strip.shape[1]] = strip
+        text = f"{name[:16]} {row['call']} (true {row.get('true_call', '?')})"
+        cv2.putText(tile, text, (4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        rows.append(tile)
+    return np.concatenate(rows, axis=0)
+
+
 def format_summary(s: dict) -> str:
-    return (f"Dice mean {s['dice_mean']:.4f}, median {s['dice_median']:.4f}, 5th percentile {s['dice_p5']:.4f}, "
+    text = (f"Dice mean {s['dice_mean']:.4f}, median {s['dice_median']:.4f}, 5th percentile {s['dice_p5']:.4f}, "
             f"{s['dice_below_0.5']} below 0.5; IoU {s['iou_mean']:.4f}; boundary F1 {s['boundary_f1_mean']:.4f} "
             f"({s['images']} photos)")
+    if "calls" in s:
+        text += "\ncalls: " + ", ".join(f"{c} {n}" for c, n in s["calls"].items())
+    r = s.get("readout")
+    if r:
+        tc = "n/a" if r["tc_spearman"] is None else f"{r['tc_spearman']:.4f}"
+        text += f"; call accuracy {r['call_accuracy']:.2%} ({r['photos']} with truth), T/C Spearman {tc}"
+    return text
 
 
 def _device(name: str | None = None) -> torch.device:
@@ -200,18 +259,22 @@ def _pairs(data: Optional[str], split: Optional[str], cfg: Config) -> tuple[list
 
 
 def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None, out: str = "evaluation",
-        worst: int = 12, batch_size: int = 16, device: Optional[str] = None) -> dict:
+        worst: int = 12, batch_size: int = 16, device: Optional[str] = None,
+        readout_sets: Optional[list[str]] = None) -> dict:
     """``lfa_ray.evaluate``: score the model of ``checkpoint`` on ``data``'s ``split`` (default: its
-    own data's test split; another dataset's test folder, else all of it); writes ``out``; the summary."""
-    from lfa_ray.predict import find_model, load_model
+    own data's test split; another dataset's test folder, else all of it); writes ``out``; the summary.
+    ``readout_sets`` (a list, maybe empty: ``--readout`` with its ``--set readout.KEY=VALUE`` items):
+    also read each test with the model's read-out profile and those changes."""
+    from lfa_ray.predict import find_model, load_model, readout_layout
 
     if worst < 1 or batch_size < 1:
         raise UserError("--worst and --batch-size must be at least 1")
     dev = _device(device)
     model, size, trained_with = load_model(checkpoint, dev)
+    layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     pairs, split, root = _pairs(data, split, config_from_dict(trained_with))
     print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(checkpoint)}")
-    ev = evaluate(model, size, pairs, dev, batch_size)
+    ev = evaluate(model, size, pairs, dev, batch_size, layout)
     return write(ev, locate(out), f"{split} of {root}", worst)
 
 

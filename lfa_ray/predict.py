@@ -6,6 +6,9 @@ or on object storage (``s3://...``). ``INPUT`` is an image file or a folder of
 images (local or a URI), phone photos included (EXIF orientation, HEIC). For each image it
 writes ``NAME_mask.png`` (0/255, at the photo's size as displayed) and ``NAME_overlay.png``
 (a large photo's overlay is at least 1024 px on its short side, not full size) into the local ``--out``.
+``--readout`` also reads each test (control/test lines, T/C ratio, positive/negative/invalid; see
+:mod:`lfa_ray.readout`) with the model profile's ``readout`` keys, changed with ``--set readout.KEY=V``:
+``NAME_readout.png`` and ``readout.csv``.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from lfa_ray import readout
 from lfa_ray.augment import model_input
 from lfa_ray.checkpoint import STATE_FILE
+from lfa_ray.config import ReadoutConfig, load_config
 from lfa_ray.errors import UserError
 from lfa_ray.images import IMAGE_EXTS, Photo, read_photo
 from lfa_ray.loop import nonfinite
@@ -29,6 +34,17 @@ from lfa_ray.runlog import overlay
 from lfa_ray.storage import Location, locate
 
 OVERLAY_SIDE = 1024  # a phone photo's overlay is decoded reduced to at least this (fast, still detailed)
+READ_SIDE = OVERLAY_SIDE // 2  # the read-out sees the photo decoded at least this large
+
+
+def readout_layout(trained_with: dict, sets: list[str]) -> ReadoutConfig:
+    """The read-out section of the model's profile (defaults for a model saved without one) with
+    ``--set readout.KEY=VALUE`` items applied and checked; other keys are refused."""
+    others = [item for item in sets if not item.strip().startswith("readout.")]
+    if others:
+        raise UserError(f"--set {others[0]}: predict and evaluate take only readout.* keys (the model is trained); "
+                        f"e.g. --set readout.test_min=0.05")
+    return load_config(None, sets, raw=trained_with, where="the model's profile").readout
 
 
 def find_model(path: str | Path | Location) -> Location:
@@ -96,16 +112,22 @@ def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.devi
     return out
 
 
-def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: str | None = None) -> list[Path]:
+def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: str | None = None,
+        readout_sets: list[str] | None = None) -> list[Path]:
+    """Write each photo's mask and overlay into ``out``. ``readout_sets`` (a list, maybe empty:
+    ``--readout`` and its ``--set readout.KEY=VALUE`` items): also read each test
+    (:mod:`lfa_ray.readout`): ``NAME_readout.png`` (the window straightened, lines marked) and one
+    ``readout.csv`` for all photos."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, size, _ = load_model(checkpoint, dev)
+    model, size, trained_with = load_model(checkpoint, dev)
+    layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     files = find_images(inputs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
+    written, readings = [], []
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
-        photos = [_decode(f, reduce_to=max(size, OVERLAY_SIDE // 2)) for f in chunk]
+        photos = [_decode(f, reduce_to=max(size, READ_SIDE)) for f in chunk]
         masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos])
         for f, photo, mask in zip(chunk, photos, masks, strict=True):
             stem = Path(f.name).stem
@@ -114,6 +136,15 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
             small = mask if mask.shape == (h, w) else cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
             Image.fromarray(overlay(photo.pixels, np.zeros_like(small), small)).save(out_dir / f"{stem}_overlay.png")
             written.append(out_dir / f"{stem}_mask.png")
+            if layout is not None:
+                reading = readout.read(photo.pixels, small, layout)
+                readings.append({"name": f.name, **reading.row()})
+                if reading.strip is not None:
+                    Image.fromarray(reading.strip).save(out_dir / f"{stem}_readout.png")
+    if layout is not None:
+        import pandas as pd
+
+        pd.DataFrame(readings).to_csv(out_dir / "readout.csv", index=False, float_format="%.4f")
     return written
 
 

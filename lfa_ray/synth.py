@@ -23,6 +23,7 @@ The set is written in the original's folder layout (``train_images/NAME.jpg`` +
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -33,6 +34,9 @@ import numpy as np
 from PIL import Image
 
 VERSION = 2  # bump when the drawing changes, so cached sets are regenerated
+# Where the lines are drawn, as a share of the read window's length from its sample-well end.
+TEST_AT, CONTROL_AT = 0.38, 0.72
+TRUTH_SUFFIX = "_readout.json"  # beside each mask: the read-out's ground truth
 LONG_SIDE = 320
 ASPECTS = [4 / 3, 3 / 2, 16 / 9, 1.0]  # long / short side; each as landscape or portrait
 FRAMING = (0.10, 0.80)  # the cassette's area as a share of the photo's: far to close-up (ends cropped)
@@ -100,9 +104,10 @@ def _background(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarr
     return img + rng.normal(0, 0.015, img.shape).astype(np.float32)
 
 
-def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: str
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Draw the cassette flat: colour, alpha, window mask and line mask, all ``height x length``."""
+def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: str, invalid: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Draw the cassette flat: colour, alpha, window mask and line mask, all ``height x length``, and
+    the line layout (flat coordinates; the sample well at x = 0). ``invalid``: no control line."""
     height = int(length * ratio)
     body = np.clip(np.array(BODIES[body_name], np.float32) + rng.normal(0, 0.03, 3), 0.05, 1.0).astype(np.float32)
     rgb = np.ones((height, length, 3), np.float32) * body
@@ -151,8 +156,12 @@ def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: st
     test_strength = [0.0, rng.uniform(0.08, 0.25), rng.uniform(0.5, 0.9)][rng.integers(3)]
     lw = int(rng.integers(2, 5))
     ink = np.zeros((height, length), np.uint8)  # printed marks; putText draws on 8-bit images only
-    for frac, strength, mark in [(0.72, rng.uniform(0.6, 0.95), "C"), (0.38, test_strength, "T")]:
+    layout = {"window": [(x0, y0), (x1 + 1, y0), (x1 + 1, y1 + 1), (x0, y1 + 1)], "lines": {}}
+    for frac, strength, mark in [(CONTROL_AT, rng.uniform(0.6, 0.95), "C"), (TEST_AT, test_strength, "T")]:
         lx = x0 + int((x1 - x0) * frac)
+        strength = 0.0 if mark == "C" and invalid else strength
+        layout["lines"]["control" if mark == "C" else "test"] = {
+            "at": (lx + lw / 2 - x0) / (x1 + 1 - x0), "strength": float(strength), "x": lx + lw / 2}
         if strength > 0:
             seg = rgb[y0 + 1:y1, lx:lx + lw]
             rgb[y0 + 1:y1, lx:lx + lw] = seg * (1 - strength) + dye * strength
@@ -170,7 +179,7 @@ def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: st
     dark_ink = body.mean() > 0.45
     ink_f = (ink.astype(np.float32) / 255)[..., None]
     rgb = rgb * (1 - 0.6 * ink_f) if dark_ink else rgb * (1 - ink_f) + 0.9 * ink_f
-    return rgb, alpha, window, lines
+    return rgb, alpha, window, lines, layout
 
 
 def _placement(rng: np.random.Generator, length: int, height: int, window: np.ndarray, w: int, h: int
@@ -238,8 +247,21 @@ def _draw_style(rng: np.random.Generator, family: str) -> tuple[str, str]:
     return bodies[rng.integers(len(bodies))], backgrounds[rng.choice(len(backgrounds), p=weights / weights.sum())]
 
 
-def render(seed: int, index: int, family: str = "all") -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """One synthetic photo (uint8 RGB) and its masks {'window', 'lines'} (uint8 0/1)."""
+def render(seed: int, index: int, family: str = "all", invalid_share: float = 0.0
+           ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """One synthetic photo (uint8 RGB) and its masks {'window', 'lines'} (uint8 0/1).
+
+    ``invalid_share``: the share of cassettes drawn without a control line (a failed test); it is
+    decided apart from everything else, so the other photos stay the same. :func:`render_truth`
+    also gives the read-out's ground truth."""
+    image, masks, _ = render_truth(seed, index, family, invalid_share)
+    return image, masks
+
+
+def render_truth(seed: int, index: int, family: str = "all", invalid_share: float = 0.0
+                 ) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """:func:`render` and the photo's read-out truth (:func:`_truth`)."""
+    invalid = bool(np.random.default_rng([seed, index, 2]).random() < invalid_share)
     rng = np.random.default_rng([seed, index])
     body_name, background = _draw_style(rng, family)
     aspect = ASPECTS[rng.integers(len(ASPECTS))]
@@ -250,7 +272,7 @@ def render(seed: int, index: int, family: str = "all") -> tuple[np.ndarray, dict
     ratio = rng.uniform(0.22, 0.34)  # the cassette's width / length
     share = np.exp(rng.uniform(*np.log(FRAMING)))  # log-uniform: as many far shots as close-ups
     length = int(min(np.sqrt(share * w * h / ratio), 1.3 * max(w, h)))
-    rgb, alpha, window, lines = _cassette(rng, length, ratio, body_name)
+    rgb, alpha, window, lines, layout = _cassette(rng, length, ratio, body_name, invalid)
     warp = _placement(rng, length, rgb.shape[0], window, w, h)
     size = (w, h)
     rgb = cv2.warpPerspective(rgb, warp, size, flags=cv2.INTER_LINEAR)
@@ -299,11 +321,33 @@ def render(seed: int, index: int, family: str = "all") -> tuple[np.ndarray, dict
     elif blur < 0.75:
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.3))
     img += rng.normal(0, rng.uniform(0.005, 0.03), img.shape).astype(np.float32)
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), masks
+    truth = _truth(layout, warp, masks["window"], cv2.warpPerspective(window, warp, size, flags=cv2.INTER_NEAREST))
+    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), masks, truth
 
 
-def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "all") -> Path:
-    """Write ``n`` cassettes into ``out`` in the original layout; the folder appears complete or not at all."""
+def _truth(layout: dict, warp: np.ndarray, seen: np.ndarray, whole: np.ndarray) -> dict:
+    """What a reader should report for the photo: each line's place (share of the window's length from
+    the sample end, and its centre in the photo), strength (the dye's opacity; 0: absent) and level, the
+    window's corners in the photo (sample end first) and the share of it hidden, and the call."""
+    y0, y1 = layout["window"][0][1], layout["window"][2][1]
+    lines = {}
+    for name, line in layout["lines"].items():
+        centre = cv2.perspectiveTransform(np.float32([[[line["x"], (y0 + y1) / 2]]]), warp)[0, 0]
+        strength = line["strength"]
+        lines[name] = {"at": round(line["at"], 4), "strength": round(strength, 4),
+                       "centre": [round(float(v), 1) for v in centre],
+                       "level": "absent" if strength == 0 else "faint" if strength < 0.4 else "strong"}
+    corners = cv2.perspectiveTransform(np.float32([layout["window"]]), warp)[0]
+    call = ("invalid" if lines["control"]["strength"] == 0 else
+            "positive" if lines["test"]["strength"] > 0 else "negative")
+    return {"call": call, "lines": lines, "window": [[round(float(v), 1) for v in c] for c in corners],
+            "hidden": round(1 - float(seen.sum()) / max(1, float((whole > 127).sum())), 4)}
+
+
+def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "all",
+                    invalid_share: float = 0.0) -> Path:
+    """Write ``n`` cassettes into ``out`` in the original layout, each with its read-out truth
+    (``train_masks/NAME_readout.json``, :func:`_truth`); the folder appears complete or not at all."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(out)
@@ -313,11 +357,12 @@ def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "wi
         (tmp / "train_images").mkdir()
         (tmp / "train_masks").mkdir()
         for i in range(n):
-            image, masks = render(seed, i, family)
+            image, masks, truth = render_truth(seed, i, family, invalid_share)
             quality = int(np.random.default_rng([seed, i, 1]).integers(55, 96))
             name = f"cassette_{i:05d}"
             Image.fromarray(image).save(tmp / "train_images" / f"{name}.jpg", quality=quality)
             Image.fromarray(masks[target] * 255).save(tmp / "train_masks" / f"{name}_mask.gif")
+            (tmp / "train_masks" / f"{name}{TRUTH_SUFFIX}").write_text(json.dumps(truth))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)

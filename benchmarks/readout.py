@@ -1,0 +1,90 @@
+"""Read-out accuracy on held-out synthetic cassettes: calls and T/C ratios against the drawing's truth.
+
+    python benchmarks/readout.py --checkpoint results/train-default [--n 400] [--seed 202]
+
+Draws ``--n`` photos (``--seed``; the default sweep trains on seed 0 and the read-out's thresholds
+were chosen on seed 101) with 15 % invalid cassettes (no control line) and the usual third each of
+absent, faint and strong test lines, written as JPEGs like any synthetic set. Each photo is read
+twice: within its true window (the read-out alone) and within the window the model predicts (the
+product). Prints a markdown table and the confusion tables; ``--out`` keeps the set, the per-photo
+CSVs and ``misread.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lfa_ray import evaluate, readout  # noqa: E402
+from lfa_ray.data import decode_pair, discover  # noqa: E402
+from lfa_ray.predict import READ_SIDE, load_model, readout_layout  # noqa: E402
+from lfa_ray.storage import locate  # noqa: E402
+from lfa_ray.synth import write_synthetic  # noqa: E402
+
+INVALID_SHARE = 0.15
+
+
+def true_windows(pairs, layout) -> pd.DataFrame:
+    rows = []
+    for pair in pairs:
+        photo, mask = decode_pair(pair, reduce_to=READ_SIDE)
+        truth = evaluate._truth(pair)
+        rows.append({"name": pair.name, **readout.read(photo.pixels, mask, layout).row(), **readout.truth_row(truth)})
+    return pd.DataFrame(rows)
+
+
+def figures(table: pd.DataFrame) -> dict:
+    s = readout.score(table)
+    read = table[table["call"] != "no read"]
+    return {**s, "read_accuracy": float((read["call"] == read["true_call"]).mean())}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="the window model (any lfa_ray --checkpoint form)")
+    p.add_argument("--n", type=int, default=400)
+    p.add_argument("--seed", type=int, default=202)
+    p.add_argument("--out", type=Path, help="keep the set and the tables here (default: a temporary folder)")
+    args = p.parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="lfa_ray-readout-"))
+    device = torch.device("cpu")
+    model, size, trained_with = load_model(args.checkpoint, device)
+    layout = readout_layout(trained_with, [])
+    t0 = time.time()
+    root = write_synthetic(out / "heldout", args.n, seed=args.seed, invalid_share=INVALID_SHARE)
+    pairs = discover(root).pairs
+    print(f"{len(pairs)} held-out photos (seed {args.seed}, {INVALID_SHARE:.0%} invalid) in {time.time() - t0:.0f} s")
+    t0 = time.time()
+    tables = {"true window": ("true", true_windows(pairs, layout))}
+    ev = evaluate.evaluate(model, size, pairs, device, layout=layout)
+    tables[f"model's window ({size} px model)"] = ("model", ev.table)
+    evaluate.write(ev, locate(out / "model"), f"read-out of {len(pairs)} held-out synthetic photos")
+    print(f"read twice in {time.time() - t0:.0f} s")
+    lines = ["| window | photos | call accuracy | accuracy of photos read | not read | T/C vs true ratio "
+             "(Spearman) | T vs true strength (Spearman) | accuracy: absent / faint / strong test line |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, (file, table) in tables.items():
+        table.to_csv(out / f"{file}-windows.csv", index=False)
+        f = figures(table)
+        by = f["by_level"]
+        lines.append(f"| {name} | {f['photos']} | {f['call_accuracy']:.2%} | {f['read_accuracy']:.2%} | "
+                     f"{f['not_read']} ({f['not_read'] / f['photos']:.1%}) | {f['tc_spearman']:.4f} | "
+                     f"{f['test_spearman']:.4f} | {by.get('absent', 0):.2%} / {by.get('faint', 0):.2%} / "
+                     f"{by.get('strong', 0):.2%} |")
+    print("\n".join(lines))
+    for name, (_, table) in tables.items():
+        print(f"\n{name}:\n" + "\n".join(readout.markdown(readout.score(table))[4:4 + 5]))
+    print(f"\nfiles in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

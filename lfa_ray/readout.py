@@ -1,0 +1,225 @@
+"""Read the test from a photo and its read-window mask: control line present (valid), test line
+intensity, T/C ratio and a call (positive / negative / invalid), or why the photo cannot be read.
+
+1. The window: the mask's largest region, its four corners (the quadrilateral that fits its outline,
+   else its minimum-area rectangle); a region too small, far from a filled quadrilateral or nearly
+   square is not read ("no read" and the reason), never guessed.
+2. Rectified: the window warped to a straight strip along its long side (perspective undone).
+3. The profile along the strip: per position, the median green value across the middle of the strip
+   (red and purple line dyes absorb green); the membrane's brightness around each line, a grey
+   closing of the profile wider than a line, is the background, and ``1 - profile / background`` the
+   line intensity (0: nothing, 1: black).
+4. The lines: the strongest intensity within ``readout.tolerance`` of each expected place
+   (``readout.control_at`` / ``readout.test_at``: shares of the window's length from its sample-well
+   end, either order). The mask does not say which end is the sample's, so both ends are tried and
+   the one whose control place holds the stronger line wins.
+5. The call: ``invalid`` when the control line is below ``readout.control_min``; ``positive`` when
+   the test line reaches ``readout.test_min``; else ``negative``. T/C = test / control intensity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+STRIP_LENGTH = 160  # px along the rectified window: every window is read at this resolution
+MIN_SIDES = (12, 3)  # px in the photo: a window shorter or narrower than this is not read
+MIN_FILL = 0.75  # the region's area over its quadrilateral's: lower is not a window
+MIN_ASPECT = 1.15  # long side over short side: nearer square, the strip's direction is unknown
+WASHED_OUT = 248  # a green value this high is saturated: a line there may not show
+MAX_WASHED_OUT = 0.7  # a share of saturated pixels at a line's place above this: that place cannot be read
+CALLS = ("positive", "negative", "invalid", "no read")
+
+
+@dataclass
+class Reading:
+    call: str  # one of CALLS
+    status: str = "ok"  # "ok", or why the photo was not read
+    control: float | None = None  # line intensities, 0..1
+    test: float | None = None
+    ratio: float | None = None  # test / control; None when invalid or not read
+    flipped: bool = False  # the sample-well end was the mask's far end
+    strip: np.ndarray | None = None  # the rectified window, sample end left, lines marked (RGB)
+
+    def row(self) -> dict:
+        return {"call": self.call, "status": self.status, "control": self.control, "test": self.test,
+                "tc_ratio": self.ratio}
+
+
+def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The window's corners (4x2, float32; the first side is a long one), or None and why not."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    if count < 2:
+        return None, "no window found"
+    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    region = (labels == biggest).astype(np.uint8)
+    contour = max(cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
+    hull = cv2.convexHull(contour)
+    quad = None
+    for eps in (0.02, 0.04, 0.06, 0.08):
+        approx = cv2.approxPolyDP(hull, eps * cv2.arcLength(hull, True), True)
+        if len(approx) == 4:
+            quad = approx[:, 0].astype(np.float32)
+            break
+    if quad is None:
+        quad = cv2.boxPoints(cv2.minAreaRect(contour)).astype(np.float32)
+    sides = np.linalg.norm(quad - np.roll(quad, -1, axis=0), axis=1)
+    if sides[1] + sides[3] > sides[0] + sides[2]:  # start on a long side
+        quad, sides = np.roll(quad, -1, axis=0), np.roll(sides, -1)
+    long, short = (sides[0] + sides[2]) / 2, (sides[1] + sides[3]) / 2
+    area = float(stats[biggest, cv2.CC_STAT_AREA])
+    if long < MIN_SIDES[0] or short < MIN_SIDES[1]:
+        return None, f"window too small to read ({long:.0f} x {short:.0f} px)"
+    fill = area / max(cv2.contourArea(quad), 1.0)
+    if fill < MIN_FILL:
+        return None, f"window mask is not a strip (fills {fill:.0%} of its outline)"
+    if long / short < MIN_ASPECT:
+        return None, f"window mask is nearly square ({long:.0f} x {short:.0f} px): its long side is unknown"
+    return quad, "ok"
+
+
+def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """The window warped to a STRIP_LENGTH px strip, its long side horizontal."""
+    sides = np.linalg.norm(quad - np.roll(quad, -1, axis=0), axis=1)
+    aspect = (sides[0] + sides[2]) / max(sides[1] + sides[3], 1e-6)
+    height = max(8, int(round(STRIP_LENGTH / aspect)))
+    target = np.float32([[0, 0], [STRIP_LENGTH, 0], [STRIP_LENGTH, height], [0, height]])
+    warp = cv2.getPerspectiveTransform(quad, target)
+    return cv2.warpPerspective(image, warp, (STRIP_LENGTH, height), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REPLICATE)
+
+
+def intensity_profile(strip: np.ndarray, line_width: float = 0.1) -> np.ndarray:
+    """Line intensity along the strip (0..1), from its green channel; ``line_width`` (a share of the
+    length) bounds the widest line, so the background is taken around it."""
+    h = strip.shape[0]
+    rows = strip[int(h * 0.2):max(int(h * 0.2) + 1, int(np.ceil(h * 0.8))), :, 1].astype(np.float32)
+    profile = cv2.GaussianBlur(np.median(rows, axis=0)[None], (0, 0), 1.0)
+    k = int(line_width * profile.shape[1]) | 1
+    kernel = np.ones((1, k), np.uint8)
+    padded = cv2.copyMakeBorder(profile, 0, 0, k, k, cv2.BORDER_REFLECT)
+    background = cv2.erode(cv2.dilate(padded, kernel), kernel)[:, k:-k]
+    return np.clip(1 - profile[0] / np.maximum(background[0], 1.0), 0, 1)
+
+
+def _washed_out(strip: np.ndarray, at: float, tolerance: float) -> float:
+    """The share of saturated green values (>= WASHED_OUT) around ``at`` in the middle of the strip."""
+    h, n = strip.shape[:2]
+    lo, hi = max(0, int((at - tolerance) * n)), min(n, int(np.ceil((at + tolerance) * n)) + 1)
+    return float((strip[int(h * 0.2):max(int(h * 0.2) + 1, int(np.ceil(h * 0.8))), lo:hi, 1] >= WASHED_OUT).mean())
+
+
+def _peak(profile: np.ndarray, at: float, tolerance: float) -> tuple[float, int]:
+    """The strongest line centred within ``tolerance`` of ``at`` (a local maximum of the profile, so
+    the flank of a line just outside does not count): (intensity, index); (0, index of ``at``) if none."""
+    n = len(profile)
+    lo, hi = max(1, int((at - tolerance) * n)), min(n - 1, int(np.ceil((at + tolerance) * n)) + 1)
+    inner = profile[lo:hi]
+    peaks = np.flatnonzero((inner >= profile[lo - 1:hi - 1]) & (inner >= profile[lo + 1:hi + 1]))
+    if not len(peaks):
+        return 0.0, int(at * n)
+    i = lo + int(peaks[np.argmax(inner[peaks])])
+    return float(profile[i]), i
+
+
+def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
+    """Read the test in ``image`` (RGB uint8) within the window ``mask`` (0/1, scaled to the image's
+    size if it differs), with the places and thresholds of ``layout`` (a ``ReadoutConfig``)."""
+    h, w = image.shape[:2]
+    if mask.shape[:2] != (h, w):
+        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    quad, why = window_corners(mask)
+    if quad is None:
+        return Reading("no read", why)
+    strip = rectify(image, quad)
+    profile = intensity_profile(strip)
+    ends = [(_peak(profile[::-1] if flipped else profile, layout.control_at, layout.tolerance), flipped)
+            for flipped in (False, True)]
+    (control, c_at), flipped = max(ends, key=lambda e: e[0][0])
+    p = profile[::-1] if flipped else profile
+    valid = control >= layout.control_min
+    # The test line is looked for at its distance from the control line found (the mask's ends are
+    # less exact than that distance); without a control line, at its own place.
+    test_place = ((c_at / len(p) + layout.test_at - layout.control_at, layout.tolerance / 2) if valid
+                  else (layout.test_at, layout.tolerance))
+    test, t_at = _peak(p, *test_place)
+    call = "invalid" if not valid else "positive" if test >= layout.test_min else "negative"
+    strip = strip[:, ::-1] if flipped else strip
+    # Where no line was found, a washed-out place (glare, overexposure) hides whether one is there.
+    absent = (("control", (layout.control_at, layout.tolerance)) if not valid
+              else ("test", test_place) if call == "negative" else None)
+    if absent and _washed_out(strip, *absent[1]) > MAX_WASHED_OUT:
+        return Reading("no read", f"the {absent[0]} line's place is washed out (glare or overexposure); "
+                       f"retake the photo out of direct light", round(control, 4), round(test, 4), None, flipped,
+                       mark(strip, c_at, t_at, valid, call == "positive"))
+    return Reading(call, "ok", round(control, 4), round(test, 4), round(test / control, 4) if valid else None,
+                   flipped, mark(strip, c_at, t_at, valid, test >= layout.test_min))
+
+
+def mark(strip: np.ndarray, c_at: int, t_at: int, control: bool, test: bool, height: int = 48) -> np.ndarray:
+    """The strip scaled to ``height`` px with ticks above and below each line's place: green where
+    a line was found, grey where not; C and T labels."""
+    scale = height / strip.shape[0]
+    body = cv2.resize(strip, (max(1, round(strip.shape[1] * scale)), height), interpolation=cv2.INTER_LINEAR)
+    out = np.full((height + 28, body.shape[1], 3), 255, np.uint8)
+    out[14:14 + height] = body
+    for x, found, label in ((c_at, control, "C"), (t_at, test, "T")):
+        x = int(round((x + 0.5) * scale))
+        colour = (0, 170, 0) if found else (150, 150, 150)
+        cv2.line(out, (x, 0), (x, 11), colour, 2)
+        cv2.line(out, (x, height + 16), (x, height + 27), colour, 2)
+        cv2.putText(out, label, (x + 3, 10), cv2.FONT_HERSHEY_SIMPLEX, 0.35, colour, 1, cv2.LINE_AA)
+    return out
+
+
+# -- scoring against the truth of synthetic cassettes (synth.render_truth) ---------------------
+
+def truth_row(truth: dict) -> dict:
+    """The columns a photo's read-out truth adds to a table of readings."""
+    lines = truth["lines"]
+    return {"true_call": truth["call"], "true_control": lines["control"]["strength"],
+            "true_test": lines["test"]["strength"], "true_test_level": lines["test"]["level"]}
+
+
+def _spearman(a, b) -> float | None:
+    import pandas as pd
+
+    a, b = pd.Series(list(a), dtype=float), pd.Series(list(b), dtype=float)
+    if len(a) < 3 or a.nunique() < 2 or b.nunique() < 2:
+        return None
+    return float(a.rank().corr(b.rank()))  # Spearman: Pearson of the ranks (ties averaged)
+
+
+def score(table) -> dict:
+    """Call accuracy (every photo with truth; "no read" counts as wrong), the confusion table (true
+    call x reported call) and the Spearman correlations of the T/C ratio with the true strength ratio
+    and of the test intensity with the true strength (photos truly valid and read as valid)."""
+    t = table[table["true_call"].notna()] if "true_call" in table else table.iloc[:0]
+    if t.empty:
+        return {}
+    valid = t[(t["true_call"] != "invalid") & t["tc_ratio"].notna()]
+    confusion = {true: {called: int(((t["true_call"] == true) & (t["call"] == called)).sum()) for called in CALLS}
+                 for true in CALLS[:3]}
+    return {"photos": len(t), "call_accuracy": float((t["call"] == t["true_call"]).mean()),
+            "not_read": int((t["call"] == "no read").sum()), "confusion": confusion,
+            "tc_spearman": _spearman(valid["tc_ratio"], valid["true_test"] / valid["true_control"]),
+            "test_spearman": _spearman(valid["test"], valid["true_test"]),
+            "by_level": {level: float((g["call"] == g["true_call"]).mean())
+                         for level, g in t.groupby("true_test_level")}}
+
+
+def markdown(s: dict) -> list[str]:
+    """``score``'s figures as markdown lines."""
+    if not s:
+        return []
+    def fmt(v):
+        return "n/a" if v is None else f"{v:.4f}"
+    lines = ["## Read-out", "", f"Call accuracy {s['call_accuracy']:.2%} over {s['photos']} photos "
+             f"({s['not_read']} not read); T/C ratio vs true strength ratio Spearman {fmt(s['tc_spearman'])}, "
+             f"test intensity vs true strength {fmt(s['test_spearman'])}.", "",
+             "| true \\ called | " + " | ".join(CALLS) + " |", "| --- " * (len(CALLS) + 1) + "|"]
+    lines += [f"| {true} | " + " | ".join(str(n) for n in row.values()) + " |" for true, row in s["confusion"].items()]
+    lines += ["", "Accuracy by test line: " + ", ".join(f"{k} {v:.2%}" for k, v in s["by_level"].items()) + ".", ""]
+    return lines

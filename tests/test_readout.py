@@ -1,0 +1,146 @@
+"""The read-out: synthetic ground truth, calls checked against it, photos it refuses to guess on,
+and ``predict --readout`` / ``evaluate --readout`` on real files."""
+
+import json
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from lfa_ray import cli, data, readout
+from lfa_ray.checkpoint import state_bytes
+from lfa_ray.config import ReadoutConfig, load_config
+from lfa_ray.model import UNet
+from lfa_ray.synth import render, render_truth, write_synthetic
+
+from helpers import error_line
+
+LAYOUT = ReadoutConfig()
+
+
+def test_synthetic_truth_describes_the_drawing_and_invalid_cassettes_lack_only_the_control_line(tmp_path):
+    root = write_synthetic(tmp_path / "d", 12, seed=3, invalid_share=0.5)
+    truths = [json.loads((root / "train_masks" / f"cassette_{i:05d}_readout.json").read_text()) for i in range(12)]
+    assert {t["call"] for t in truths} == {"invalid", "positive", "negative"}
+    for i, t in enumerate(truths):
+        control, test = t["lines"]["control"], t["lines"]["test"]
+        assert t["call"] == ("invalid" if control["strength"] == 0 else "positive" if test["strength"] else "negative")
+        assert abs(control["at"] - 0.72) < 0.02 and abs(test["at"] - 0.38) < 0.03
+        valid_image, masks = render(3, i)  # the same photo drawn without invalid cassettes
+        image, masks_again, _ = render_truth(3, i, invalid_share=0.5)
+        assert (masks["window"] == masks_again["window"]).all()
+        assert (masks_again["lines"] <= masks["lines"]).all()  # the lines mask loses the control line
+        changed = np.abs(image.astype(int) - valid_image).max(axis=-1) > 0
+        if t["call"] == "invalid":  # only pixels at (and blurred around) the control line differ
+            removed = cv2.dilate(masks["lines"] - masks_again["lines"], np.ones((15, 15), np.uint8))  # blur: <= 7 px
+            assert changed.any() and not (changed & (removed == 0)).any()
+            assert removed[round(control["centre"][1]), round(control["centre"][0])]
+        else:
+            assert not changed.any()
+
+
+def _reads(n: int, seed: int) -> pd.DataFrame:
+    rows = []
+    for i in range(n):
+        image, masks, truth = render_truth(seed, i, invalid_share=0.2)
+        rows.append({**readout.read(image, masks["window"], LAYOUT).row(), **readout.truth_row(truth)})
+    return pd.DataFrame(rows)
+
+
+def test_read_out_calls_synthetic_cassettes_from_their_true_windows():
+    table = _reads(80, seed=5)
+    s = readout.score(table)
+    read = table[table["call"] != "no read"]
+    assert s["not_read"] <= 0.2 * len(table)
+    assert (read["call"] == read["true_call"]).mean() >= 0.95, table[read["call"] != read["true_call"]]
+    assert s["tc_spearman"] > 0.85 and s["test_spearman"] > 0.85
+    assert s["confusion"]["invalid"]["invalid"] > 5 and s["confusion"]["positive"]["positive"] > 10
+
+
+def test_a_photo_turned_around_reads_the_same():
+    read = 0
+    for i in range(8):
+        image, masks, _ = render_truth(9, i)
+        a = readout.read(image, masks["window"], LAYOUT)
+        b = readout.read(np.rot90(image, 2).copy(), np.rot90(masks["window"], 2).copy(), LAYOUT)
+        assert a.call == b.call and a.status == b.status
+        if a.status == "ok":
+            read += 1
+            assert a.flipped != b.flipped and a.control == pytest.approx(b.control, abs=0.05)
+    assert read >= 5
+
+
+def test_read_out_says_why_it_cannot_read_instead_of_guessing():
+    image, masks, truth = next(r for r in (render_truth(4, i) for i in range(20)) if r[2]["call"] == "negative")
+    assert readout.read(image, masks["window"], LAYOUT).call == "negative"
+    blank = np.zeros_like(masks["window"])
+    tiny, disc, ell = blank.copy(), blank.copy(), blank.copy()
+    tiny[10:12, 10:14] = 1
+    yy, xx = np.mgrid[:blank.shape[0], :blank.shape[1]]
+    disc[(yy - 80) ** 2 + (xx - 80) ** 2 < 30 ** 2] = 1
+    ell[40:120, 40:60] = 1
+    ell[100:120, 40:140] = 1
+    for mask, why in [(blank, "no window found"), (tiny, "too small"), (disc, "nearly square"), (ell, "not a strip")]:
+        r = readout.read(image, mask, LAYOUT)
+        assert r.call == "no read" and why in r.status and r.control is None
+    # overexposed: the membrane saturates, so a missing line may be one that does not show
+    washed = np.clip(image.astype(np.float32) * 2.5, 0, 255).astype(np.uint8)
+    r = readout.read(washed, masks["window"], LAYOUT)
+    assert r.call == "no read" and "washed out" in r.status
+
+
+def test_layouts_whose_lines_cannot_be_told_apart_are_refused():
+    with pytest.raises(Exception, match="readout.control_at"):
+        load_config(None, ["readout.control_at=0.6", "readout.test_at=0.38"])  # mirrored test place: 0.62
+    assert load_config(None, ["readout.control_at=0.25", "readout.test_at=0.6"]).readout.control_at == 0.25
+
+
+def test_packed_data_keeps_the_truth(tmp_path):
+    root = write_synthetic(tmp_path / "d", 4, seed=2)
+    packed = tmp_path / "d.parquet"
+    data.pack(root, packed)
+    folder, rows = data.discover(root).pairs, data.discover(packed).pairs
+    assert {p.name: json.loads(p.readout.read_bytes()) for p in folder} == \
+        {p.name: json.loads(p.readout.read_bytes()) for p in rows}
+
+
+def _model(tmp_path, data_dir):
+    cfg = load_config(None, ["model.features=[4,8]", "data.image_size=32", f"data.path={data_dir}"])
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    path.write_bytes(state_bytes({"model": UNet(features=[4, 8]).state_dict(), "config": cfg.to_dict()}))
+    return path
+
+
+def test_predict_and_evaluate_read_out_every_photo(tmp_path, capsys):
+    root = write_synthetic(tmp_path / "d", 6, seed=8, invalid_share=0.3)
+    model = _model(tmp_path, root)
+    out = tmp_path / "pred"
+    assert cli.predict(["--checkpoint", str(model), "--readout", "--set", "readout.test_min=0.05",
+                        str(root / "train_images"), "--out", str(out)]) in (None, 0)
+    table = pd.read_csv(out / "readout.csv")
+    assert sorted(table["name"]) == sorted(f"cassette_{i:05d}.jpg" for i in range(6))
+    assert set(table["call"]) <= set(readout.CALLS) and table["status"].notna().all()
+    for row in table.itertuples():  # a strip image for every photo whose window was found
+        assert (out / row.name.replace(".jpg", "_readout.png")).is_file() == pd.notna(row.control)
+    ev = tmp_path / "ev"
+    assert cli.evaluate(["--checkpoint", str(model), "--data", str(root), "--readout", "--out", str(ev)]) in (None, 0)
+    per_image = pd.read_csv(ev / "per_image.csv")
+    assert {"call", "true_call", "control", "test", "tc_ratio"} <= set(per_image.columns)
+    assert "## Read-out" in (ev / "summary.md").read_text() and "call accuracy" in capsys.readouterr().out
+    assert Image.open(ev / "worst.png").size[0] > 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--readout", "--set", "train.lr=1"], "take only readout.* keys"),
+    (["--readout", "--set", "readout.tolerance=2"], "readout.tolerance"),
+])
+def test_bad_readout_settings_exit_2_with_one_line(tmp_path, capsys, args, fragment):
+    root = write_synthetic(tmp_path / "d", 2, seed=8)
+    model = _model(tmp_path, root)
+    assert cli.predict(["--checkpoint", str(model), *args, str(root / "train_images"), "--out",
+                        str(tmp_path / "p")]) == 2
+    assert fragment in error_line(capsys)
