@@ -53,11 +53,13 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--seed", type=int, default=202)
     p.add_argument("--out", type=Path, help="keep the set and the tables here (default: a temporary folder)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="readout.KEY=VALUE",
+                   help="change a read-out key of the model's profile (repeatable)")
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="lfa_ray-readout-"))
     device = torch.device("cpu")
     model, size, trained_with = load_model(args.checkpoint, device)
-    layout = readout_layout(trained_with, [])
+    layout = readout_layout(trained_with, args.overrides)
     t0 = time.time()
     root = write_synthetic(out / "heldout", args.n, seed=args.seed, invalid_share=INVALID_SHARE)
     pairs = discover(root).pairs
