@@ -94,8 +94,7 @@ def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
 def intensity_profile(strip: np.ndarray, line_width: float = 0.1) -> np.ndarray:
     """Line intensity along the strip (0..1), from its green channel; ``line_width`` (a share of the
     length) bounds the widest line, so the background is taken around it."""
-    h = strip.shape[0]
-    rows = strip[int(h * 0.2):max(int(h * 0.2) + 1, int(np.ceil(h * 0.8))), :, 1].astype(np.float32)
+    rows = _middle(strip)[:, :, 1].astype(np.float32)
     profile = cv2.GaussianBlur(np.median(rows, axis=0)[None], (0, 0), 1.0)
     k = int(line_width * profile.shape[1]) | 1
     kernel = np.ones((1, k), np.uint8)
@@ -104,11 +103,17 @@ def intensity_profile(strip: np.ndarray, line_width: float = 0.1) -> np.ndarray:
     return np.clip(1 - profile[0] / np.maximum(background[0], 1.0), 0, 1)
 
 
+def _middle(strip: np.ndarray) -> np.ndarray:
+    """The strip's middle 60 % across (clear of the window's edges, which a mask misplaces)."""
+    h = strip.shape[0]
+    return strip[int(h * 0.2):max(int(h * 0.2) + 1, int(np.ceil(h * 0.8)))]
+
+
 def _washed_out(strip: np.ndarray, at: float, tolerance: float) -> float:
     """The share of saturated green values (>= WASHED_OUT) around ``at`` in the middle of the strip."""
-    h, n = strip.shape[:2]
+    n = strip.shape[1]
     lo, hi = max(0, int((at - tolerance) * n)), min(n, int(np.ceil((at + tolerance) * n)) + 1)
-    return float((strip[int(h * 0.2):max(int(h * 0.2) + 1, int(np.ceil(h * 0.8))), lo:hi, 1] >= WASHED_OUT).mean())
+    return float((_middle(strip)[:, lo:hi, 1] >= WASHED_OUT).mean())
 
 
 def _peak(profile: np.ndarray, at: float, tolerance: float) -> tuple[float, int]:
