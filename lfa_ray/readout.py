@@ -12,8 +12,14 @@ intensity, T/C ratio and a call (positive / negative / invalid), or why the phot
 4. The lines: the strongest intensity within ``readout.tolerance`` of each expected place
    (``readout.control_at`` / ``readout.test_at``: shares of the window's length from its sample-well
    end, either order). The mask does not say which end is the sample's, so both ends are tried and
-   the one whose control place holds the stronger line wins.
-5. The call: ``invalid`` when the control line is below ``readout.control_min``; ``positive`` when
+   the one whose control place holds the stronger line wins; the test line is looked for at its
+   distance from the control line found.
+5. No control line at either end's place: a predicted window's ends may be off, so the photo is
+   asked which end faces the sample well (a ring on the window's axis beyond one end: the strongest
+   fitting circle of a Hough transform in the window's surroundings, straightened the same way),
+   and from that end the control line is looked for within three times the tolerance (never as
+   far as the test line's place). No well in sight (cut off by the frame, hidden): invalid stays.
+6. The call: ``invalid`` when the control line is below ``readout.control_min``; ``positive`` when
    the test line reaches ``readout.test_min``; else ``negative``. T/C = test / control intensity.
 """
 
@@ -30,6 +36,10 @@ MIN_FILL = 0.75  # the region's area over its quadrilateral's: lower is not a wi
 MIN_ASPECT = 1.15  # long side over short side: nearer square, the strip's direction is unknown
 WASHED_OUT = 248  # a green value this high is saturated: a line there may not show
 MAX_WASHED_OUT = 0.7  # a share of saturated pixels at a line's place above this: that place cannot be read
+WELL_PX = 100  # px per window length where the sample well is looked for
+WELL_REACH = (0.15, 2.1)  # how far beyond a window end the well's centre may sit, in window lengths
+WELL_RADIUS = (0.09, 0.5)  # the well's radius, in window lengths
+WIDE = 3  # with the sample end told by the well, the control line is looked for within WIDE x readout.tolerance
 CALLS = ("positive", "negative", "invalid", "no read")
 
 
@@ -41,6 +51,7 @@ class Reading:
     test: float | None = None
     ratio: float | None = None  # test / control; None when invalid or not read
     flipped: bool = False  # the sample-well end was the mask's far end
+    well: bool = False  # the sample end was told by the sample well (step 5), not by the lines
     strip: np.ndarray | None = None  # the rectified window, sample end left, lines marked (RGB)
 
     def row(self) -> dict:
@@ -89,6 +100,29 @@ def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     warp = cv2.getPerspectiveTransform(quad, target)
     return cv2.warpPerspective(image, warp, (STRIP_LENGTH, height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
+
+
+def sample_end(image: np.ndarray, quad: np.ndarray) -> int | None:
+    """Which end of the window (``quad`` as :func:`window_corners` gives it) faces the sample well:
+    0 the first short side, 1 the other, None when no well is in sight. The photo around the window
+    is straightened the same way, at WELL_PX px per window length on both axes, and the strongest
+    circle of a Hough transform centred on the window's axis beyond either end is the well."""
+    sides = np.linalg.norm(quad - np.roll(quad, -1, axis=0), axis=1)
+    across = WELL_PX * (sides[1] + sides[3]) / max(sides[0] + sides[2], 1e-6)
+    reach = WELL_REACH[1] + WELL_RADIUS[1]
+    x0, y0 = reach * WELL_PX, (WELL_RADIUS[1] + 0.2) * WELL_PX
+    target = np.float32([[x0, y0], [x0 + WELL_PX, y0], [x0 + WELL_PX, y0 + across], [x0, y0 + across]])
+    size = (int(2 * x0 + WELL_PX), int(2 * y0 + across))
+    around = cv2.warpPerspective(image, cv2.getPerspectiveTransform(quad, target), size, flags=cv2.INTER_LINEAR)
+    grey = cv2.GaussianBlur(cv2.cvtColor(around, cv2.COLOR_RGB2GRAY), (0, 0), 1.5)
+    circles = cv2.HoughCircles(grey, cv2.HOUGH_GRADIENT, dp=1.5, minDist=10, param1=60, param2=30,
+                               minRadius=int(WELL_RADIUS[0] * WELL_PX), maxRadius=int(WELL_RADIUS[1] * WELL_PX))
+    axis = y0 + across / 2
+    for cx, cy, _ in ([] if circles is None else circles[0]):  # strongest first
+        beyond = max(x0 - cx, cx - x0 - WELL_PX) / WELL_PX
+        if abs(cy - axis) <= 0.2 * across + 0.1 * WELL_PX and WELL_REACH[0] < beyond <= WELL_REACH[1]:
+            return int(cx > x0)
+    return None
 
 
 def intensity_profile(strip: np.ndarray, line_width: float = 0.1) -> np.ndarray:
@@ -143,24 +177,38 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     ends = [(_peak(profile[::-1] if flipped else profile, layout.control_at, layout.tolerance), flipped)
             for flipped in (False, True)]
     (control, c_at), flipped = max(ends, key=lambda e: e[0][0])
+    reach, end = layout.tolerance, None
+    if control < layout.control_min:
+        # No control line at its place from either end: a predicted window's ends may be off, so
+        # with the sample end told by the well, look further (never as far as the test's place).
+        end = sample_end(image, quad)
+        if end is not None:
+            flipped = bool(end)
+            reach = max(layout.tolerance, min(WIDE * layout.tolerance,
+                                              abs(layout.control_at - layout.test_at) - layout.tolerance))
+            control, c_at = _peak(profile[::-1] if flipped else profile, layout.control_at, reach)
     p = profile[::-1] if flipped else profile
     valid = control >= layout.control_min
     # The test line is looked for at its distance from the control line found (the mask's ends are
-    # less exact than that distance); without a control line, at its own place.
-    test_place = ((c_at / len(p) + layout.test_at - layout.control_at, layout.tolerance / 2) if valid
-                  else (layout.test_at, layout.tolerance))
-    test, t_at = _peak(p, *test_place)
+    # less exact than that distance); without a control line, at its own place. With the sample
+    # end from the well (the window's ends were off, so its length is too), also where it would be
+    # were the sample end right and the length wrong; the stronger line of the two places counts.
+    places = ([(c_at / len(p) + layout.test_at - layout.control_at, layout.tolerance / 2)] if valid
+              else [(layout.test_at, reach)])
+    if valid and end is not None:
+        places.append((c_at / len(p) * layout.test_at / layout.control_at, layout.tolerance / 2))
+    (test, t_at), test_place = max(((_peak(p, *place), place) for place in places), key=lambda f: f[0][0])
     call = "invalid" if not valid else "positive" if test >= layout.test_min else "negative"
     strip = strip[:, ::-1] if flipped else strip
     # Where no line was found, a washed-out place (glare, overexposure) hides whether one is there.
-    absent = (("control", (layout.control_at, layout.tolerance)) if not valid
+    absent = (("control", (layout.control_at, reach)) if not valid
               else ("test", test_place) if call == "negative" else None)
     if absent and _washed_out(strip, *absent[1]) > MAX_WASHED_OUT:
         return Reading("no read", f"the {absent[0]} line's place is washed out (glare or overexposure); "
                        f"retake the photo out of direct light", round(control, 4), round(test, 4), None, flipped,
-                       mark(strip, c_at, t_at, valid, call == "positive"))
+                       end is not None, mark(strip, c_at, t_at, valid, call == "positive"))
     return Reading(call, "ok", round(control, 4), round(test, 4), round(test / control, 4) if valid else None,
-                   flipped, mark(strip, c_at, t_at, valid, test >= layout.test_min))
+                   flipped, end is not None, mark(strip, c_at, t_at, valid, test >= layout.test_min))
 
 
 def mark(strip: np.ndarray, c_at: int, t_at: int, control: bool, test: bool, height: int = 48) -> np.ndarray:

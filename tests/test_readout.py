@@ -73,6 +73,53 @@ def test_a_photo_turned_around_reads_the_same():
     assert read >= 5
 
 
+def _true_end(quad: np.ndarray, truth: dict) -> int:
+    """Which end of ``quad`` (as window_corners orders it) the truth says faces the sample well."""
+    near = np.mean(np.array(truth["window"], np.float32)[[0, 3]], axis=0)
+    return int(np.linalg.norm(quad[[1, 2]].mean(0) - near) < np.linalg.norm(quad[[0, 3]].mean(0) - near))
+
+
+def test_the_sample_well_tells_which_end_of_the_window_faces_the_sample():
+    answered = right = 0
+    for i in range(60):
+        image, masks, truth = render_truth(6, i)
+        turned = [[image.shape[1] - 1 - x, image.shape[0] - 1 - y] for x, y in truth["window"]]
+        for photo, mask, window in ((image, masks["window"], truth["window"]),
+                                    (np.rot90(image, 2).copy(), np.rot90(masks["window"], 2).copy(), turned)):
+            quad, _ = readout.window_corners(mask)
+            end = readout.sample_end(photo, quad)
+            answered += end is not None
+            right += end == _true_end(quad, {"window": window})
+    assert answered >= 0.8 * 120 and right >= 0.93 * answered, (answered, right)
+    # Nothing around the window but the membrane's colour: no well, no guess.
+    image, masks, truth = render_truth(6, 0)
+    quad, _ = readout.window_corners(masks["window"])
+    plain = np.where(masks["window"][..., None] > 0, image, np.uint8(200))
+    assert readout.sample_end(plain, quad) is None
+
+
+def test_a_window_cut_short_at_the_control_end_is_read_with_the_sample_end_the_well_tells():
+    tried = 0
+    for i in range(40):
+        image, masks, truth = render_truth(6, i)
+        if truth["call"] == "invalid" or readout.read(image, masks["window"], LAYOUT).call != truth["call"]:
+            continue
+        c = np.array(truth["window"], np.float32)  # sample end first: c0, c3 near; c1, c2 far
+        short = np.zeros_like(masks["window"])
+        cv2.fillPoly(short, [np.round([c[0], c[0] + 0.8 * (c[1] - c[0]), c[3] + 0.8 * (c[2] - c[3]), c[3]]
+                                      ).astype(np.int32)], 1)
+        plain = np.where(masks["window"][..., None] > 0, image, np.uint8(200))  # no well in sight
+        quad, _ = readout.window_corners(short)
+        if readout.sample_end(image, quad) is None:
+            continue
+        tried += 1
+        # the control line sits at 0.9 of the short window's length, beyond readout.tolerance of 0.72
+        reading = readout.read(image, short, LAYOUT)
+        assert reading.call == truth["call"] and reading.well, (i, reading.row())
+        assert readout.read(plain, short, LAYOUT).call in ("invalid", "no read")
+    assert tried >= 5
+
+
 def test_read_out_says_why_it_cannot_read_instead_of_guessing():
     image, masks, truth = next(r for r in (render_truth(4, i) for i in range(20)) if r[2]["call"] == "negative")
     assert readout.read(image, masks["window"], LAYOUT).call == "negative"
