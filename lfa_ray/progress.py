@@ -32,8 +32,9 @@ def _value(v) -> str:
 class Progress(Callback):
     """Prints trial events and the sweep's progress; ``max_t`` tells ASHA's cut from a full run."""
 
-    def __init__(self, num_samples: int, metric: str, mode: str, max_t: int):
+    def __init__(self, num_samples: int, metric: str, mode: str, max_t: int, time_budget_s: float | None = None):
         self.num_samples, self.metric, self.mode, self.max_t = num_samples, metric, mode, max_t
+        self.time_budget_s = time_budget_s  # the sweep ends by then: the ETA is never beyond it
         self.started = time.monotonic()
         self.best: dict[str, float] = {}  # trial name -> its best metric so far
 
@@ -91,7 +92,13 @@ class Progress(Callback):
         done = len({t.trial_id for t in trials if t.status in DONE} | {trial.trial_id})
         elapsed = time.monotonic() - self.started
         left = max(0, self.num_samples - done)
-        eta = f" | ETA ~{_duration(elapsed / done * left)} for the trials" if left else ""
+        eta = ""
+        if left:
+            seconds = elapsed / done * left
+            if self.time_budget_s is not None and self.time_budget_s - elapsed < seconds:
+                eta = f" | ETA ~{_duration(max(0.0, self.time_budget_s - elapsed))} (time budget)"
+            else:
+                eta = f" | ETA ~{_duration(seconds)} for the trials"
         line = f"[{done}/{self.num_samples} trials done"
         scored = {n: v for n, v in self.best.items() if not math.isnan(v)}
         if scored:

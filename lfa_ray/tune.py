@@ -196,6 +196,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.scheduler.max_t, grace_period=t.scheduler.grace_period,
                                reduction_factor=t.scheduler.reduction_factor)
                  if early_stopping else FIFOScheduler())
+    budget = time_budget_s if time_budget_s is not None else t.time_budget_s
     return tune.Tuner(
         trainable,
         param_space=to_tune(t.search_space),
@@ -204,13 +205,13 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
             max_concurrent_trials=concurrency if search == "tpe" else None,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
-            time_budget_s=time_budget_s if time_budget_s is not None else t.time_budget_s,
+            time_budget_s=budget,
         ),
         # The console is Progress's lines; Tune's status tables (and its TensorBoard hint, which names
         # a staging folder, not the experiment) only with --verbose.
         run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
                                   failure_config=tune.FailureConfig(max_failures=0),
-                                  callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t)],
+                                  callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t, budget)],
                                   stop=None if t.stop_at is None else StopAt(t.metric, t.mode, t.stop_at),
                                   verbose=None if verbose() else 0),
     )

@@ -275,3 +275,19 @@ def test_predict_bad_input(tmp_path, capsys):
     (tmp_path / "model.pt").write_bytes(b"junk")
     assert cli.predict(["--checkpoint", str(tmp_path), str(tmp_path / "missing.jpg")]) == 2
     assert "not an lfa_ray model" in error_line(capsys)
+
+
+def test_the_progress_line_never_promises_beyond_the_time_budget(capsys):
+    from types import SimpleNamespace
+
+    from lfa_ray.progress import Progress
+
+    trials = [SimpleNamespace(trial_id=str(i), status="TERMINATED" if i < 2 else "RUNNING") for i in range(4)]
+    for budget, expected in ((None, "for the trials"), (3600.0, "for the trials"), (5.0, "(time budget)")):
+        progress = Progress(100, "val_dice", "max", 8, budget)
+        progress.started -= 2.0  # two trials done in two seconds: 98 left take ~98 s
+        progress._progress(trials, trials[1])
+        line = capsys.readouterr().out
+        assert line.startswith("[2/100 trials done") and expected in line, line
+        if budget == 5.0:
+            assert "ETA ~3s (time budget)" in line or "ETA ~2s (time budget)" in line, line
