@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -19,6 +20,27 @@ from lfa_ray.storage import Location, locate
 SCALARS = [*METRICS, "best_val_dice", "lr", "epoch_seconds", "images_per_second"]  # also in TensorBoard
 COLUMNS = ["epoch", *SCALARS, "time", "run_finished"]
 N_OVERLAYS = 4
+STAGING_PREFIX = "lfa_ray-log-"  # + the writing process's id: a local copy of a remote run's logs
+
+
+def staging_dir() -> Path:
+    """A new local folder for a remote run's logs. Those of processes that are gone (a trial ASHA
+    stopped or a worker killed never closes its RunLog) are removed first."""
+    for old in Path(tempfile.gettempdir()).glob(f"{STAGING_PREFIX}*-*"):
+        pid = old.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -50,7 +72,7 @@ class RunLog:
     def __init__(self, run_dir: str | Path | Location, start_epoch: int = 0):
         self.run_dir = locate(run_dir)
         self.rows = [r for r in read_metrics(self.run_dir / "metrics.csv") if r["epoch"] <= start_epoch]
-        self.staging = self.run_dir.local if self.run_dir.is_local else Path(tempfile.mkdtemp(prefix="lfa_ray-log-"))
+        self.staging = self.run_dir.local if self.run_dir.is_local else staging_dir()
         self.writer = SummaryWriter(str(self.staging), purge_step=start_epoch + 1 if start_epoch else None,
                                     flush_secs=5)
 
@@ -100,16 +122,19 @@ def write_events(run_dir: str | Path | Location, step: int, scalars: dict, *, im
     from tensorboardX.summary import hparams as hparams_summary
 
     run_dir = locate(run_dir)
-    staging = run_dir.local if run_dir.is_local else Path(tempfile.mkdtemp(prefix="lfa_ray-log-"))
-    with SummaryWriter(str(staging), filename_suffix=".scores") as writer:
-        if hparams:
-            for summary in hparams_summary({k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                                            for k, v in hparams.items()}, scalars):
-                writer.file_writer.add_summary(summary)
-        for key, value in scalars.items():
-            writer.add_scalar(key, value, step)
-        for tag, image in (images or {}).items():
-            writer.add_image(tag, image, step, dataformats="HWC")
-    if not run_dir.is_local:
-        run_dir.upload(staging)
-        shutil.rmtree(staging, ignore_errors=True)
+    staging = run_dir.local if run_dir.is_local else staging_dir()
+    try:
+        with SummaryWriter(str(staging), filename_suffix=".scores") as writer:
+            if hparams:
+                for summary in hparams_summary({k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                                                for k, v in hparams.items()}, scalars):
+                    writer.file_writer.add_summary(summary)
+            for key, value in scalars.items():
+                writer.add_scalar(key, value, step)
+            for tag, image in (images or {}).items():
+                writer.add_image(tag, image, step, dataformats="HWC")
+        if not run_dir.is_local:
+            run_dir.upload(staging)
+    finally:
+        if not run_dir.is_local:
+            shutil.rmtree(staging, ignore_errors=True)

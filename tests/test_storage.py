@@ -259,3 +259,26 @@ def test_run_lock_on_s3_is_exclusive_and_a_stale_one_is_taken_over(s3, capsys):
     with RunLock(run):
         assert "took over the stale run lock of process 1 on elsewhere" in capsys.readouterr().out
         assert json.loads(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())["pid"] == os.getpid()
+
+
+def test_a_remote_runs_log_staging_of_a_process_that_is_gone_is_removed(s3, tmp_path, monkeypatch):
+    import tempfile
+
+    from lfa_ray import runlog
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    stale = tmp_path / f"{runlog.STAGING_PREFIX}{gone.pid}-x1"  # a killed trial's: never closed
+    ours = tmp_path / f"{runlog.STAGING_PREFIX}{os.getpid()}-x2"  # a live process's
+    for d in (stale, ours):
+        d.mkdir()
+        (d / "events.out.tfevents.1").write_bytes(b"x")
+    log = runlog.RunLog(f"{s3}/runs/r1")
+    assert not stale.exists() and ours.exists()
+    assert log.staging.name.startswith(f"{runlog.STAGING_PREFIX}{os.getpid()}-")
+    log.log({k: 0.5 for k in runlog.COLUMNS} | {"epoch": 1})
+    log.close()
+    assert not log.staging.exists() and locate(f"{s3}/runs/r1/metrics.csv").is_file()
+    runlog.write_events(f"{s3}/runs/r1", 2, {"test_dice": 0.5})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ours.name]  # write_events left nothing behind
