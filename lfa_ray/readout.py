@@ -6,9 +6,10 @@ intensity, T/C ratio and a call (positive / negative / invalid), or why the phot
    square is not read ("no read" and the reason), never guessed.
 2. Rectified: the window warped to a straight strip along its long side (perspective undone).
 3. The profile along the strip: per position, the median green value across the middle of the strip
-   (red and purple line dyes absorb green); the membrane's brightness around each line, a grey
-   closing of the profile wider than a line, is the background, and ``1 - profile / background`` the
-   line intensity (0: nothing, 1: black).
+   (red and purple line dyes absorb green most); where green is saturated over much of the strip
+   (glare, overexposure, a warm cast), the least saturated channel instead. The membrane's
+   brightness around each line, a grey closing of the profile wider than a line, is the background,
+   and ``1 - profile / background`` the line intensity (0: nothing, 1: black).
 4. The lines: the strongest intensity within ``readout.tolerance`` of each expected place
    (``readout.control_at`` / ``readout.test_at``: shares of the window's length from its sample-well
    end, either order). The mask does not say which end is the sample's, so both ends are tried and
@@ -36,6 +37,8 @@ MIN_FILL = 0.75  # the region's area over its quadrilateral's: lower is not a wi
 MIN_ASPECT = 1.15  # long side over short side: nearer square, the strip's direction is unknown
 WASHED_OUT = 248  # a green value this high is saturated: a line there may not show
 MAX_WASHED_OUT = 0.7  # a share of saturated pixels at a line's place above this: that place cannot be read
+GREEN = 1
+SATURATED_STRIP = 0.3  # green saturated over more of the strip's middle than this: read another channel
 WELL_PX = 100  # px per window length where the sample well is looked for
 WELL_REACH = (0.15, 2.1)  # how far beyond a window end the well's centre may sit, in window lengths
 WELL_RADIUS = (0.09, 0.5)  # the well's radius, in window lengths
@@ -125,10 +128,17 @@ def sample_end(image: np.ndarray, quad: np.ndarray) -> int | None:
     return None
 
 
-def intensity_profile(strip: np.ndarray, line_width: float = 0.1) -> np.ndarray:
-    """Line intensity along the strip (0..1), from its green channel; ``line_width`` (a share of the
-    length) bounds the widest line, so the background is taken around it."""
-    rows = _middle(strip)[:, :, 1].astype(np.float32)
+def channel(strip: np.ndarray) -> int:
+    """The colour channel to read: green (red and purple line dyes absorb it most) unless it is
+    saturated over much of the strip (glare, overexposure, a colour cast), then the least saturated one."""
+    saturated = [(_middle(strip)[:, :, c] >= WASHED_OUT).mean() for c in range(3)]
+    return GREEN if saturated[GREEN] <= SATURATED_STRIP else int(np.argmin(saturated))
+
+
+def intensity_profile(strip: np.ndarray, line_width: float = 0.1, colour: int = 1) -> np.ndarray:
+    """Line intensity along the strip (0..1), from its ``colour`` channel; ``line_width`` (a share of
+    the length) bounds the widest line, so the background is taken around it."""
+    rows = _middle(strip)[:, :, colour].astype(np.float32)
     profile = cv2.GaussianBlur(np.median(rows, axis=0)[None], (0, 0), 1.0)
     k = int(line_width * profile.shape[1]) | 1
     kernel = np.ones((1, k), np.uint8)
@@ -143,11 +153,11 @@ def _middle(strip: np.ndarray) -> np.ndarray:
     return strip[int(h * 0.2):max(int(h * 0.2) + 1, int(np.ceil(h * 0.8)))]
 
 
-def _washed_out(strip: np.ndarray, at: float, tolerance: float) -> float:
-    """The share of saturated green values (>= WASHED_OUT) around ``at`` in the middle of the strip."""
+def _washed_out(strip: np.ndarray, at: float, tolerance: float, colour: int = 1) -> float:
+    """The share of saturated values (>= WASHED_OUT) of channel ``colour`` around ``at`` in the middle of the strip."""
     n = strip.shape[1]
     lo, hi = max(0, int((at - tolerance) * n)), min(n, int(np.ceil((at + tolerance) * n)) + 1)
-    return float((_middle(strip)[:, lo:hi, 1] >= WASHED_OUT).mean())
+    return float((_middle(strip)[:, lo:hi, colour] >= WASHED_OUT).mean())
 
 
 def _peak(profile: np.ndarray, at: float, tolerance: float) -> tuple[float, int]:
@@ -173,7 +183,8 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     if quad is None:
         return Reading("no read", why)
     strip = rectify(image, quad)
-    profile = intensity_profile(strip)
+    colour = channel(strip)
+    profile = intensity_profile(strip, colour=colour)
     ends = [(_peak(profile[::-1] if flipped else profile, layout.control_at, layout.tolerance), flipped)
             for flipped in (False, True)]
     (control, c_at), flipped = max(ends, key=lambda e: e[0][0])
@@ -203,7 +214,7 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     # Where no line was found, a washed-out place (glare, overexposure) hides whether one is there.
     absent = (("control", (layout.control_at, reach)) if not valid
               else ("test", test_place) if call == "negative" else None)
-    if absent and _washed_out(strip, *absent[1]) > MAX_WASHED_OUT:
+    if absent and _washed_out(strip, *absent[1], colour) > MAX_WASHED_OUT:
         return Reading("no read", f"the {absent[0]} line's place is washed out (glare or overexposure); "
                        f"retake the photo out of direct light", round(control, 4), round(test, 4), None, flipped,
                        end is not None, mark(strip, c_at, t_at, valid, call == "positive"))

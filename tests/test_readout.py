@@ -120,6 +120,25 @@ def test_a_window_cut_short_at_the_control_end_is_read_with_the_sample_end_the_w
     assert tried >= 5
 
 
+def test_a_photo_overexposed_in_green_is_read_in_the_channel_that_still_shows_the_lines():
+    read = 0
+    for i in range(30):
+        image, masks, truth = render_truth(8, i)
+        if truth["call"] != "positive" or readout.read(image, masks["window"], LAYOUT).call != "positive":
+            continue
+        # overexposed with a warm cast: red and green clip over the membrane, blue does not
+        hot = np.clip(image.astype(np.float32) * [1.8, 1.8, 1.0], 0, 255).astype(np.uint8)
+        quad, _ = readout.window_corners(masks["window"])
+        strip = readout.rectify(hot, quad)
+        if (readout._middle(strip)[..., 1] >= readout.WASHED_OUT).mean() < 0.5:
+            continue  # not washed out enough to tell
+        read += 1
+        assert readout.channel(strip) == 2
+        reading = readout.read(hot, masks["window"], LAYOUT)
+        assert reading.call == "positive" and reading.status == "ok", reading.row()
+    assert read >= 3
+
+
 def test_read_out_says_why_it_cannot_read_instead_of_guessing():
     image, masks, truth = next(r for r in (render_truth(4, i) for i in range(20)) if r[2]["call"] == "negative")
     assert readout.read(image, masks["window"], LAYOUT).call == "negative"
