@@ -1,6 +1,6 @@
 """Read-out accuracy on held-out synthetic cassettes: calls and T/C ratios against the drawing's truth.
 
-    python benchmarks/readout.py --checkpoint results/train-default [--n 400] [--seed 202]
+    python benchmarks/readout.py --checkpoint results/train-default [--n 400] [--seed 202] [--tta]
 
 Draws ``--n`` photos (``--seed``; the default sweep trains on seed 0 and the read-out's thresholds
 were chosen on seed 101) with 15 % invalid cassettes (no control line) and the usual third each of
@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, help="keep the set and the tables here (default: a temporary folder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="readout.KEY=VALUE",
                    help="change a read-out key of the model's profile (repeatable)")
+    p.add_argument("--tta", action="store_true", help="the model's windows with flip test-time augmentation")
     args = p.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="lfa_ray-readout-"))
     device = torch.device("cpu")
@@ -66,8 +67,8 @@ def main(argv=None) -> int:
     print(f"{len(pairs)} held-out photos (seed {args.seed}, {INVALID_SHARE:.0%} invalid) in {time.time() - t0:.0f} s")
     t0 = time.time()
     tables = {"true window": ("true", true_windows(pairs, layout))}
-    ev = evaluate.evaluate(model, size, pairs, device, layout=layout)
-    tables[f"model's window ({size} px model)"] = ("model", ev.table)
+    ev = evaluate.evaluate(model, size, pairs, device, layout=layout, tta=args.tta)
+    tables[f"model's window ({size} px model{', flip TTA' if args.tta else ''})"] = ("model", ev.table)
     evaluate.write(ev, locate(out / "model"), f"read-out of {len(pairs)} held-out synthetic photos")
     print(f"read twice in {time.time() - t0:.0f} s")
     lines = ["| window | photos | call accuracy | accuracy of photos read | not read | T/C vs true ratio "

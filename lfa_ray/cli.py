@@ -57,6 +57,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="also read each test: control/test lines, T/C ratio, positive/negative/invalid")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="readout.KEY=VALUE",
                    help="with --readout: change a read-out key of the model's profile (repeatable)")
+    p.add_argument("--tta", action="store_true",
+                   help="average the model over the photo and its flips (4x the compute, truer window edges)")
     add_print_config(p, "the profile the model was trained with")
 
 
@@ -144,7 +146,7 @@ def predict(argv: list[str] | None = None) -> None:
     if args.input is None:
         p.error("the following arguments are required: input")
     written = prediction.run(args.checkpoint, args.input, args.out, args.batch_size, args.device,
-                             readout_sets(p, args))
+                             readout_sets(p, args), args.tta)
     print(f"wrote {len(written)} masks and overlays" + (", read-outs and readout.csv" if args.readout else "")
           + f" to {args.out}")
 
@@ -163,7 +165,7 @@ def evaluate(argv: list[str] | None = None) -> None:
     if print_model_config(args):
         return
     s = evaluation.run(args.checkpoint, args.data, args.split, args.out, args.worst, args.batch_size, args.device,
-                       readout_sets(p, args))
+                       readout_sets(p, args), args.tta)
     print(evaluation.format_summary(s))
     print(f"wrote per_image.csv, summary.md and worst.png to {args.out}")
 

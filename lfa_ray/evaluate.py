@@ -98,7 +98,7 @@ def _thumb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray
 
 
 def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch.device,
-             batch_size: int = 16, layout: Optional[ReadoutConfig] = None) -> Evaluation:
+             batch_size: int = 16, layout: Optional[ReadoutConfig] = None, tta: bool = False) -> Evaluation:
     """Score ``model`` (trained at ``size`` px) on ``pairs``, each at its photo's size as displayed;
     with ``layout``, also read each test (:mod:`lfa_ray.readout`) and compare with the truth the
     pairs carry (synthetic cassettes)."""
@@ -109,7 +109,8 @@ def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
         decoded = [decode_pair(p, reduce_to=reduce_to) for p in chunk]  # UserError names a broken file
-        preds = predict(model, [ph.pixels for ph, _ in decoded], size, device, out_sizes=[ph.size for ph, _ in decoded])
+        preds = predict(model, [ph.pixels for ph, _ in decoded], size, device,
+                        out_sizes=[ph.size for ph, _ in decoded], tta=tta)
         for pair, (photo, truth), pred in zip(chunk, decoded, preds, strict=True):
             row = {"name": pair.name, "width": photo.size[0], "height": photo.size[1],
                    "true_area": float(truth.mean()), "predicted_area": float(pred.mean()), **scores(pred, truth)}
@@ -260,11 +261,12 @@ def _pairs(data: Optional[str], split: Optional[str], cfg: Config) -> tuple[list
 
 def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None, out: str = "evaluation",
         worst: int = 12, batch_size: int = 16, device: Optional[str] = None,
-        readout_sets: Optional[list[str]] = None) -> dict:
+        readout_sets: Optional[list[str]] = None, tta: bool = False) -> dict:
     """``lfa_ray.evaluate``: score the model of ``checkpoint`` on ``data``'s ``split`` (default: its
     own data's test split; another dataset's test folder, else all of it); writes ``out``; the summary.
     ``readout_sets`` (a list, maybe empty: ``--readout`` with its ``--set readout.KEY=VALUE`` items):
-    also read each test with the model's read-out profile and those changes."""
+    also read each test with the model's read-out profile and those changes. ``tta``: masks from the
+    photo and its flips (:func:`lfa_ray.predict.predict`)."""
     from lfa_ray.predict import find_model, load_model, readout_layout
 
     if worst < 1 or batch_size < 1:
@@ -274,8 +276,8 @@ def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     pairs, split, root = _pairs(data, split, config_from_dict(trained_with))
     print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(checkpoint)}")
-    ev = evaluate(model, size, pairs, dev, batch_size, layout)
-    return write(ev, locate(out), f"{split} of {root}", worst)
+    ev = evaluate(model, size, pairs, dev, batch_size, layout, tta)
+    return write(ev, locate(out), f"{split} of {root}" + (", flip TTA" if tta else ""), worst)
 
 
 if __name__ == "__main__":

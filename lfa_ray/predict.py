@@ -98,12 +98,17 @@ def find_images(path: str | Path) -> list[Location]:
     raise UserError(f"{path}: input not found; pass an image file or a folder of images")
 
 
+FLIPS = ((), (3,), (2,), (2, 3))  # test-time augmentation: the photo as is, mirrored, upside down, both
+
+
 @torch.no_grad()
 def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.device,
-            out_sizes: list[tuple[int, int]] | None = None) -> list[np.ndarray]:
-    """Binary masks (uint8 0/1), each at its image's size or at ``out_sizes`` (width, height)."""
+            out_sizes: list[tuple[int, int]] | None = None, tta: bool = False) -> list[np.ndarray]:
+    """Binary masks (uint8 0/1), each at its image's size or at ``out_sizes`` (width, height).
+    ``tta``: the logits averaged over the photo and its three flips (4 x the compute)."""
     x = model_input(images, size).to(device, memory_format=torch.channels_last)
-    logits = model(x).float()
+    views = FLIPS if tta else FLIPS[:1]
+    logits = sum(model(x.flip(dims)).float().flip(dims) for dims in views) / len(views)
     out = []
     for i, (im, lg) in enumerate(zip(images, logits, strict=True)):
         hw = im.shape[:2] if out_sizes is None else out_sizes[i][::-1]
@@ -113,11 +118,11 @@ def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.devi
 
 
 def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: str | None = None,
-        readout_sets: list[str] | None = None) -> list[Path]:
+        readout_sets: list[str] | None = None, tta: bool = False) -> list[Path]:
     """Write each photo's mask and overlay into ``out``. ``readout_sets`` (a list, maybe empty:
     ``--readout`` and its ``--set readout.KEY=VALUE`` items): also read each test
     (:mod:`lfa_ray.readout`): ``NAME_readout.png`` (the window straightened, lines marked) and one
-    ``readout.csv`` for all photos."""
+    ``readout.csv`` for all photos. ``tta``: see :func:`predict`."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, size, trained_with = load_model(checkpoint, dev)
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
@@ -128,7 +133,7 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
     for start in range(0, len(files), batch_size):
         chunk = files[start:start + batch_size]
         photos = [_decode(f, reduce_to=max(size, READ_SIDE)) for f in chunk]
-        masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos])
+        masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos], tta=tta)
         for f, photo, mask in zip(chunk, photos, masks, strict=True):
             stem = Path(f.name).stem
             Image.fromarray(mask * 255).save(out_dir / f"{stem}_mask.png")

@@ -62,6 +62,26 @@ def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir
     assert Image.open(out / "worst.png").size[0] == 3 * evaluate.TILE
 
 
+def test_flip_tta_masks_do_not_depend_on_how_the_photo_was_flipped(small_dir, tmp_path, capsys):
+    model_file, cfg = _model(tmp_path, small_dir)
+    model, size, _ = predict.load_model(model_file, torch.device("cpu"))
+    image = np.asarray(Image.open(next((small_dir / "train_images").iterdir())).convert("RGB"))
+    cpu = torch.device("cpu")
+    with torch.no_grad():  # centre the untrained model's logits on 0, so its mask has edges to differ at
+        logits = model(predict.model_input([image], size).to(memory_format=torch.channels_last))
+        model.final_conv.bias -= logits.median()
+    plain, tta = (predict.predict(model, [image], size, cpu, tta=t)[0] for t in (False, True))
+    assert 0.1 < tta.mean() < 0.9
+    mirrored = predict.predict(model, [image[:, ::-1].copy()], size, cpu, tta=True)[0]
+    upside_down = predict.predict(model, [image[::-1].copy()], size, cpu, tta=True)[0]
+    # averaged over the four flips (each undone), the mask of a flipped photo is the flipped mask
+    assert (mirrored[:, ::-1] == tta).mean() > 0.999 and (upside_down[::-1] == tta).mean() > 0.999
+    assert (plain != tta).any()  # an untrained model is far from flip-symmetric: TTA changes its mask
+    assert cli.evaluate(["--checkpoint", str(model_file), "--data", str(small_dir), "--tta",
+                         "--out", str(tmp_path / "ev")]) == 0
+    assert "flip TTA" in (tmp_path / "ev" / "summary.md").read_text()
+
+
 def test_evaluate_on_other_data_takes_its_test_folder_or_all_of_it(small_dir, tmp_path, capsys):
     model, _ = _model(tmp_path, small_dir)
     other = tmp_path / "other"
