@@ -35,9 +35,9 @@ STRIP_LENGTH = 160  # px along the rectified window: every window is read at thi
 MIN_SIDES = (12, 3)  # px in the photo: a window shorter or narrower than this is not read
 MIN_FILL = 0.75  # the region's area over its quadrilateral's: lower is not a window
 MIN_ASPECT = 1.15  # long side over short side: nearer square, the strip's direction is unknown
-WASHED_OUT = 248  # a green value this high is saturated: a line there may not show
+WASHED_OUT = 248  # a channel's value this high is saturated: a line there may not show
 MAX_WASHED_OUT = 0.7  # a share of saturated pixels at a line's place above this: that place cannot be read
-GREEN = 1
+GREEN = 1  # the channel read unless it is saturated (red and purple line dyes absorb green most)
 SATURATED_STRIP = 0.3  # green saturated over more of the strip's middle than this: read another channel
 WELL_PX = 100  # px per window length where the sample well is looked for
 WELL_REACH = (0.15, 2.1)  # how far beyond a window end the well's centre may sit, in window lengths
@@ -135,7 +135,7 @@ def channel(strip: np.ndarray) -> int:
     return GREEN if saturated[GREEN] <= SATURATED_STRIP else int(np.argmin(saturated))
 
 
-def intensity_profile(strip: np.ndarray, line_width: float = 0.1, colour: int = 1) -> np.ndarray:
+def intensity_profile(strip: np.ndarray, line_width: float = 0.1, colour: int = GREEN) -> np.ndarray:
     """Line intensity along the strip (0..1), from its ``colour`` channel; ``line_width`` (a share of
     the length) bounds the widest line, so the background is taken around it."""
     rows = _middle(strip)[:, :, colour].astype(np.float32)
@@ -153,7 +153,7 @@ def _middle(strip: np.ndarray) -> np.ndarray:
     return strip[int(h * 0.2):max(int(h * 0.2) + 1, int(np.ceil(h * 0.8)))]
 
 
-def _washed_out(strip: np.ndarray, at: float, tolerance: float, colour: int = 1) -> float:
+def _washed_out(strip: np.ndarray, at: float, tolerance: float, colour: int = GREEN) -> float:
     """The share of saturated values (>= WASHED_OUT) of channel ``colour`` around ``at`` in the middle of the strip."""
     n = strip.shape[1]
     lo, hi = max(0, int((at - tolerance) * n)), min(n, int(np.ceil((at + tolerance) * n)) + 1)
