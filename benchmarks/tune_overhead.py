@@ -16,7 +16,9 @@ seconds are Ray Tune + Ray Train's own floor for one trial in this pattern; the
 difference is what lfa_ray's trial adds (imports, data, model, checkpoints). And
 once more with a Tune-only trial that reports from Tune's own trial process (no
 TorchTrainer): Ray Tune's floor alone, so the difference is what Ray Train's
-controller and worker actors cost per trial.
+controller and worker actors cost per trial. Last, lfa_ray's own training run in
+Tune's trial process (``lfa_ray.loop.fit`` reporting with ``tune.report``, no
+checkpoints): what a trial without Ray Train would cost.
 """
 
 from __future__ import annotations
@@ -62,6 +64,26 @@ def tune_only_trial(params: dict, *, base: dict, **_) -> None:
     for epoch in range(1, base["train"]["epochs"] + 1):
         tune.report({"epoch": epoch, "time": time.time(), "epoch_seconds": 0.0, "val_dice": 0.0,
                      "run_finished": int(epoch == base["train"]["epochs"])})
+
+
+def in_trial_process(params: dict, *, base: dict, data, **_) -> None:
+    """lfa_ray's training in Tune's trial process (no TorchTrainer, no checkpoints), one CPU."""
+    import ray
+    import torch
+    from ray import tune
+
+    from lfa_ray.config import config_from_dict
+    from lfa_ray.data import build_datasets
+    from lfa_ray.loop import build, fit, make_loaders
+    from lfa_ray.search import apply_params
+
+    cfg = apply_params(config_from_dict(base), params)
+    torch.set_num_threads(cfg.scaling.cpus_per_worker)
+    train_ds, val_ds = build_datasets(cfg, ray.get(data.ref))
+    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    device = torch.device("cpu")
+    fit(cfg, build(cfg, device), train_loader, val_loader, device,
+        on_epoch=lambda result: tune.report(dict(result.metrics)))
 
 
 def measure(cfg, data, trial=None) -> dict:
@@ -110,8 +132,10 @@ def main() -> None:
     ours = measure(cfg, data)
     bare = measure(cfg, data, trial=bare_trial)  # the same Tuner, trial function swapped
     tune_only = measure(cfg, data, trial=tune_only_trial)
+    in_trial = measure(cfg, data, trial=in_trial_process)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; ray.init {ray_init:.1f} s (once per sweep)")
-    for name, r in (("lfa_ray trial", ours), ("bare TorchTrainer trial", bare), ("Tune-only trial", tune_only)):
+    for name, r in (("lfa_ray trial", ours), ("bare TorchTrainer trial", bare), ("Tune-only trial", tune_only),
+                    ("lfa_ray's training in Tune's trial process", in_trial)):
         print(f"{name}: {r['trials']} trials x {r['epochs']:.0f} epochs, one at a time: sweep wall {r['wall']:.1f} s, "
               f"trial wall {r['trial_wall']:.1f} s, epoch compute {r['compute']:.2f} s per trial; "
               f"per report {r['report_s'] * 1000:.0f} ms; fixed {r['fixed']:.1f} s")
@@ -120,6 +144,7 @@ def main() -> None:
           f"floor {bare['fixed']:.1f} s and lfa_ray's trial set-up {ours['fixed'] - bare['fixed']:.1f} s; "
           f"of the floor, Ray Tune's own {tune_only['fixed']:.1f} s and Ray Train's actors "
           f"{bare['fixed'] - tune_only['fixed']:.1f} s")
+    print(f"lfa_ray's training in Tune's trial process, no Ray Train: fixed {in_trial['fixed']:.1f} s per trial")
 
 if __name__ == "__main__":
     main()
