@@ -1,9 +1,11 @@
 """Read the test from a photo and its read-window mask: control line present (valid), test line
 intensity, T/C ratio and a call (positive / negative / invalid), or why the photo cannot be read.
 
-1. The window: the mask's largest region, its four corners (the quadrilateral that fits its outline,
-   else its minimum-area rectangle); a region too small, far from a filled quadrilateral or nearly
-   square is not read ("no read" and the reason), never guessed.
+1. The window: the mask's largest region, its four corners (of its minimum-area rectangle, lines
+   fitted to its four sides and its outline simplified to four corners, the quadrilateral that
+   overlaps it most: the fitted sides follow perspective past a predicted mask's rounded corners
+   and bumps); a region too small, far from a filled quadrilateral or nearly square is not read
+   ("no read" and the reason), never guessed.
 2. Rectified: the window warped to a straight strip along its long side (perspective undone).
 3. The profile along the strip: per position, the median green value across the middle of the strip
    (red and purple line dyes absorb green most); where green is saturated over much of the strip
@@ -32,6 +34,7 @@ import cv2
 import numpy as np
 
 STRIP_LENGTH = 160  # px along the rectified window: every window is read at this resolution
+SIDE_ENDS = 0.15  # the share at each end of a side whose outline points are left out of its line fit
 MIN_SIDES = (12, 3)  # px in the photo: a window shorter or narrower than this is not read
 MIN_FILL = 0.75  # the region's area over its quadrilateral's: lower is not a window
 MIN_ASPECT = 1.15  # long side over short side: nearer square, the strip's direction is unknown
@@ -62,28 +65,40 @@ class Reading:
                 "tc_ratio": self.ratio}
 
 
-def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:
-    """The window's corners (4x2, float32; the first side is a long one), or None and why not."""
+def _largest(mask: np.ndarray) -> np.ndarray | None:
+    """The mask's largest connected region (uint8 0/1), or None when the mask is empty."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
     if count < 2:
-        return None, "no window found"
-    biggest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    region = (labels == biggest).astype(np.uint8)
+        return None
+    return (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+
+
+def _quad(region: np.ndarray) -> tuple[np.ndarray, float]:
+    """The quadrilateral that fits the region best, and how well (intersection over union): of its
+    minimum-area rectangle, the lines fitted to its sides and its outline simplified to four corners."""
     contour = max(cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
+    box = cv2.boxPoints(cv2.minAreaRect(contour)).astype(np.float32)
     hull = cv2.convexHull(contour)
-    quad = None
+    candidates = [box, _fit_sides(contour, box)]
     for eps in (0.02, 0.04, 0.06, 0.08):
         approx = cv2.approxPolyDP(hull, eps * cv2.arcLength(hull, True), True)
         if len(approx) == 4:
-            quad = approx[:, 0].astype(np.float32)
+            candidates.append(approx[:, 0].astype(np.float32))
             break
-    if quad is None:
-        quad = cv2.boxPoints(cv2.minAreaRect(contour)).astype(np.float32)
+    return max(((q, _overlap(region, q)) for q in candidates if q is not None), key=lambda c: c[1])
+
+
+def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:
+    """The window's corners (4x2, float32; the first side is a long one), or None and why not."""
+    region = _largest(mask)
+    if region is None:
+        return None, "no window found"
+    quad, _ = _quad(region)
     sides = np.linalg.norm(quad - np.roll(quad, -1, axis=0), axis=1)
     if sides[1] + sides[3] > sides[0] + sides[2]:  # start on a long side
         quad, sides = np.roll(quad, -1, axis=0), np.roll(sides, -1)
     long, short = (sides[0] + sides[2]) / 2, (sides[1] + sides[3]) / 2
-    area = float(stats[biggest, cv2.CC_STAT_AREA])
+    area = float(region.sum())
     if long < MIN_SIDES[0] or short < MIN_SIDES[1]:
         return None, f"window too small to read ({long:.0f} x {short:.0f} px)"
     fill = area / max(cv2.contourArea(quad), 1.0)
@@ -92,6 +107,42 @@ def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:
     if long / short < MIN_ASPECT:
         return None, f"window mask is nearly square ({long:.0f} x {short:.0f} px): its long side is unknown"
     return quad, "ok"
+
+
+def _fit_sides(contour: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """The quadrilateral whose sides are lines fitted (robustly) to the outline's points nearest each
+    side of ``box``, the ends of each side left out: it follows perspective, and a bump or a rounded
+    corner of the mask barely moves it. None when a side has too few points."""
+    points = contour[:, 0].astype(np.float32)
+    start, vec = box, np.roll(box, -1, axis=0) - box
+    length = np.maximum(np.linalg.norm(vec, axis=1), 1e-6)
+    along = vec / length[:, None]
+    rel = points[:, None, :] - start[None]  # point x side x 2
+    off = np.abs(rel[..., 0] * along[:, 1] - rel[..., 1] * along[:, 0])  # distance to each side's line
+    share = (rel * along[None]).sum(-1) / length  # where along each side, 0..1
+    nearest = off.argmin(axis=1)
+    lines = []
+    for k in range(4):
+        mine = points[(nearest == k) & (share[:, k] > SIDE_ENDS) & (share[:, k] < 1 - SIDE_ENDS)]
+        if len(mine) < 2:
+            return None
+        vx, vy, x, y = cv2.fitLine(mine, cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        lines.append((np.float32([x, y]), np.float32([vx, vy])))
+    corners = []
+    for (p, d), (q, e) in zip([lines[-1]] + lines[:-1], lines, strict=True):  # corner k: sides k-1 and k meet
+        det = d[0] * -e[1] + d[1] * e[0]
+        if abs(det) < 1e-3:
+            return None
+        t = ((q - p)[0] * -e[1] + (q - p)[1] * e[0]) / det
+        corners.append(p + t * d)
+    return np.float32(corners)
+
+
+def _overlap(region: np.ndarray, quad: np.ndarray) -> float:
+    """Intersection over union of a region (0/1) and a quadrilateral."""
+    filled = np.zeros_like(region)
+    cv2.fillPoly(filled, [np.round(quad).astype(np.int32)], 1)
+    return float((filled & region).sum()) / max(1.0, float((filled | region).sum()))
 
 
 def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:

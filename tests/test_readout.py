@@ -73,6 +73,25 @@ def test_a_photo_turned_around_reads_the_same():
     assert read >= 5
 
 
+def test_window_corners_follow_the_windows_sides_through_rounded_corners_and_bumps():
+    """Corners within a share of the window's short side of the true ones: on the drawn masks, and
+    on masks with rounded corners and a bump on a long side (as a predicted window looks)."""
+    worst = {"drawn": [], "rough": []}
+    for i in range(30):
+        _, masks, truth = render_truth(7, i)
+        true = np.float32(truth["window"])
+        short = np.linalg.norm(true[1] - true[2])
+        k = max(3, int(0.4 * short)) | 1
+        rough = cv2.morphologyEx(masks["window"], cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k)))
+        cv2.circle(rough, tuple(int(v) for v in (true[0] + true[1]) / 2), int(0.3 * short), 1, -1)
+        for name, mask in (("drawn", masks["window"]), ("rough", rough)):
+            quad, why = readout.window_corners(mask)
+            assert quad is not None, why
+            worst[name].append(max(np.linalg.norm(quad - corner, axis=1).min() for corner in true) / short)
+    assert max(worst["drawn"]) < 0.15, worst["drawn"]
+    assert np.median(worst["rough"]) < 0.15 and max(worst["rough"]) < 0.3, worst["rough"]
+
+
 def _true_end(quad: np.ndarray, truth: dict) -> int:
     """Which end of ``quad`` (as window_corners orders it) the truth says faces the sample well."""
     near = np.mean(np.array(truth["window"], np.float32)[[0, 3]], axis=0)
