@@ -15,13 +15,16 @@ intensity, T/C ratio and a call (positive / negative / invalid), or why the phot
 4. The lines: the strongest intensity within ``readout.tolerance`` of each expected place
    (``readout.control_at`` / ``readout.test_at``: shares of the window's length from its sample-well
    end, either order). The mask does not say which end is the sample's, so both ends are tried and
-   the one whose control place holds the stronger line wins; the test line is looked for at its
-   distance from the control line found.
+   the one whose control place holds the stronger line wins. The test line is looked for where
+   the control line found puts it: at its distance from the control line, and where it would be
+   were only one end of the window exact (the sample end, or the far end) and its length wrong;
+   the strongest of the three places counts (they coincide where the control line sits at its place).
 5. No control line at either end's place: a predicted window's ends may be off, so the photo is
    asked which end faces the sample well (a ring on the window's axis beyond one end: the strongest
    fitting circle of a Hough transform in the window's surroundings, straightened the same way),
    and from that end the control line is looked for within three times the tolerance (never as
-   far as the test line's place). No well in sight (cut off by the frame, hidden): invalid stays.
+   far as the test line's place), then the test line as in 4. No well in sight (cut off by the
+   frame, hidden): invalid stays.
 6. The call: ``invalid`` when the control line is below ``readout.control_min``; ``positive`` when
    the test line reaches ``readout.test_min``; else ``negative``. T/C = test / control intensity.
 """
@@ -217,9 +220,9 @@ def _peak(profile: np.ndarray, at: float, tolerance: float) -> tuple[float, int]
     n = len(profile)
     lo, hi = max(1, int((at - tolerance) * n)), min(n - 1, int(np.ceil((at + tolerance) * n)) + 1)
     inner = profile[lo:hi]
-    peaks = np.flatnonzero((inner >= profile[lo - 1:hi - 1]) & (inner >= profile[lo + 1:hi + 1]))
+    peaks = np.flatnonzero((inner >= profile[lo - 1:hi - 1]) & (inner >= profile[lo + 1:hi + 1])) if hi > lo else []
     if not len(peaks):
-        return 0.0, int(at * n)
+        return 0.0, min(n - 1, max(0, int(at * n)))
     i = lo + int(peaks[np.argmax(inner[peaks])])
     return float(profile[i]), i
 
@@ -251,14 +254,17 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
             control, c_at = _peak(profile[::-1] if flipped else profile, layout.control_at, reach)
     p = profile[::-1] if flipped else profile
     valid = control >= layout.control_min
-    # The test line is looked for at its distance from the control line found (the mask's ends are
-    # less exact than that distance); without a control line, at its own place. With the sample
-    # end from the well (the window's ends were off, so its length is too), also where it would be
-    # were the sample end right and the length wrong; the stronger line of the two places counts.
+    # The test line is looked for where the control line found puts it (a predicted window's ends
+    # are less exact than the lines' distance): at that distance, and where it would be were only
+    # the sample end, or only the far end, exact and the length wrong; the strongest place counts.
+    # Without a control line, at its own place.
     places = ([(c_at / len(p) + layout.test_at - layout.control_at, layout.tolerance / 2)] if valid
               else [(layout.test_at, reach)])
-    if valid and end is not None:
-        places.append((c_at / len(p) * layout.test_at / layout.control_at, layout.tolerance / 2))
+    if valid:
+        c = c_at / len(p)
+        places += [(c * layout.test_at / layout.control_at, layout.tolerance / 2),
+                   (1 - (1 - c) * (1 - layout.test_at) / (1 - layout.control_at), layout.tolerance / 2)]
+        places = [place for place in places if 0 < place[0] < 1] or places[:1]  # not beyond the window
     (test, t_at), test_place = max(((_peak(p, *place), place) for place in places), key=lambda f: f[0][0])
     call = "invalid" if not valid else "positive" if test >= layout.test_min else "negative"
     strip = strip[:, ::-1] if flipped else strip

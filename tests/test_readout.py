@@ -139,6 +139,30 @@ def test_a_window_cut_short_at_the_control_end_is_read_with_the_sample_end_the_w
     assert tried >= 5
 
 
+def test_a_window_too_long_at_the_sample_end_still_finds_the_test_line():
+    """A predicted window running 20-30 % past the sample end: the control line sits within its
+    tolerance, the test line (at its distance from the control line) does not; it is found where
+    the far end, exact, puts it."""
+    read = right = 0
+    for i in range(80):
+        image, masks, truth = render_truth(8, i)
+        if truth["call"] != "positive" or readout.read(image, masks["window"], LAYOUT).call != "positive":
+            continue
+        c = np.float32(truth["window"])  # sample end first: corners 0 and 3
+        for more in (0.2, 0.3):
+            longer = np.float32([c[0] + more * (c[0] - c[1]), c[1], c[2], c[3] + more * (c[3] - c[2])])
+            mask = np.zeros_like(masks["window"])
+            cv2.fillPoly(mask, [np.round(longer).astype(np.int32)], 1)
+            read += 1
+            right += readout.read(image, mask, LAYOUT).call == "positive"
+    assert read >= 40 and right >= 0.95 * read, (read, right)
+    profile = np.zeros(160)
+    profile[20] = 0.5
+    assert readout._peak(profile, 0.12, 0.035) == (0.5, 20)
+    for beyond in (-0.6, -0.03, 1.03, 1.8):  # a place off the strip holds no line, and says so
+        assert readout._peak(profile, beyond, 0.035)[0] == 0.0
+
+
 def test_a_photo_overexposed_in_green_is_read_in_the_channel_that_still_shows_the_lines():
     read = 0
     for i in range(30):
