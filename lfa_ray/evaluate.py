@@ -169,7 +169,8 @@ def write(ev: Evaluation, out: Location, title: str, worst: int = 12) -> dict:
     (out / "summary.md").write_text("\n".join(lines))
     _write_png(out / "worst.png", gallery(ev, worst))
     if ev.strips:
-        wrong = ev.table[ev.table["call"] != ev.table.get("true_call", ev.table["call"])]["name"]
+        t = ev.table
+        wrong = t[t["true_call"].notna() & ~readout.right(t)]["name"] if "true_call" in t else []
         if len(wrong):
             _write_png(out / "misread.png", strip_gallery(ev, list(wrong)[:worst]))
     return s

@@ -298,10 +298,27 @@ def mark(strip: np.ndarray, c_at: int, t_at: int, control: bool, test: bool, hei
 # -- scoring against the truth of synthetic cassettes (synth.render_truth) ---------------------
 
 def truth_row(truth: dict) -> dict:
-    """The columns a photo's read-out truth adds to a table of readings."""
+    """The columns a photo's read-out truth adds to a table of readings (truth written before
+    lfa_ray recorded ``readable`` counts as readable)."""
     lines = truth["lines"]
-    return {"true_call": truth["call"], "true_control": lines["control"]["strength"],
-            "true_test": lines["test"]["strength"], "true_test_level": lines["test"]["level"]}
+    return {"true_call": truth["call"], "true_readable": truth.get("readable", True),
+            "true_control": lines["control"]["strength"], "true_test": lines["test"]["strength"],
+            "true_test_level": lines["test"]["level"]}
+
+
+def right(table):
+    """Per photo, whether the reading is right: the true call, or "no read" where the photo does
+    not show what the call rests on (glare or overexposure washed a line's place out)."""
+    return (table["call"] == table["true_call"]) | ((table["call"] == "no read") & ~_readable(table))
+
+
+def _readable(table):
+    """Whether the truth says each photo shows its lines (True where it does not say)."""
+    import pandas as pd
+
+    if "true_readable" not in table:
+        return pd.Series(True, index=table.index)
+    return table["true_readable"].fillna(True).astype(bool)
 
 
 def _spearman(a, b) -> float | None:
@@ -314,21 +331,24 @@ def _spearman(a, b) -> float | None:
 
 
 def score(table) -> dict:
-    """Call accuracy (every photo with truth; "no read" counts as wrong), the confusion table (true
-    call x reported call) and the Spearman correlations of the T/C ratio with the true strength ratio
-    and of the test intensity with the true strength (photos truly valid and read as valid)."""
+    """Call accuracy over every photo with truth (:func:`right`; ``strict_accuracy``: every "no
+    read" wrong), the confusion table (true call x reported call) and the Spearman correlations of
+    the T/C ratio with the true strength ratio and of the test intensity with the true strength
+    (photos truly valid and read as valid)."""
     t = table[table["true_call"].notna()] if "true_call" in table else table.iloc[:0]
     if t.empty:
         return {}
     valid = t[(t["true_call"] != "invalid") & t["tc_ratio"].notna()]
     confusion = {true: {called: int(((t["true_call"] == true) & (t["call"] == called)).sum()) for called in CALLS}
                  for true in CALLS[:3]}
-    return {"photos": len(t), "call_accuracy": float((t["call"] == t["true_call"]).mean()),
-            "not_read": int((t["call"] == "no read").sum()), "confusion": confusion,
+    unreadable = ~_readable(t)
+    return {"photos": len(t), "call_accuracy": float(right(t).mean()),
+            "strict_accuracy": float((t["call"] == t["true_call"]).mean()),
+            "not_read": int((t["call"] == "no read").sum()), "unreadable": int(unreadable.sum()),
+            "declined_unreadable": int((unreadable & (t["call"] == "no read")).sum()), "confusion": confusion,
             "tc_spearman": _spearman(valid["tc_ratio"], valid["true_test"] / valid["true_control"]),
             "test_spearman": _spearman(valid["test"], valid["true_test"]),
-            "by_level": {level: float((g["call"] == g["true_call"]).mean())
-                         for level, g in t.groupby("true_test_level")}}
+            "by_level": {level: float(right(g).mean()) for level, g in t.groupby("true_test_level")}}
 
 
 def markdown(s: dict) -> list[str]:
@@ -338,7 +358,9 @@ def markdown(s: dict) -> list[str]:
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
     lines = ["## Read-out", "", f"Call accuracy {s['call_accuracy']:.2%} over {s['photos']} photos "
-             f"({s['not_read']} not read); T/C ratio vs true strength ratio Spearman {fmt(s['tc_spearman'])}, "
+             f"({s['not_read']} not read, {s['declined_unreadable']} of them of the {s['unreadable']} whose "
+             f"lines the photo does not show; counting every one wrong: {s['strict_accuracy']:.2%}); "
+             f"T/C ratio vs true strength ratio Spearman {fmt(s['tc_spearman'])}, "
              f"test intensity vs true strength {fmt(s['test_spearman'])}.", "",
              "| true \\ called | " + " | ".join(CALLS) + " |", "| --- " * (len(CALLS) + 1) + "|"]
     lines += [f"| {true} | " + " | ".join(str(n) for n in row.values()) + " |" for true, row in s["confusion"].items()]

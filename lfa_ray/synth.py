@@ -33,10 +33,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-VERSION = 2  # bump when the drawing changes, so cached sets are regenerated
+VERSION = 3  # bump when the drawing or its truth changes, so cached sets are regenerated
 # Where the lines are drawn, as a share of the read window's length from its sample-well end.
 TEST_AT, CONTROL_AT = 0.38, 0.72
 TRUTH_SUFFIX = "_readout.json"  # beside each mask: the read-out's ground truth
+DRAWINGS = ("photo", "without lines", "every line place drawn")  # the cassette's drawings, see _cassette
+FAINTEST = 0.08  # the faintest test line drawn: an absent one is visible where a line this faint would be
+VISIBLE, SHOWN = 0.5, 1 / 3  # a line shows where this share of its contrast survives the clip, over this share of it
 LONG_SIDE = 320
 ASPECTS = [4 / 3, 3 / 2, 16 / 9, 1.0]  # long / short side; each as landscape or portrait
 FRAMING = (0.10, 0.80)  # the cassette's area as a share of the photo's: far to close-up (ends cropped)
@@ -107,7 +110,10 @@ def _background(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarr
 def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: str, invalid: bool = False
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
     """Draw the cassette flat: colour, alpha, window mask and line mask, all ``height x length``, and
-    the line layout (flat coordinates; the sample well at x = 0). ``invalid``: no control line."""
+    the line layout (flat coordinates; the sample well at x = 0). ``invalid``: no control line.
+    The colour is a stack of three drawings (:data:`DRAWINGS`): the cassette, the same without its
+    lines, and the same with every line place drawn (an absent line at the strength it could have:
+    the control line's drawn strength, the faintest test line), to tell which lines the photo shows."""
     height = int(length * ratio)
     body = np.clip(np.array(BODIES[body_name], np.float32) + rng.normal(0, 0.03, 3), 0.05, 1.0).astype(np.float32)
     rgb = np.ones((height, length, 3), np.float32) * body
@@ -152,19 +158,23 @@ def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: st
 
     # Control line always; test line absent, faint or strong.
     lines = np.zeros_like(window)
+    rgb = np.stack([rgb, rgb, rgb])  # DRAWINGS
     dye = np.array([0.55, 0.10, 0.35], np.float32) + rng.normal(0, 0.04, 3).astype(np.float32)
-    test_strength = [0.0, rng.uniform(0.08, 0.25), rng.uniform(0.5, 0.9)][rng.integers(3)]
+    test_strength = [0.0, rng.uniform(FAINTEST, 0.25), rng.uniform(0.5, 0.9)][rng.integers(3)]
     lw = int(rng.integers(2, 5))
     ink = np.zeros((height, length), np.uint8)  # printed marks; putText draws on 8-bit images only
     layout = {"window": [(x0, y0), (x1 + 1, y0), (x1 + 1, y1 + 1), (x0, y1 + 1)], "lines": {}}
     for frac, strength, mark in [(CONTROL_AT, rng.uniform(0.6, 0.95), "C"), (TEST_AT, test_strength, "T")]:
         lx = x0 + int((x1 - x0) * frac)
+        drawn = strength if mark == "C" else max(strength, FAINTEST)
         strength = 0.0 if mark == "C" and invalid else strength
         layout["lines"]["control" if mark == "C" else "test"] = {
-            "at": (lx + lw / 2 - x0) / (x1 + 1 - x0), "strength": float(strength), "x": lx + lw / 2}
+            "at": (lx + lw / 2 - x0) / (x1 + 1 - x0), "strength": float(strength), "x": lx + lw / 2,
+            "box": (lx, y0 + 1, lx + lw, y1)}
+        for k, s in ((0, strength), (2, drawn)):
+            if s > 0:
+                rgb[k, y0 + 1:y1, lx:lx + lw] = rgb[k, y0 + 1:y1, lx:lx + lw] * (1 - s) + dye * s
         if strength > 0:
-            seg = rgb[y0 + 1:y1, lx:lx + lw]
-            rgb[y0 + 1:y1, lx:lx + lw] = seg * (1 - strength) + dye * strength
             lines[y0 + 1:y1, lx:lx + lw] = 255
         cv2.putText(ink, mark, (lx - 3, y0 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.3, 255, 1, cv2.LINE_AA)
     label = _LABELS[rng.integers(len(_LABELS))]
@@ -173,11 +183,11 @@ def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: st
         brand = _BRANDS[rng.integers(len(_BRANDS))]
         if rng.random() < 0.5:
             band = _hsv(rng.uniform(), rng.uniform(0.5, 1), rng.uniform(0.4, 0.9))
-            rgb[max(1, int(height * 0.05)):max(2, int(height * 0.2)), int(length * 0.3):int(length * 0.95)] = band
+            rgb[:, max(1, int(height * 0.05)):max(2, int(height * 0.2)), int(length * 0.3):int(length * 0.95)] = band
         cv2.putText(ink, brand, (int(length * 0.32), max(8, int(height * 0.17))), cv2.FONT_HERSHEY_SIMPLEX,
                     0.28, 255, 1, cv2.LINE_AA)
     dark_ink = body.mean() > 0.45
-    ink_f = (ink.astype(np.float32) / 255)[..., None]
+    ink_f = (ink.astype(np.float32) / 255)[..., None]  # broadcast over the DRAWINGS
     rgb = rgb * (1 - 0.6 * ink_f) if dark_ink else rgb * (1 - ink_f) + 0.9 * ink_f
     return rgb, alpha, window, lines, layout
 
@@ -273,9 +283,9 @@ def render_truth(seed: int, index: int, family: str = "all", invalid_share: floa
     share = np.exp(rng.uniform(*np.log(FRAMING)))  # log-uniform: as many far shots as close-ups
     length = int(min(np.sqrt(share * w * h / ratio), 1.3 * max(w, h)))
     rgb, alpha, window, lines, layout = _cassette(rng, length, ratio, body_name, invalid)
-    warp = _placement(rng, length, rgb.shape[0], window, w, h)
+    warp = _placement(rng, length, alpha.shape[0], window, w, h)
     size = (w, h)
-    rgb = cv2.warpPerspective(rgb, warp, size, flags=cv2.INTER_LINEAR)
+    rgb = np.stack([cv2.warpPerspective(drawing, warp, size, flags=cv2.INTER_LINEAR) for drawing in rgb])
     a = cv2.warpPerspective(alpha, warp, size, flags=cv2.INTER_LINEAR).astype(np.float32) / 255
     masks = {name: (cv2.warpPerspective(m, warp, size, flags=cv2.INTER_NEAREST) > 127).astype(np.uint8)
              for name, m in (("window", window), ("lines", lines))}
@@ -283,7 +293,7 @@ def render_truth(seed: int, index: int, family: str = "all", invalid_share: floa
     shift = np.float32([[1, 0, rng.uniform(2, 8)], [0, 1, rng.uniform(2, 8)]])
     shadow = cv2.GaussianBlur(cv2.warpAffine(a, shift, size), (0, 0), 4)
     img *= (1 - 0.4 * shadow)[..., None]
-    img = img * (1 - a[..., None]) + rgb * a[..., None]
+    img = img * (1 - a[..., None]) + rgb * a[..., None]  # from here on, the scene of each of the DRAWINGS
     cover, colour = _occluders(rng, w, h, a, warp, length, alpha.shape[0])
     if cover.any():
         img = img * (1 - cover[..., None]) + colour * cover[..., None]
@@ -317,18 +327,44 @@ def render_truth(seed: int, index: int, family: str = "all", invalid_share: floa
         cv2.line(kernel, (0, k // 2), (k - 1, k // 2), 1.0, 1)
         rot = cv2.getRotationMatrix2D(((k - 1) / 2, (k - 1) / 2), rng.uniform(0, 180), 1.0)
         kernel = cv2.warpAffine(kernel, rot, (k, k))
-        img = cv2.filter2D(img, -1, kernel / max(kernel.sum(), 1e-6))
+        img = np.stack([cv2.filter2D(scene, -1, kernel / max(kernel.sum(), 1e-6)) for scene in img])
     elif blur < 0.75:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.3))
-    img += rng.normal(0, rng.uniform(0.005, 0.03), img.shape).astype(np.float32)
-    truth = _truth(layout, warp, masks["window"], cv2.warpPerspective(window, warp, size, flags=cv2.INTER_NEAREST))
-    return (np.clip(img, 0, 1) * 255).round().astype(np.uint8), masks, truth
+        sigma = rng.uniform(0.3, 1.3)
+        img = np.stack([cv2.GaussianBlur(scene, (0, 0), sigma) for scene in img])
+    img += rng.normal(0, rng.uniform(0.005, 0.03), img.shape[1:]).astype(np.float32)
+    truth = _truth(layout, warp, masks["window"], cv2.warpPerspective(window, warp, size, flags=cv2.INTER_NEAREST),
+                   _visible(img, layout, warp))
+    return (np.clip(img[0], 0, 1) * 255).round().astype(np.uint8), masks, truth
 
 
-def _truth(layout: dict, warp: np.ndarray, seen: np.ndarray, whole: np.ndarray) -> dict:
+def _visible(scenes: np.ndarray, layout: dict, warp: np.ndarray) -> dict[str, bool]:
+    """Whether the photo shows each line (or, where the line is absent, would show it): over at
+    least SHOWN of the line's length, at least VISIBLE of its contrast with the membrane (the scene
+    with the line drawn against the scene without it, lit, before the photo clips at white; in the
+    pixel's clearest colour channel) survives the clip. Glare and overexposure wash a line out; a
+    line the photo does not reach (covered, outside) is not shown either."""
+    h, w = scenes.shape[1:3]
+    shown = {}
+    for name, line in layout["lines"].items():
+        x0, y0, x1, y1 = line["box"]
+        around = np.zeros((y1 + 4, x1 + 4), np.uint8)
+        around[max(0, y0 - 3):y1 + 3, max(0, x0 - 3):x1 + 3] = 1  # the line and its blur
+        place = cv2.warpPerspective(around, warp, (w, h), flags=cv2.INTER_NEAREST) > 0
+        drawn, bare = scenes[0 if line["strength"] > 0 else 2][place], scenes[1][place]
+        lit = np.abs(drawn - bare).max(axis=1)
+        seen = np.abs(np.clip(drawn, 0, 1) - np.clip(bare, 0, 1)).max(axis=1)
+        core = lit > 0.5 * lit.max() if len(lit) else lit > 0  # the line itself, not its blurred fringe
+        shown[name] = bool(core.any() and (seen[core] >= VISIBLE * lit[core]).mean() >= SHOWN)
+    return shown
+
+
+def _truth(layout: dict, warp: np.ndarray, seen: np.ndarray, whole: np.ndarray, visible: dict[str, bool]) -> dict:
     """What a reader should report for the photo: each line's place (share of the window's length from
-    the sample end, and its centre in the photo), strength (the dye's opacity; 0: absent) and level, the
-    window's corners in the photo (sample end first) and the share of it hidden, and the call."""
+    the sample end, and its centre in the photo), strength (the dye's opacity; 0: absent), level and
+    whether the photo shows it (``visible``, :func:`_visible`), the window's corners in the photo
+    (sample end first) and the share of it hidden, the call, and whether the photo shows what the
+    call rests on (``readable``: the control line's place, and the test line's unless invalid); a
+    reader that declines a photo that is not readable is right to."""
     y0, y1 = layout["window"][0][1], layout["window"][2][1]
     lines = {}
     for name, line in layout["lines"].items():
@@ -336,11 +372,14 @@ def _truth(layout: dict, warp: np.ndarray, seen: np.ndarray, whole: np.ndarray) 
         strength = line["strength"]
         lines[name] = {"at": round(line["at"], 4), "strength": round(strength, 4),
                        "centre": [round(float(v), 1) for v in centre],
-                       "level": "absent" if strength == 0 else "faint" if strength < 0.4 else "strong"}
+                       "level": "absent" if strength == 0 else "faint" if strength < 0.4 else "strong",
+                       "visible": visible[name]}
     corners = cv2.perspectiveTransform(np.float32([layout["window"]]), warp)[0]
     call = ("invalid" if lines["control"]["strength"] == 0 else
             "positive" if lines["test"]["strength"] > 0 else "negative")
-    return {"call": call, "lines": lines, "window": [[round(float(v), 1) for v in c] for c in corners],
+    readable = visible["control"] and (call == "invalid" or visible["test"])
+    return {"call": call, "readable": readable, "lines": lines,
+            "window": [[round(float(v), 1) for v in c] for c in corners],
             "hidden": round(1 - float(seen.sum()) / max(1, float((whole > 127).sum())), 4)}
 
 

@@ -42,6 +42,46 @@ def test_synthetic_truth_describes_the_drawing_and_invalid_cassettes_lack_only_t
             assert not changed.any()
 
 
+def test_the_truth_says_which_lines_the_photo_shows():
+    """A line is visible where its contrast survives the photo's clip at white over a third of its
+    length or more: a drawn line the truth calls washed out is mostly saturated in every channel;
+    one it calls visible is unclipped over a third of its pixels or more."""
+    hidden = shown = 0
+    for i in range(120):
+        image, masks, truth = render_truth(202, i, invalid_share=0.15)
+        ys, xs = np.nonzero(masks["lines"])
+        for name, line in truth["lines"].items():
+            others = [np.hypot(xs - o["centre"][0], ys - o["centre"][1]) for o in truth["lines"].values()]
+            mine = np.hypot(xs - line["centre"][0], ys - line["centre"][1]) <= np.min(others, axis=0)
+            if line["strength"] == 0 or not mine.any():  # absent, or covered
+                continue
+            clipped = (image[ys[mine], xs[mine]].min(axis=1) >= 245).mean()
+            if line["visible"]:
+                shown += 1
+                assert clipped <= 2 / 3, (i, name, clipped)
+            else:
+                hidden += 1
+                assert clipped >= 0.5, (i, name, clipped)
+        control, test = (truth["lines"][n]["visible"] for n in ("control", "test"))
+        assert truth["readable"] == (control and (truth["call"] == "invalid" or test))
+    assert hidden >= 3 and shown >= 100, (hidden, shown)
+
+
+def test_a_declined_photo_counts_right_only_where_its_lines_do_not_show():
+    table = pd.DataFrame({"call": ["positive", "no read", "no read", "negative", "invalid"],
+                          "true_call": ["positive", "positive", "negative", "negative", "negative"],
+                          "true_readable": [True, False, True, False, True],
+                          "true_test_level": ["strong", "faint", "absent", "absent", "absent"],
+                          "tc_ratio": [0.5, None, None, 0.01, None], "test": [0.4, None, None, 0.0, None],
+                          "true_control": [0.8] * 5, "true_test": [0.6, 0.1, 0, 0, 0]})
+    assert readout.right(table).tolist() == [True, True, False, True, False]
+    s = readout.score(table)
+    assert s["call_accuracy"] == 0.6 and s["strict_accuracy"] == 0.4
+    assert (s["not_read"], s["unreadable"], s["declined_unreadable"]) == (2, 2, 1)
+    older = table.drop(columns="true_readable")  # truth written before readable was recorded: strict
+    assert readout.right(older).tolist() == [True, False, False, True, False]
+
+
 def _reads(n: int, seed: int) -> pd.DataFrame:
     rows = []
     for i in range(n):
