@@ -32,10 +32,6 @@ from helpers import (
     train_worker_pids,
 )
 
-# A run that is still training when the test stops it (epochs of 48 px take ~0.05 s here: 40 of
-# them could end before a signal sent after the second checkpoint is handled).
-UNTIL_STOPPED = {"train.epochs": 1000, "train.early_stopping_patience": 1000, "data.image_size": 48}
-
 
 def _args(data, storage, *extra, **sets):
     return set_args(tiny_overrides(data, storage, **sets)) + list(extra)
@@ -272,7 +268,8 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
     """A real `python -m lfa_ray.train` is SIGKILLed mid-run, then continued from its folder."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "k",
-           *_args(small_dir, tmp_path, **{**UNTIL_STOPPED, "train.keep_checkpoints": 100})]
+           *_args(small_dir, tmp_path, **{"train.epochs": 40, "data.image_size": 48,
+                                          "train.keep_checkpoints": 100})]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     run = tmp_path / "k"
@@ -284,7 +281,7 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
     done = sorted(p.parent for p in run.glob("checkpoint_epoch_*/state.pt"))
     assert len(done) >= 3, "the run did not get going"
     last = int(done[-1].name.rsplit("_", 1)[1])  # may not be registered yet when the kill came
-    assert last < UNTIL_STOPPED["train.epochs"]
+    assert last < 40
     restored = latest_checkpoint(run)  # what Ray registered: the run continues from here
     saved = load_state(restored)
     start = saved["progress"]["epoch"]
@@ -311,7 +308,7 @@ def test_killed_run_resumes_at_the_next_epoch_with_its_optimizer_state(small_dir
 def test_ctrl_c_stops_training_with_the_resume_command(small_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "c",
-           *_args(small_dir, tmp_path, **UNTIL_STOPPED)]
+           *_args(small_dir, tmp_path, **{"train.epochs": 40, "data.image_size": 48})]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "c"
     deadline = time.time() + 240
@@ -334,7 +331,7 @@ def test_ctrl_c_stops_training_with_the_resume_command(small_dir, tmp_path):
 def test_a_dead_worker_without_retries_says_how_to_continue(small_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "w",
-           *_args(small_dir, tmp_path, **UNTIL_STOPPED)]
+           *_args(small_dir, tmp_path, **{"train.epochs": 40, "data.image_size": 48})]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     run = tmp_path / "w"
