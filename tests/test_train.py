@@ -309,7 +309,10 @@ def test_ctrl_c_stops_training_with_the_resume_command(small_dir, tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "lfa_ray.train", "--name", "c",
            *_args(small_dir, tmp_path, **{"train.epochs": 40, "data.image_size": 48})]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C as a terminal sends it, even where this suite runs with SIGINT ignored (a background
+    # job of a shell without job control), which a child would inherit and Python keep.
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / "c"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(run.glob("checkpoint_epoch_*/state.pt"))) < 2:
