@@ -12,9 +12,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from typing import Callable, Optional
 
-from ray.tune import Stopper
+from ray.tune import Callback, Stopper
 
 from lfa_ray.checkpoint import best_checkpoint, export_model
 from lfa_ray.config import (
@@ -92,6 +93,29 @@ def replay(run: Location, results: Location) -> bool:
     for row in rows:
         tune.report({**row, "epoch": int(row["epoch"]), "run_finished": int(row.get("run_finished", 0))})
     return finished
+
+
+class KeepTrialLogs(Callback):
+    """A trial that a resumed sweep starts again (its driver was lost while it ran) continues its
+    stored result.json and progress.csv. Ray copies them back into the new driver's staging folder
+    only for trials with a Tune checkpoint, and lfa_ray's trials keep theirs in Ray Train: without
+    this, the files start empty there and, synced, replace the stored ones, losing every epoch
+    Tune had recorded before the loss (:func:`replay` reports only those it lacks)."""
+
+    FILES = ("result.json", "progress.csv")
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        import pyarrow.fs
+
+        trial.init_local_path()
+        for name in self.FILES:
+            local = Path(trial.local_path, name)
+            if not local.exists():
+                try:
+                    pyarrow.fs.copy_files(f"{trial.storage.trial_fs_path}/{name}", local.as_posix(),
+                                          source_filesystem=trial.storage.storage_filesystem)
+                except OSError:  # a trial's first start: nothing stored yet
+                    pass
 
 
 def _reached(value: float, target: float, mode: str) -> bool:
@@ -211,7 +235,8 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
         # a staging folder, not the experiment) only with --verbose.
         run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
                                   failure_config=tune.FailureConfig(max_failures=0),
-                                  callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t, budget)],
+                                  callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t, budget),
+                                             KeepTrialLogs()],
                                   stop=None if t.stop_at is None else StopAt(t.metric, t.mode, t.stop_at),
                                   verbose=None if verbose() else 0),
     )
