@@ -205,6 +205,35 @@ def test_a_trial_finished_when_the_driver_was_killed_keeps_its_results(small_dir
 
 
 @pytest.mark.slow
+def test_a_restarted_trial_continues_its_stored_logs(ray_cluster, tmp_path):
+    """A resumed sweep's driver stages each trial's logs in a new folder: KeepTrialLogs brings the
+    stored result.json and progress.csv there before Tune appends to them (a first start: none)."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune import register_trainable
+    from ray.tune.experiment import Trial
+
+    from lfa_ray.tune import KeepTrialLogs
+
+    register_trainable("lfa_ray_logs_test", lambda config: None)
+    trials = {}
+    for name in ("trial_001_a", "trial_002_b"):
+        storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp", trial_dir_name=name)
+        trials[name] = Trial("lfa_ray_logs_test", config={}, storage=storage, trial_id=name[-1])
+        trials[name].init_local_path()  # names the trial's folders, as Tune has when a trial starts
+    stored = Path(trials["trial_001_a"].path)
+    stored.mkdir(parents=True)
+    (stored / "result.json").write_text('{"epoch": 1}\n{"epoch": 2}\n')
+    (stored / "progress.csv").write_text("epoch\n1\n2\n")
+    for trial in trials.values():
+        KeepTrialLogs().on_trial_start(0, list(trials.values()), trial)
+    staged = Path(trials["trial_001_a"].local_path)
+    assert staged != stored
+    assert (staged / "result.json").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    assert (staged / "progress.csv").read_text() == "epoch\n1\n2\n"
+    assert not any(Path(trials["trial_002_b"].local_path).iterdir())  # a trial's first start
+
+
+@pytest.mark.slow
 def test_stop_at_ends_the_sweep_and_the_best_so_far_is_retrained(ray_cluster, small_dir, tmp_path, capsys):
     sets = _args(small_dir, tmp_path, **{"tune.num_samples": 4, "tune.max_concurrent_trials": 1,
                                          "tune.stop_at": 0.0, "final.epochs": 1})
