@@ -2,29 +2,32 @@
 intensity, T/C ratio and a call (positive / negative / invalid), or why the photo cannot be read.
 
 1. The window: the mask's largest region, its four corners (of its minimum-area rectangle, lines
-   fitted to its four sides and its outline simplified to four corners, the quadrilateral that
-   overlaps it most: the fitted sides follow perspective past a predicted mask's rounded corners
-   and bumps); a region too small, far from a filled quadrilateral or nearly square is not read
-   ("no read" and the reason), never guessed.
-2. Rectified: the window warped to a straight strip along its long side (perspective undone).
+   fitted to its four sides and its outline simplified to four corners, the convex quadrilateral
+   that overlaps it most: the fitted sides follow perspective past a predicted mask's rounded
+   corners and bumps); a region too small, far from a filled quadrilateral or nearly square is not
+   read ("no read" and the reason), never guessed.
+2. Rectified: the window warped to a straight strip along its long side (perspective undone), then
+   sheared where that straightens its lines (a predicted window's corners may be off, slanting them).
 3. The profile along the strip: per position, the median green value across the middle of the strip
    (red and purple line dyes absorb green most); where green is saturated over much of the strip
    (glare, overexposure, a warm cast), the least saturated channel instead. The membrane's
    brightness around each line, a grey closing of the profile wider than a line, is the background,
    and ``1 - profile / background`` the line intensity (0: nothing, 1: black).
-4. The lines: the strongest intensity within ``readout.tolerance`` of each expected place
-   (``readout.control_at`` / ``readout.test_at``: shares of the window's length from its sample-well
-   end, either order). The mask does not say which end is the sample's, so both ends are tried and
-   the one whose control place holds the stronger line wins. The test line is looked for where
-   the control line found puts it: at its distance from the control line, and where it would be
-   were only one end of the window exact (the sample end, or the far end) and its length wrong;
-   the strongest of the three places counts (they coincide where the control line sits at its place).
-5. No control line at either end's place: a predicted window's ends may be off, so the photo is
-   asked which end faces the sample well (a ring on the window's axis beyond one end: the strongest
-   fitting circle of a Hough transform in the window's surroundings, straightened the same way),
-   and from that end the control line is looked for within three times the tolerance (never as
-   far as the test line's place), then the test line as in 4. No well in sight (cut off by the
-   frame, hidden): invalid stays.
+4. Which end faces the sample: both ends are tried and the one whose control place (``readout.
+   control_at``, a share of the window's length from its sample-well end, within ``readout.
+   tolerance``) holds the stronger line wins, unless the photo shows the sample well (a ring on the
+   window's axis beyond one end, about as wide as the strip: the strongest fitting circle of a Hough
+   transform in the window's surroundings, straightened the same way). One line looks alike from
+   either end (an invalid test's test line, seen from the far end, sits near the control line's
+   place), so the well's end wins unless the line sits nearer the control line's place from the
+   other end than the test line's place from the well's end (a well taken for another circle).
+5. The lines: the control line, the strongest within the tolerance of its place; none there and
+   the well seen (a predicted window's ends may be off), within three times the tolerance from the
+   well's end (never as far as the test line's place). The test line is looked for where the
+   control line found puts it: at its distance from the control line (``readout.test_at``, either
+   order), and where it would be were only one end of the window exact (the sample end, or the far
+   end) and its length wrong; the strongest of the three places counts (they coincide where the
+   control line sits at its place). Without a control line, at its own place.
 6. The call: ``invalid`` when the control line is below ``readout.control_min``; ``positive`` when
    the test line reaches ``readout.test_min``; else ``negative``. T/C = test / control intensity.
 """
@@ -41,13 +44,16 @@ SIDE_ENDS = 0.15  # the share at each end of a side whose outline points are lef
 MIN_SIDES = (12, 3)  # px in the photo: a window shorter or narrower than this is not read
 MIN_FILL = 0.75  # the region's area over its quadrilateral's: lower is not a window
 MIN_ASPECT = 1.15  # long side over short side: nearer square, the strip's direction is unknown
-WASHED_OUT = 248  # a channel's value this high is saturated: a line there may not show
+WASHED_OUT = 254  # a channel's value this high is clipped (JPEG blurs 255 a little): a line there may not show
 MAX_WASHED_OUT = 0.7  # a share of saturated pixels at a line's place above this: that place cannot be read
 GREEN = 1  # the channel read unless it is saturated (red and purple line dyes absorb green most)
 SATURATED_STRIP = 0.3  # green saturated over more of the strip's middle than this: read another channel
 WELL_PX = 100  # px per window length where the sample well is looked for
 WELL_REACH = (0.15, 2.1)  # how far beyond a window end the well's centre may sit, in window lengths
 WELL_RADIUS = (0.09, 0.5)  # the well's radius, in window lengths
+WELL_WIDTHS = (0.45, 1.2)  # and in window widths (a well is about as wide as the strip)
+SLANTS = np.linspace(-1.5, 1.5, 17)  # the lines' slants tried in the strip (px along per px across)
+STRAIGHTER = (1.3, 0.02)  # a slant counts where it makes the strongest line this much (times, plus) stronger
 WIDE = 3  # with the sample end told by the well, the control line is looked for within WIDE x readout.tolerance
 CALLS = ("positive", "negative", "invalid", "no read")
 
@@ -60,7 +66,7 @@ class Reading:
     test: float | None = None
     ratio: float | None = None  # test / control; None when invalid or not read
     flipped: bool = False  # the sample-well end was the mask's far end
-    well: bool = False  # the sample end was told by the sample well (step 5), not by the lines
+    well: bool = False  # the sample end read from is the one the sample well shows (step 4)
     strip: np.ndarray | None = None  # the rectified window, sample end left, lines marked (RGB)
 
     def row(self) -> dict:
@@ -88,7 +94,8 @@ def _quad(region: np.ndarray) -> tuple[np.ndarray, float]:
         if len(approx) == 4:
             candidates.append(approx[:, 0].astype(np.float32))
             break
-    return max(((q, _overlap(region, q)) for q in candidates if q is not None), key=lambda c: c[1])
+    return max(((q, _overlap(region, q)) for q in candidates
+                if q is not None and cv2.isContourConvex(np.round(q).astype(np.int32))), key=lambda c: c[1])
 
 
 def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:
@@ -159,6 +166,25 @@ def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
                                borderMode=cv2.BORDER_REPLICATE)
 
 
+def _shear(strip: np.ndarray, slant: float) -> np.ndarray:
+    h, w = strip.shape[:2]
+    return cv2.warpAffine(strip, np.float32([[1, slant, -slant * h / 2], [0, 1, 0]]), (w, h), flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def straighten(strip: np.ndarray, colour: int = GREEN) -> np.ndarray:
+    """The strip with its lines across it at right angles. Lines cross a window at right angles, but
+    a window whose corners are off (a predicted mask's) shows them slanted, each smeared over many
+    places of the profile; the strip is sheared by the slant (of SLANTS) under which its strongest
+    line is strongest, where that makes it STRAIGHTER than unsheared (else it stays as it is)."""
+    n = strip.shape[1]
+    def strongest(s: np.ndarray) -> float:
+        return float(intensity_profile(s, colour=colour)[int(0.05 * n):int(0.95 * n)].max())
+    straight = strongest(strip)
+    best, slant = max((strongest(_shear(strip, k)), k) for k in SLANTS if k)
+    return _shear(strip, slant) if best > max(STRAIGHTER[0] * straight, straight + STRAIGHTER[1]) else strip
+
+
 def sample_end(image: np.ndarray, quad: np.ndarray) -> int | None:
     """Which end of the window (``quad`` as :func:`window_corners` gives it) faces the sample well:
     0 the first short side, 1 the other, None when no well is in sight. The photo around the window
@@ -166,14 +192,18 @@ def sample_end(image: np.ndarray, quad: np.ndarray) -> int | None:
     circle of a Hough transform centred on the window's axis beyond either end is the well."""
     sides = np.linalg.norm(quad - np.roll(quad, -1, axis=0), axis=1)
     across = WELL_PX * (sides[1] + sides[3]) / max(sides[0] + sides[2], 1e-6)
+    radius = (max(WELL_RADIUS[0] * WELL_PX, WELL_WIDTHS[0] * across),
+              min(WELL_RADIUS[1] * WELL_PX, WELL_WIDTHS[1] * across))
     reach = WELL_REACH[1] + WELL_RADIUS[1]
     x0, y0 = reach * WELL_PX, (WELL_RADIUS[1] + 0.2) * WELL_PX
     target = np.float32([[x0, y0], [x0 + WELL_PX, y0], [x0 + WELL_PX, y0 + across], [x0, y0 + across]])
     size = (int(2 * x0 + WELL_PX), int(2 * y0 + across))
+    if radius[1] < radius[0]:
+        return None
     around = cv2.warpPerspective(image, cv2.getPerspectiveTransform(quad, target), size, flags=cv2.INTER_LINEAR)
     grey = cv2.GaussianBlur(cv2.cvtColor(around, cv2.COLOR_RGB2GRAY), (0, 0), 1.5)
     circles = cv2.HoughCircles(grey, cv2.HOUGH_GRADIENT, dp=1.5, minDist=10, param1=60, param2=30,
-                               minRadius=int(WELL_RADIUS[0] * WELL_PX), maxRadius=int(WELL_RADIUS[1] * WELL_PX))
+                               minRadius=int(radius[0]), maxRadius=int(np.ceil(radius[1])))
     axis = y0 + across / 2
     for cx, cy, _ in ([] if circles is None else circles[0]):  # strongest first
         beyond = max(x0 - cx, cx - x0 - WELL_PX) / WELL_PX
@@ -238,20 +268,31 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
         return Reading("no read", why)
     strip = rectify(image, quad)
     colour = channel(strip)
+    strip = straighten(strip, colour)
     profile = intensity_profile(strip, colour=colour)
-    ends = [(_peak(profile[::-1] if flipped else profile, layout.control_at, layout.tolerance), flipped)
-            for flipped in (False, True)]
-    (control, c_at), flipped = max(ends, key=lambda e: e[0][0])
-    reach, end = layout.tolerance, None
-    if control < layout.control_min:
-        # No control line at its place from either end: a predicted window's ends may be off, so
-        # with the sample end told by the well, look further (never as far as the test's place).
-        end = sample_end(image, quad)
-        if end is not None:
-            flipped = bool(end)
-            reach = max(layout.tolerance, min(WIDE * layout.tolerance,
-                                              abs(layout.control_at - layout.test_at) - layout.tolerance))
-            control, c_at = _peak(profile[::-1] if flipped else profile, layout.control_at, reach)
+    reach = layout.tolerance
+    # Both ends tried: the one whose control place holds the stronger line.
+    (control, c_at), flipped = max(((_peak(profile[::-1] if f else profile, layout.control_at, reach), f)
+                                    for f in (False, True)), key=lambda e: e[0][0])
+    end = sample_end(image, quad)
+    if end is not None and bool(end) != flipped:
+        # The well says the other end faces the sample. One line seen from either end looks alike
+        # (an invalid test's test line from the far end sits near the control line's place), so
+        # the well's end wins unless the line sits nearer the control line's place from this end
+        # than the test line's from the well's end (a well taken for another circle).
+        p = profile[::-1] if end else profile
+        at_well = _peak(p, layout.control_at, reach)
+        x = c_at / len(profile)
+        if at_well[0] >= layout.control_min or control < layout.control_min or \
+                abs(1 - x - layout.test_at) < abs(x - layout.control_at):
+            (control, c_at), flipped = at_well, bool(end)
+    if control < layout.control_min and end is not None:
+        # No control line at its place: a predicted window's ends may be off, so from the sample
+        # end the well tells, look further (never as far as the test's place).
+        reach = max(layout.tolerance, min(WIDE * layout.tolerance,
+                                          abs(layout.control_at - layout.test_at) - layout.tolerance))
+        control, c_at = _peak(profile[::-1] if flipped else profile, layout.control_at, reach)
+    well = end is not None and flipped == bool(end)
     p = profile[::-1] if flipped else profile
     valid = control >= layout.control_min
     # The test line is looked for where the control line found puts it (a predicted window's ends
@@ -274,9 +315,9 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     if absent and _washed_out(strip, *absent[1], colour) > MAX_WASHED_OUT:
         return Reading("no read", f"the {absent[0]} line's place is washed out (glare or overexposure); "
                        f"retake the photo out of direct light", round(control, 4), round(test, 4), None, flipped,
-                       end is not None, mark(strip, c_at, t_at, valid, call == "positive"))
+                       well, mark(strip, c_at, t_at, valid, call == "positive"))
     return Reading(call, "ok", round(control, 4), round(test, 4), round(test / control, 4) if valid else None,
-                   flipped, end is not None, mark(strip, c_at, t_at, valid, test >= layout.test_min))
+                   flipped, well, mark(strip, c_at, t_at, valid, test >= layout.test_min))
 
 
 def mark(strip: np.ndarray, c_at: int, t_at: int, control: bool, test: bool, height: int = 48) -> np.ndarray:
@@ -299,11 +340,11 @@ def mark(strip: np.ndarray, c_at: int, t_at: int, control: bool, test: bool, hei
 
 def truth_row(truth: dict) -> dict:
     """The columns a photo's read-out truth adds to a table of readings (truth written before
-    lfa_ray recorded ``readable`` counts as readable)."""
+    lfa_ray recorded ``readable`` counts as readable; the JPEG quality is None where not recorded)."""
     lines = truth["lines"]
     return {"true_call": truth["call"], "true_readable": truth.get("readable", True),
             "true_control": lines["control"]["strength"], "true_test": lines["test"]["strength"],
-            "true_test_level": lines["test"]["level"]}
+            "true_test_level": lines["test"]["level"], "jpeg_quality": truth.get("jpeg_quality")}
 
 
 def right(table):

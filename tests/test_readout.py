@@ -149,7 +149,7 @@ def test_the_sample_well_tells_which_end_of_the_window_faces_the_sample():
             end = readout.sample_end(photo, quad)
             answered += end is not None
             right += end == _true_end(quad, {"window": window})
-    assert answered >= 0.8 * 120 and right >= 0.93 * answered, (answered, right)
+    assert answered >= 0.8 * 120 and right >= 0.97 * answered, (answered, right)
     # Nothing around the window but the membrane's colour: no well, no guess.
     image, masks, truth = render_truth(6, 0)
     quad, _ = readout.window_corners(masks["window"])
@@ -177,6 +177,55 @@ def test_a_window_cut_short_at_the_control_end_is_read_with_the_sample_end_the_w
         assert reading.call == truth["call"] and reading.well, (i, reading.row())
         assert readout.read(plain, short, LAYOUT).call in ("invalid", "no read")
     assert tried >= 5
+
+
+def test_an_invalid_tests_lone_line_is_its_test_line_where_the_well_shows_the_sample_end():
+    """An invalid cassette shows only its test line (0.38 from the sample end: 0.62 from the far end).
+    With the window 6 % short at the sample end, that line sits 0.66 from the far end, within the
+    tolerance of the control line's place (0.72): from the lines alone it passes for a control line
+    (the photo read as valid). The well says which end faces the sample, and from there the line
+    is where a test line belongs."""
+    read = right = 0
+    for i in range(60):
+        image, masks, truth = render_truth(12, i, invalid_share=1.0)
+        if truth["lines"]["test"]["strength"] < 0.4:
+            continue
+        c = np.float32(truth["window"])  # sample end first: corners 0 and 3
+        cut = np.float32([c[0] + 0.06 * (c[1] - c[0]), c[1], c[2], c[3] + 0.06 * (c[2] - c[3])])
+        mask = np.zeros_like(masks["window"])
+        cv2.fillPoly(mask, [np.round(cut).astype(np.int32)], 1)
+        quad, _ = readout.window_corners(mask)
+        if quad is None or readout.sample_end(image, quad) is None:
+            continue
+        read += 1
+        right += readout.read(image, mask, LAYOUT).call == "invalid"
+    assert read >= 8 and right >= 0.9 * read, (read, right)
+
+
+def test_slanted_lines_are_straightened():
+    """A window whose corners slide along its long sides (a predicted mask's parallelogram) slants
+    the lines across the strip, smearing each over many places of the profile: straightened, the
+    control line reads about as strong as in the true window; a true window's strip is left alone."""
+    tried = 0
+    for i in range(20):
+        image, masks, truth = render_truth(13, i)
+        if truth["call"] == "invalid":
+            continue
+        c = np.float32(truth["window"])
+        along = (c[1] - c[0]) / np.linalg.norm(c[1] - c[0])
+        width = np.linalg.norm(c[3] - c[0])
+        slid = np.float32([c[0] + width * along, c[1] + width * along, c[2], c[3]])
+        true_strip = readout.rectify(image, c)
+        colour = readout.channel(true_strip)
+        if readout.intensity_profile(true_strip, colour=colour).max() < 0.2:
+            continue  # a control line too faint to measure a loss on
+        tried += 1
+        assert readout.straighten(true_strip, colour) is true_strip
+        slanted = readout.rectify(image, slid)
+        strongest = [readout.intensity_profile(s, colour=colour).max()
+                     for s in (true_strip, slanted, readout.straighten(slanted, colour))]
+        assert strongest[1] < 0.75 * strongest[0] and strongest[2] > 0.85 * strongest[0], strongest
+    assert tried >= 8
 
 
 def test_a_window_too_long_at_the_sample_end_still_finds_the_test_line():
