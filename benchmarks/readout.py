@@ -8,7 +8,9 @@ absent, faint and strong test lines, written as JPEGs like any synthetic set. Ea
 twice: within its true window (the read-out alone) and within the window the model predicts (the
 product). A call is right when it is the true one, or "no read" on a photo that does not show the
 lines its call rests on (the truth's ``readable``: glare or overexposure washed a line's place
-out); "every no read wrong" is the strict figure. Prints a markdown table and the confusion
+out); "every no read wrong" is the strict figure. Accuracy is also given by the JPEG quality each
+photo was saved at (drawn from 55 to 95: a phone camera saves at 85-95, a messaging app
+recompresses lower, which erases the faintest lines). Prints a markdown table and the confusion
 tables; ``--out`` keeps the set, the per-photo CSVs and ``misread.png``.
 """
 
@@ -32,6 +34,7 @@ from lfa_ray.storage import locate  # noqa: E402
 from lfa_ray.synth import write_synthetic  # noqa: E402
 
 INVALID_SHARE = 0.15
+QUALITY_BANDS = ((55, 69), (70, 84), (85, 95))  # JPEG qualities: recompressed ... saved by a phone camera
 
 
 def true_windows(pairs, layout) -> pd.DataFrame:
@@ -46,7 +49,9 @@ def true_windows(pairs, layout) -> pd.DataFrame:
 def figures(table: pd.DataFrame) -> dict:
     s = readout.score(table)
     read = table[table["call"] != "no read"]
-    return {**s, "read_accuracy": float((read["call"] == read["true_call"]).mean())}
+    right = readout.right(table)
+    by_quality = {band: float(right[table["jpeg_quality"].between(*band)].mean()) for band in QUALITY_BANDS}
+    return {**s, "read_accuracy": float((read["call"] == read["true_call"]).mean()), "by_quality": by_quality}
 
 
 def main(argv=None) -> int:
@@ -77,8 +82,9 @@ def main(argv=None) -> int:
     print(f"read twice in {time.time() - t0:.0f} s")
     lines = ["| window | photos | call accuracy | every no read wrong | accuracy of photos read | not read "
              "(of them not readable) | T/C vs true ratio (Spearman) | T vs true strength (Spearman) | "
-             "accuracy: absent / faint / strong test line |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "accuracy: absent / faint / strong test line | accuracy by JPEG quality: "
+             + " / ".join(f"{lo}-{hi}" for lo, hi in QUALITY_BANDS) + " |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, (file, table) in tables.items():
         table.to_csv(out / f"{file}-windows.csv", index=False)
         f = figures(table)
@@ -86,7 +92,8 @@ def main(argv=None) -> int:
         lines.append(f"| {name} | {f['photos']} | {f['call_accuracy']:.2%} | {f['strict_accuracy']:.2%} | "
                      f"{f['read_accuracy']:.2%} | {f['not_read']} ({f['declined_unreadable']}) | "
                      f"{f['tc_spearman']:.4f} | {f['test_spearman']:.4f} | "
-                     f"{by.get('absent', 0):.2%} / {by.get('faint', 0):.2%} / {by.get('strong', 0):.2%} |")
+                     f"{by.get('absent', 0):.2%} / {by.get('faint', 0):.2%} / {by.get('strong', 0):.2%} | "
+                     + " / ".join(f"{v:.2%}" for v in f["by_quality"].values()) + " |")
     print("\n".join(lines))
     for name, (_, table) in tables.items():
         print(f"\n{name}:\n" + "\n".join(readout.markdown(readout.score(table))[4:4 + 5]))

@@ -33,7 +33,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-VERSION = 3  # bump when the drawing or its truth changes, so cached sets are regenerated
+VERSION = 4  # bump when the drawing or its truth changes, so cached sets are regenerated
 # Where the lines are drawn, as a share of the read window's length from its sample-well end.
 TEST_AT, CONTROL_AT = 0.38, 0.72
 TRUTH_SUFFIX = "_readout.json"  # beside each mask: the read-out's ground truth
@@ -386,7 +386,8 @@ def _truth(layout: dict, warp: np.ndarray, seen: np.ndarray, whole: np.ndarray, 
 def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "all",
                     invalid_share: float = 0.0) -> Path:
     """Write ``n`` cassettes into ``out`` in the original layout, each with its read-out truth
-    (``train_masks/NAME_readout.json``, :func:`_truth`); the folder appears complete or not at all."""
+    (``train_masks/NAME_readout.json``, :func:`_truth`, and the JPEG quality the photo was saved
+    at); the folder appears complete or not at all."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(out)
@@ -401,6 +402,7 @@ def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "wi
             name = f"cassette_{i:05d}"
             Image.fromarray(image).save(tmp / "train_images" / f"{name}.jpg", quality=quality)
             Image.fromarray(masks[target] * 255).save(tmp / "train_masks" / f"{name}_mask.gif")
+            truth["jpeg_quality"] = quality  # how the photo was saved: low quality erases faint lines
             (tmp / "train_masks" / f"{name}{TRUTH_SUFFIX}").write_text(json.dumps(truth))
         if out.exists():
             out.rmdir()

@@ -1,6 +1,7 @@
 """The read-out: synthetic ground truth, calls checked against it, photos it refuses to guess on,
 and ``predict --readout`` / ``evaluate --readout`` on real files."""
 
+import io
 import json
 
 import cv2
@@ -31,6 +32,9 @@ def test_synthetic_truth_describes_the_drawing_and_invalid_cassettes_lack_only_t
         assert abs(control["at"] - 0.72) < 0.02 and abs(test["at"] - 0.38) < 0.03
         valid_image, masks = render(3, i)  # the same photo drawn without invalid cassettes
         image, masks_again, _ = render_truth(3, i, invalid_share=0.5)
+        saved = io.BytesIO()  # the photo was saved at the JPEG quality its truth records
+        Image.fromarray(image).save(saved, format="jpeg", quality=t["jpeg_quality"])
+        assert saved.getvalue() == (root / "train_images" / f"cassette_{i:05d}.jpg").read_bytes()
         assert (masks["window"] == masks_again["window"]).all()
         assert (masks_again["lines"] <= masks["lines"]).all()  # the lines mask loses the control line
         changed = np.abs(image.astype(int) - valid_image).max(axis=-1) > 0
