@@ -84,18 +84,19 @@ def _largest(mask: np.ndarray) -> np.ndarray | None:
 
 def _quad(region: np.ndarray) -> tuple[np.ndarray, float]:
     """The quadrilateral that fits the region best, and how well (intersection over union): of its
-    minimum-area rectangle, the lines fitted to its sides and its outline simplified to four corners."""
+    minimum-area rectangle, the lines fitted to its sides and its outline simplified to four corners
+    (these two where convex)."""
     contour = max(cv2.findContours(region, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
     box = cv2.boxPoints(cv2.minAreaRect(contour)).astype(np.float32)
     hull = cv2.convexHull(contour)
-    candidates = [box, _fit_sides(contour, box)]
+    candidates = [_fit_sides(contour, box)]
     for eps in (0.02, 0.04, 0.06, 0.08):
         approx = cv2.approxPolyDP(hull, eps * cv2.arcLength(hull, True), True)
         if len(approx) == 4:
             candidates.append(approx[:, 0].astype(np.float32))
             break
-    return max(((q, _overlap(region, q)) for q in candidates
-                if q is not None and cv2.isContourConvex(np.round(q).astype(np.int32))), key=lambda c: c[1])
+    convex = [q for q in candidates if q is not None and cv2.isContourConvex(np.round(q).astype(np.int32))]
+    return max(((q, _overlap(region, q)) for q in [box, *convex]), key=lambda c: c[1])
 
 
 def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:

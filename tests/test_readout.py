@@ -281,11 +281,15 @@ def test_read_out_says_why_it_cannot_read_instead_of_guessing():
     blank = np.zeros_like(masks["window"])
     tiny, disc, ell = blank.copy(), blank.copy(), blank.copy()
     tiny[10:12, 10:14] = 1
+    line, dot = blank.copy(), blank.copy()  # regions whose rectangle has no width
+    line[50, 10:40] = 1
+    dot[50, 10] = 1
     yy, xx = np.mgrid[:blank.shape[0], :blank.shape[1]]
     disc[(yy - 80) ** 2 + (xx - 80) ** 2 < 30 ** 2] = 1
     ell[40:120, 40:60] = 1
     ell[100:120, 40:140] = 1
-    for mask, why in [(blank, "no window found"), (tiny, "too small"), (disc, "nearly square"), (ell, "not a strip")]:
+    for mask, why in [(blank, "no window found"), (tiny, "too small"), (line, "too small"), (dot, "too small"),
+                      (disc, "nearly square"), (ell, "not a strip")]:
         r = readout.read(image, mask, LAYOUT)
         assert r.call == "no read" and why in r.status and r.control is None
     # overexposed: the membrane saturates, so a missing line may be one that does not show
