@@ -195,12 +195,12 @@ def sample_end(image: np.ndarray, quad: np.ndarray) -> int | None:
     across = WELL_PX * (sides[1] + sides[3]) / max(sides[0] + sides[2], 1e-6)
     radius = (max(WELL_RADIUS[0] * WELL_PX, WELL_WIDTHS[0] * across),
               min(WELL_RADIUS[1] * WELL_PX, WELL_WIDTHS[1] * across))
+    if radius[1] < radius[0]:  # a strip too thin for any well of its length
+        return None
     reach = WELL_REACH[1] + WELL_RADIUS[1]
     x0, y0 = reach * WELL_PX, (WELL_RADIUS[1] + 0.2) * WELL_PX
     target = np.float32([[x0, y0], [x0 + WELL_PX, y0], [x0 + WELL_PX, y0 + across], [x0, y0 + across]])
     size = (int(2 * x0 + WELL_PX), int(2 * y0 + across))
-    if radius[1] < radius[0]:
-        return None
     around = cv2.warpPerspective(image, cv2.getPerspectiveTransform(quad, target), size, flags=cv2.INTER_LINEAR)
     grey = cv2.GaussianBlur(cv2.cvtColor(around, cv2.COLOR_RGB2GRAY), (0, 0), 1.5)
     circles = cv2.HoughCircles(grey, cv2.HOUGH_GRADIENT, dp=1.5, minDist=10, param1=60, param2=30,
