@@ -21,13 +21,20 @@ c. the reference_512 profile's epoch in a 1-worker TorchTrainer with ``use_gpu``
 d. the training DataLoader at 512 px (augmentation 1.0, pinned memory): samples/s with 0, 2, 4
    and 8 loader processes vs what the GPU consumes (part b, fp16 batch 8).
 e. ``python -m lfa_ray.tune --config tune_configs/gpu.yaml``: 8 trials, 4 sharing the GPU, then
-   the final retrain; wall time, best val Dice, and the aggregate img/s of 4 trials sharing the
-   GPU vs the final retrain alone on it.
+   the final retrain; wall time, best val Dice, and the aggregate img/s of the trials sharing the
+   GPU (steady epochs: each trial's first is warm-up) vs one trial alone: the same config, with its
+   3 CPUs and 0.25 GPU, in a 1-worker TorchTrainer with the GPU to itself. Every trial epoch's
+   span is kept in the JSON (``extra.e.spans``).
 f. ``lfa_ray.predict --device cuda`` over 240 synthetic photos: img/s, end to end.
 g. the compiled figures of part b.
 
 ``--smoke`` runs every part with tiny sizes on whatever device there is (CPU here), to check the
 suite itself before spending GPU time. Nothing is downloaded.
+
+On an H200 (2026-11-28) the parts took b 84 s, c 173 s, d 22 s, e 277 s (+ about 70 s for the
+alone run added since), f 17-23 s, g 40 s: about 11 minutes in all, mostly Ray's fixed cost per
+TorchTrainer there (about 40 s). Within one 15-minute device lease, run it as two calls, the
+second straight after the first while the machine is warm: ``--parts abcdfg``, then ``--parts aef``.
 """
 
 from __future__ import annotations
@@ -70,6 +77,7 @@ class Report:
         out.mkdir(parents=True, exist_ok=True)
         self.figures: list[dict] = []
         self.env: dict = {}
+        self.extra: dict = {}  # raw measurements behind the figures (JSON only)
 
     def add(self, key: str, value, unit: str = "", note: str = "") -> None:
         value = round(value, 4) if isinstance(value, float) else value
@@ -78,7 +86,7 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        (self.out / "gpu_suite.json").write_text(json.dumps({"env": self.env, "figures": self.figures}, indent=1))
+        (self.out / "gpu_suite.json").write_text(json.dumps({"env": self.env, "figures": self.figures, "extra": self.extra}, indent=1))
         lines = ["| figure | value | target | note |", "| --- | --- | --- | --- |"]
         for f in self.figures:
             target = ""
@@ -132,8 +140,9 @@ def step_rate(cfg, device: torch.device, batch: int, size: int, steps: int, warm
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     parts = loop.build(cfg, device)
-    x = torch.rand(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = (torch.rand(batch, 1, size, size, device=device) > 0.5).float()
+    # a loader's batch as the loop receives it on the device: uint8, made float there
+    x = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8, device=device)
+    y = torch.randint(0, 2, (batch, 1, size, size), dtype=torch.uint8, device=device)
     t = time.perf_counter()
     loop.train_one_epoch(parts, [(x, y)] * warmup, device)  # cuDNN autotune, allocator, compile
     sync(device)
@@ -149,7 +158,12 @@ def _b_settings(smoke: bool) -> tuple[int, str, tuple[int, int], int]:
 
 
 def part_b(rep: Report, device: torch.device, smoke: bool) -> dict:
+    from lfa_ray.augment import to_unit
+
     size, features, batches, steps = _b_settings(smoke)
+    ramp = torch.arange(256, dtype=torch.uint8)
+    rep.add("b.to_unit_exact", torch.equal(to_unit(ramp.to(device)).cpu(), to_unit(ramp)), "",
+            f"x / 255 on the {device.type} equals the CPU's (= albumentations' Normalize) on all 256 values")
     rates = {}
     for batch in batches:
         for amp in ("off", "fp16", "bf16"):
@@ -236,33 +250,53 @@ def part_d(rep: Report, device: torch.device, smoke: bool, gpu_rate: float | Non
 
 # -- e ---------------------------------------------------------------------------------------
 
-def _trial_rates(exp: Path, n_train: int) -> tuple[list[tuple[float, float, float]], float]:
-    """Per trial epoch: (start, end, images/s over the epoch incl. validation); and the final run's alone rate."""
+def _trial_spans(exp: Path, n_train: int) -> list[dict]:
+    """Every trial epoch: trial, epoch, start, end (wall clock) and img/s (training images / epoch wall
+    incl. validation)."""
     import pandas as pd
 
     spans = []
-    for result in exp.glob("trial_*/result.json"):
+    for result in sorted(exp.glob("trial_*/result.json")):
         df = pd.read_json(result, lines=True)
         if "epoch_seconds" not in df:
             continue
         for _, row in df.dropna(subset=["epoch_seconds"]).iterrows():
-            spans.append((row["time"] - row["epoch_seconds"], row["time"], n_train / row["epoch_seconds"]))
-    final = pd.read_csv(exp / "final" / "metrics.csv")
-    alone = statistics.median((n_train / final["epoch_seconds"]).iloc[1:]) if len(final) > 1 else float("nan")
-    return spans, alone
+            spans.append({"trial": result.parent.name, "epoch": int(row["epoch"]),
+                          "start": float(row["time"] - row["epoch_seconds"]), "end": float(row["time"]),
+                          "img_s": n_train / float(row["epoch_seconds"])})
+    return spans
 
 
-def _shared_rate(spans: list[tuple[float, float, float]]) -> tuple[float, int]:
-    """(mean summed img/s, k) over the moments when the most trials (k) were in an epoch together."""
-    if not spans:
+def _shared_rate(spans: list[dict]) -> tuple[float, int]:
+    """(mean summed img/s, k) over the moments when the most trials (k) were in a steady epoch together
+    (a trial's first epoch is its warm-up: CUDA context, cuDNN autotuning, loader processes)."""
+    steady = [s for s in spans if s["epoch"] > 1]
+    if not steady:
         return float("nan"), 0
-    t0, t1 = min(s[0] for s in spans), max(s[1] for s in spans)
+    t0, t1 = min(s["start"] for s in steady), max(s["end"] for s in steady)
     moments = []
     for t in np.arange(t0, t1, 0.05):
-        running = [rate for start, end, rate in spans if start <= t < end]
+        running = [s["img_s"] for s in steady if s["start"] <= t < s["end"]]
         moments.append((len(running), sum(running)))
     k = max(n for n, _ in moments)
     return float(np.mean([total for n, total in moments if n == k])), k
+
+
+def _alone_rate(cfg, gpus: float, n_train: int) -> float:
+    """img/s (same measure as the trials') of one trial with the GPU to itself: the trial's config and
+    resources in a 1-worker TorchTrainer, 4 epochs, the first left out."""
+    import ray
+    from train_overhead import in_trainer
+
+    from lfa_ray.config import config_from_dict
+    from lfa_ray.data import load_for, resolve_root
+
+    raw = cfg.to_dict()
+    raw["train"].update(epochs=4, early_stopping_patience=1000)
+    one = config_from_dict(raw)
+    r = in_trainer(one, load_for(one, resolve_root(one)), gpus_per_worker=gpus)
+    ray.shutdown()
+    return statistics.median(n_train / s for s in r["compute"][1:])
 
 
 def part_e(rep: Report, device: torch.device, smoke: bool, timeout: float) -> Path | None:
@@ -305,11 +339,15 @@ def part_e(rep: Report, device: torch.device, smoke: bool, timeout: float) -> Pa
     devices = [line for line in done.stdout.splitlines() if line.startswith("devices:")]
     rep.add("e.devices", devices[0] if devices else "?", "")
     n_train = int(re.search(r"\((\d+) train,", done.stdout).group(1))  # the sweep's "data: ..." line
-    spans, alone = _trial_rates(exp, n_train)
+    spans = _trial_spans(exp, n_train)
+    rep.extra["e.spans"] = spans
     shared, concurrency = _shared_rate(spans)  # gpu.yaml on one GPU: 4
-    rep.add("e.shared_img_s", shared, "img/s", f"summed over the {concurrency} trials in an epoch at the same "
-            f"moments (training images / epoch wall incl. validation)")
-    rep.add("e.alone_img_s", alone, "img/s", "the final retrain, alone on the GPU, same measure")
+    rep.add("e.shared_img_s", shared, "img/s", f"summed over the {concurrency} trials in a steady epoch at the "
+            f"same moments (training images / epoch wall incl. validation)")
+    gpus = cfg.scaling.gpus_per_worker if device.type == "cuda" else 0.0
+    alone = _alone_rate(cfg, gpus, n_train)
+    rep.add("e.alone_img_s", alone, "img/s", f"one trial's config and resources ({cfg.scaling.cpus_per_worker} CPUs, "
+            f"{gpus:g} GPU) with the GPU to itself, epochs 2-4; same measure")
     rep.add("e.sharing_speedup", shared / alone, "", f"{concurrency} trials sharing / one alone, "
             f"{cfg.data.image_size} px, batch {cfg.train.batch_size}")
     return exp
@@ -346,7 +384,8 @@ def part_f(rep: Report, device: torch.device, smoke: bool, exp: Path | None) -> 
 # -- main ------------------------------------------------------------------------------------
 
 WORK = Path(tempfile.mkdtemp(prefix="lfa-gpu-suite-"))  # scratch for the sweep and predictions; removed at the end
-ESTIMATE_S = {"b": 40, "c": 90, "d": 40, "e": 200, "f": 20, "g": 120}  # what each part needs on an H100/H200
+ESTIMATE_S = {"b": 90, "c": 175, "d": 25, "e": 350, "f": 25, "g": 45}  # measured on an H200, 2026-11-28
+ALONE_S = 70  # part e's run of one trial alone
 
 
 def main() -> None:
@@ -380,7 +419,7 @@ def main() -> None:
             elif part == "d":
                 part_d(rep, device, args.smoke, b.get(("fp16", 4 if args.smoke else 8, False)))
             elif part == "e":
-                exp = part_e(rep, device, args.smoke, timeout=max(60.0, left - ESTIMATE_S["f"]))
+                exp = part_e(rep, device, args.smoke, timeout=max(60.0, left - ESTIMATE_S["f"] - ALONE_S))
             elif part == "f":
                 part_f(rep, device, args.smoke, exp)
             elif part == "g":

@@ -3,8 +3,12 @@
 Images arrive already resized to ``data.image_size`` (the original's first step),
 so the pipelines start after its Resize. At strength 1 the geometry is the
 original's: Rotate(limit=35, p=1), HorizontalFlip(0.5), VerticalFlip(0.1); at 0
-only Normalize remains. Photometric jitter (brightness/contrast, blur, noise)
-scales with the same knob. Image and mask always share the geometry.
+nothing remains. Photometric jitter (brightness/contrast, blur, noise) scales with
+the same knob. Image and mask always share the geometry.
+
+The pipelines end in uint8 tensors; the original's Normalize (to [0, 1]) is
+:func:`to_unit`, applied by the training loop after the copy to the device, so the
+loader processes, pinned memory and the host-to-GPU copy move a quarter of the bytes.
 """
 
 from __future__ import annotations
@@ -15,9 +19,6 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 
-# The original project normalises to [0, 1] with mean 0 and std 1.
-_NORMALIZE = A.Normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), max_pixel_value=255.0)
-
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The first step of every path into the model (training, validation, test, predict): a photo
@@ -26,10 +27,19 @@ def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.nd
     return small, None if mask is None else cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
 
 
+def to_unit(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels (on any device, in any memory format) as the model's float input: the original
+    project's Normalize(mean 0, std 1, max_pixel_value 255), i.e. x / 255 in [0, 1], equal bit for
+    bit to albumentations' (a test checks all 256 values)."""
+    if pixels.dtype != torch.uint8:
+        raise TypeError(f"to_unit takes uint8 pixels, not {pixels.dtype}")
+    return pixels.float().mul_(1 / 255)
+
+
 def model_input(images: list[np.ndarray], size: int) -> torch.Tensor:
-    """Photos as the model sees them outside training: resized, normalised (``val_transform``), batched."""
+    """Photos as the model sees them outside training: resized, batched, normalised (:func:`to_unit`)."""
     transform = val_transform()
-    return torch.stack([transform(image=resize(im, None, size)[0])["image"] for im in images])
+    return to_unit(torch.stack([transform(image=resize(im, None, size)[0])["image"] for im in images]))
 
 
 def train_transform(strength: float, seed: int = 0) -> A.Compose:
@@ -44,8 +54,8 @@ def train_transform(strength: float, seed: int = 0) -> A.Compose:
             A.GaussianBlur(sigma_limit=(0.1, 1.0 * s + 0.1), p=0.2 * s),
             A.GaussNoise(std_range=(0.0, 0.04 * s), p=0.3 * s),
         ]
-    return A.Compose([*steps, _NORMALIZE, ToTensorV2()], seed=seed)
+    return A.Compose([*steps, ToTensorV2()], seed=seed)
 
 
 def val_transform() -> A.Compose:
-    return A.Compose([_NORMALIZE, ToTensorV2()], seed=0)
+    return A.Compose([ToTensorV2()], seed=0)

@@ -35,7 +35,7 @@ class WithPreprocessing(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # augment.val_transform: Normalize(mean 0, std 1, max_pixel_value 255), then channels first
+        # augment.to_unit (the original's Normalize: x / 255), channels first
         return self.model(image.permute(0, 3, 1, 2).float() / 255.0)
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from tensorboardX import SummaryWriter
 
+from lfa_ray.augment import to_unit
 from lfa_ray.config import METRICS
 from lfa_ray.storage import Location, locate
 
@@ -99,7 +100,7 @@ class RunLog:
         n = min(N_OVERLAYS, len(val_ds))
         if n == 0:
             return
-        batch = torch.stack([val_ds[i][0] for i in range(n)]).to(device)
+        batch = to_unit(torch.stack([val_ds[i][0] for i in range(n)]).to(device))
         was_training = model.training
         model.eval()
         pred = (model(batch) > 0).squeeze(1).cpu().numpy()

@@ -4,6 +4,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from lfa_ray import cli, data
@@ -193,8 +194,8 @@ def test_dataset_resizes_and_augments_image_and_mask_together(synth_dir):
     ds.set_epoch(2)
     x3, _ = ds[0]
     assert x1.shape == (3, 48, 48) and y1.shape == (1, 48, 48)
-    assert 0 <= float(x1.min()) and float(x1.max()) <= 1.0 + 1e-6  # the original normalisation: /255
-    assert set(y1.unique().tolist()) <= {0.0, 1.0}
+    assert x1.dtype == y1.dtype == torch.uint8  # a quarter of float32's bytes through the loader
+    assert set(y1.unique().tolist()) <= {0, 1}
     assert np.array_equal(x1.numpy(), x2.numpy()) and not np.array_equal(x1.numpy(), x3.numpy())
 
 
@@ -209,6 +210,22 @@ def test_zero_strength_is_resize_and_normalize_only(synth_dir):
     assert np.array_equal(a[0][1].numpy(), b[0][1].numpy())
 
 
+def test_to_unit_is_the_original_normalisation_bit_for_bit():
+    """The loop's on-device x / 255 equals albumentations' Normalize(mean 0, std 1, max 255) on every
+    uint8 value, so moving it out of the loader processes changes no model input."""
+    import albumentations as A
+
+    from lfa_ray.augment import to_unit
+
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)  # 1 x 256 x 3
+    original = A.Normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), max_pixel_value=255.0)(image=ramp)["image"]
+    ours = to_unit(torch.from_numpy(ramp).permute(2, 0, 1)[None].contiguous(memory_format=torch.channels_last))
+    assert ours.dtype == torch.float32 and ours.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(ours, torch.from_numpy(original).permute(2, 0, 1)[None])
+    with pytest.raises(TypeError, match="uint8"):
+        to_unit(ours)  # float input would be scaled twice
+
+
 def test_geometry_is_shared_between_image_and_mask():
     """Rotating/flipping a mask-shaped image must give exactly the transformed mask."""
     from lfa_ray.augment import train_transform
@@ -219,7 +236,7 @@ def test_geometry_is_shared_between_image_and_mask():
     t = train_transform(1.0, seed=5)
     for _ in range(5):
         out = t(image=image, mask=mask)
-        img_fg = out["image"][0] > 0.5
+        img_fg = out["image"][0] > 127
         agree = (img_fg == (out["mask"] > 0)).float().mean()
         assert agree > 0.97  # photometric jitter and interpolation may move a few edge pixels
 
@@ -239,7 +256,7 @@ def test_load_decodes_once_into_read_only_safe_arrays(synth_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # torch warns on non-writable numpy arrays
         x, y = ds[0]
-    assert y.shape == (1, 40, 40) and set(y.unique().tolist()) <= {0.0, 1.0}
+    assert y.shape == (1, 40, 40) and set(y.unique().tolist()) <= {0, 1}
 
 
 def test_a_seeded_test_split_is_disjoint_and_leaves_validation_as_it_was(tmp_path):

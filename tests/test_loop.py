@@ -123,7 +123,7 @@ def test_dice_iou_and_accuracy_exact_values():
             return (pred[: len(images)] * 20 - 10).to(images.dtype)
 
     parts = loop.TrainingSetup(Fixed(), None, None, None, None)
-    batches = [(torch.zeros(4, 3, 2, 2), truth)]
+    batches = [(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), truth.to(torch.uint8))]
     va = loop.validate(parts, batches, CPU, loss="bce")
     assert va["val_dice"] == pytest.approx((2 / 3 + 1 + 0 + 0) / 4)
     assert va["val_iou"] == pytest.approx((1 / 2 + 1 + 0 + 0) / 4)
