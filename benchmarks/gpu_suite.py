@@ -86,7 +86,8 @@ class Report:
         self.write()
 
     def write(self) -> None:
-        (self.out / "gpu_suite.json").write_text(json.dumps({"env": self.env, "figures": self.figures, "extra": self.extra}, indent=1))
+        report = {"env": self.env, "figures": self.figures, "extra": self.extra}
+        (self.out / "gpu_suite.json").write_text(json.dumps(report, indent=1))
         lines = ["| figure | value | target | note |", "| --- | --- | --- | --- |"]
         for f in self.figures:
             target = ""
@@ -224,28 +225,22 @@ def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
 # -- d ---------------------------------------------------------------------------------------
 
 def part_d(rep: Report, device: torch.device, smoke: bool, gpu_rate: float | None) -> None:
+    from loader import samples_per_second
+
     from lfa_ray.data import build_datasets, load_for, resolve_root
 
     cfg = load_config(REPO / "tune_configs" / "reference_512.yaml", profile_512(smoke, epochs=1))
     tr, va = build_datasets(cfg, load_for(cfg, resolve_root(cfg)))
     chosen = loop.loader_workers("auto", torch.device("cuda"), cfg.scaling.cpus_per_worker)
     for workers in (0, 2) if smoke else (0, 2, 4, 8):
-        tl, _ = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=0, loader_workers=workers,
+        rate = samples_per_second(tr, va, batch_size=cfg.train.batch_size, workers=workers,
                                   pin_memory=device.type == "cuda")
-        tr.set_epoch(1)
-        it = iter(tl)
-        next(it)  # processes started, first batch made
-        n, t = 0, time.perf_counter()
-        for images, _ in it:
-            n += images.shape[0]
-        rate = n / (time.perf_counter() - t)
         versus = f"x{rate / gpu_rate:.2f} of the GPU's {gpu_rate:.0f} img/s (b, fp16 batch 8)" if gpu_rate else ""
         rep.add(f"d.loader_samples_s.{workers}_workers", rate, "samples/s",
                 f"{cfg.data.image_size} px, aug 1.0; {versus}"
                 + (" <- auto for reference_512" if workers == chosen else ""))
         if workers == chosen and gpu_rate:
             rep.add("d.loader_vs_gpu", rate / gpu_rate, "", f"at data.loader_workers auto = {chosen}")
-        del tl, it
 
 
 # -- e ---------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def test_the_gpu_suite_runs_every_part_on_cpu_in_smoke_mode(tmp_path):
     done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "gpu_suite.py"), "--smoke", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=REPO)
     assert done.returncode == 0, done.stderr[-3000:]
-    figures = {f["key"]: f["value"] for f in json.loads((out / "gpu_suite.json").read_text())["figures"]}
+    report = json.loads((out / "gpu_suite.json").read_text())
+    figures = {f["key"]: f["value"] for f in report["figures"]}
     assert not [k for k in figures if k.endswith((".failed", ".skipped")) or k == "e.sweep"], figures
     rates = ["b.img_s.off.batch8", "b.img_s.fp16.batch8", "b.img_s.bf16.batch8", "b.img_s.bf16.batch8.compiled",
              "c.trainer_img_s", "c.epoch_ratio", "c.fixed_s", "d.loader_samples_s.2_workers", "e.shared_img_s",
@@ -106,5 +107,8 @@ def test_the_gpu_suite_runs_every_part_on_cpu_in_smoke_mode(tmp_path):
     for key in ["e.best_trial_val_dice", "e.final_test_dice"]:  # two epochs of a tiny model: any score
         assert isinstance(figures[key], float) and 0 <= figures[key] <= 1, (key, figures.get(key))
     assert "devices: CPU" in figures["e.devices"]
+    assert figures["b.to_unit_exact"] is True
+    spans = report["extra"]["e.spans"]  # every trial epoch, kept for reading the sharing figure afterwards
+    assert {s["epoch"] for s in spans} >= {1, 2} and all(s["end"] > s["start"] and s["img_s"] > 0 for s in spans)
     table = (out / "gpu_suite.md").read_text()
     assert "| c.epoch_ratio |" in table and "torch" in table.splitlines()[0]
