@@ -219,7 +219,9 @@ def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
     rep.add("c.plain_epoch_s", pm, "s", "median epoch wall, epochs 2..")
     rep.add("c.trainer_epoch_s", rm, "s", "median epoch wall incl. report + checkpoint persistence")
     rep.add("c.epoch_ratio", rm / pm, "", "TorchTrainer / plain loop")
-    rep.add("c.fixed_s", r["fixed"], "s", f"trainer start + stop beyond its epochs; ray.init {r['ray_init']:.1f} s")
+    rep.add("c.fixed_s", r["fixed"], "s", f"trainer start {r['start']:.1f} s + stop {r['stop']:.1f} s beyond its "
+            f"epochs (fit() to the first epoch's start, the last epoch's end to fit()'s return); "
+            f"ray.init {r['ray_init']:.1f} s")
 
 
 # -- d ---------------------------------------------------------------------------------------
