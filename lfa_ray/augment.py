@@ -13,11 +13,17 @@ loader processes, pinned memory and the host-to-GPU copy move a quarter of the b
 
 from __future__ import annotations
 
-import albumentations as A
-import cv2
-import numpy as np
-import torch
-from albumentations.pytorch import ToTensorV2
+import os
+
+# albumentations asks PyPI for a newer version at every import, in every Ray worker; an offline
+# cluster node waits for the name lookup to fail. lfa_ray pins its version: no check.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
