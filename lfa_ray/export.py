@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lfa_ray.augment import to_unit
 from lfa_ray.errors import UserError
 from lfa_ray.model import UNet
 
@@ -35,8 +36,8 @@ class WithPreprocessing(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        # augment.to_unit (the original's Normalize: x / 255), channels first
-        return self.model(image.permute(0, 3, 1, 2).float() / 255.0)
+        # channels first, then the training pipeline's own normalisation (the original's x / 255)
+        return self.model(to_unit(image.permute(0, 3, 1, 2)))
 
 
 def export(checkpoint: str, out: str | Path, fmt: str, size: int | None = None) -> tuple[Path, int]:
