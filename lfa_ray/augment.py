@@ -25,12 +25,15 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from lfa_ray.images import scale_mask  # noqa: E402
+
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The first step of every path into the model (training, validation, test, predict): a photo
-    to ``size`` x ``size`` (area interpolation), its mask likewise (nearest, staying binary)."""
+    to ``size`` x ``size`` (area interpolation), its mask likewise, staying binary and aligned
+    (:func:`lfa_ray.images.scale_mask`)."""
     small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return small, None if mask is None else cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return small, None if mask is None else scale_mask(mask, (size, size))
 
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:

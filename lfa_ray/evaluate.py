@@ -29,6 +29,7 @@ from lfa_ray import readout
 from lfa_ray.config import Config, ReadoutConfig, config_from_dict
 from lfa_ray.data import Pair, decode_pair, discover, resolve_root, splits_for
 from lfa_ray.errors import UserError
+from lfa_ray.images import scale_mask
 from lfa_ray.runlog import overlay
 from lfa_ray.storage import Location, locate
 
@@ -93,7 +94,7 @@ def _thumb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray
     h, w = image.shape[:2]
     scale = TILE / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    small = [cv2.resize(m.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) for m in (truth, pred)]
+    small = [scale_mask(m, size) for m in (truth, pred)]
     return overlay(cv2.resize(image, size, interpolation=cv2.INTER_AREA), *small)
 
 

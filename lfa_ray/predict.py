@@ -16,7 +16,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,7 +26,7 @@ from lfa_ray.augment import model_input
 from lfa_ray.checkpoint import STATE_FILE
 from lfa_ray.config import ReadoutConfig, load_config
 from lfa_ray.errors import UserError
-from lfa_ray.images import IMAGE_EXTS, Photo, read_photo
+from lfa_ray.images import IMAGE_EXTS, Photo, read_photo, scale_mask
 from lfa_ray.loop import nonfinite
 from lfa_ray.model import UNet
 from lfa_ray.runlog import overlay
@@ -138,7 +137,7 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
             stem = Path(f.name).stem
             Image.fromarray(mask * 255).save(out_dir / f"{stem}_mask.png")
             h, w = photo.pixels.shape[:2]
-            small = mask if mask.shape == (h, w) else cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)
+            small = scale_mask(mask, (w, h))
             Image.fromarray(overlay(photo.pixels, np.zeros_like(small), small)).save(out_dir / f"{stem}_overlay.png")
             written.append(out_dir / f"{stem}_mask.png")
             if layout is not None:

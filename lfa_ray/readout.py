@@ -39,6 +39,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from lfa_ray.images import scale_mask
+
 STRIP_LENGTH = 160  # px along the rectified window: every window is read at this resolution
 SIDE_ENDS = 0.15  # the share at each end of a side whose outline points are left out of its line fit
 MIN_SIDES = (12, 3)  # px in the photo: a window shorter or narrower than this is not read
@@ -262,8 +264,7 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     """Read the test in ``image`` (RGB uint8) within the window ``mask`` (0/1, scaled to the image's
     size if it differs), with the places and thresholds of ``layout`` (a ``ReadoutConfig``)."""
     h, w = image.shape[:2]
-    if mask.shape[:2] != (h, w):
-        mask = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+    mask = scale_mask(mask, (w, h))
     quad, why = window_corners(mask)
     if quad is None:
         return Reading("no read", why)

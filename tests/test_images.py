@@ -9,7 +9,7 @@ from PIL import Image
 
 from lfa_ray import data, predict
 from lfa_ray.errors import UserError
-from lfa_ray.images import read_mask, read_photo
+from lfa_ray.images import read_mask, read_photo, scale_mask
 from lfa_ray.storage import locate
 
 ORIENTATION = 0x0112
@@ -128,6 +128,37 @@ def test_a_big_jpeg_is_decoded_reduced_to_what_training_needs(tmp_path):
     assert np.abs(a - b).mean() < 4.0  # the same training input to within 1.5 % (DCT scaling vs area averaging)
     small = locate(_jpeg(tmp_path / "small.jpg", image[:200, :300]))
     assert read_photo(small, reduce_to=64).pixels.shape == (200, 300, 3)  # not 4x larger: decoded whole
+
+
+def _quad_mask(w: int, h: int) -> np.ndarray:
+    """A slanted window, as a cassette photo's mask draws it."""
+    mask = np.zeros((h, w), np.uint8)
+    cv2.fillPoly(mask, [np.array([[0.3 * w, 0.35 * h], [0.8 * w, 0.45 * h], [0.78 * w, 0.6 * h], [0.28 * w, 0.5 * h]],
+                                 np.int32)], 1)
+    return mask
+
+
+def test_a_mask_shrunk_with_its_photo_stays_on_it():
+    """The photo drawn from its mask (255 inside) shrinks by area; the mask shrunk alongside must
+    cover exactly the pixels that came out at least half bright: no shift (OpenCV's nearest
+    neighbour moved it 2 px down and right of a 320 x 240 photo at 64 px)."""
+    from lfa_ray.augment import resize
+
+    mask = _quad_mask(320, 240)
+    image = np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8)
+    small_image, small_mask = resize(image, mask, 64)
+    assert small_mask.dtype == np.uint8 and set(np.unique(small_mask)) == {0, 1}
+    bright = small_image[..., 0] >= 128
+    assert (bright != small_mask.astype(bool)).sum() <= 2  # a share of exactly a half may round either way
+    ys, xs = np.nonzero(small_mask)
+    wy, wx = np.nonzero(bright)
+    assert abs(xs.mean() - wx.mean()) < 0.05 and abs(ys.mean() - wy.mean()) < 0.05
+
+
+def test_a_mask_enlarged_repeats_each_pixel_in_place():
+    mask = _quad_mask(40, 30)
+    assert np.array_equal(scale_mask(mask, (120, 90)), np.kron(mask, np.ones((3, 3), np.uint8)))
+    assert scale_mask(mask, (40, 30)) is mask
 
 
 def test_predict_writes_the_mask_at_the_photo_size_as_displayed(tmp_path):
