@@ -25,15 +25,22 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-from lfa_ray.images import scale_mask  # noqa: E402
-
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The first step of every path into the model (training, validation, test, predict): a photo
-    to ``size`` x ``size`` (area interpolation), its mask likewise, staying binary and aligned
-    (:func:`lfa_ray.images.scale_mask`)."""
+    to ``size`` x ``size`` (area interpolation), and its 0/1 mask with it as *coverage*: the share
+    of each new pixel inside the mask, 0-255 (uint8), aligned with the photo's pixels by the same
+    interpolation. The loss learns the share, so an edge is learned where it lies within a pixel
+    rather than rounded to whole pixels (at 64 px, rounding alone caps a 320 x 240 photo's Dice at
+    0.95); the metrics count a pixel as inside where at least half of it is (:data:`HALF`)."""
     small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    return small, None if mask is None else scale_mask(mask, (size, size))
+    if mask is None:
+        return small, None
+    share = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    return small, np.round(share * 255).astype(np.uint8)
+
+
+HALF = 128  # coverage (of 255) from which a pixel counts as inside the mask
 
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:
@@ -56,7 +63,7 @@ def train_transform(strength: float, seed: int = 0) -> A.Compose:
     steps = []
     if s > 0:
         steps = [
-            A.Rotate(limit=35 * s, p=1.0),
+            A.Rotate(limit=35 * s, p=1.0, mask_interpolation=cv2.INTER_LINEAR),  # coverage turns as the photo does
             A.HorizontalFlip(p=0.5 * s),
             A.VerticalFlip(p=0.1 * s),
             A.RandomBrightnessContrast(brightness_limit=0.25 * s, contrast_limit=0.25 * s, p=0.5 * s),

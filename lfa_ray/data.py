@@ -374,7 +374,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.transform.set_random_seed(self.seed * 100_003 + epoch)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(image 3xHxW, mask 1xHxW), both uint8: the loop makes them float on the device."""
+        """(image 3xHxW, mask 1xHxW), both uint8 (the mask as coverage, 0-255: :func:`lfa_ray.augment.resize`):
+        the loop makes them float on the device."""
         # copies: the arrays may be read-only shared memory, and a tensor must not view them
         out = self.transform(image=self.images[i].copy(), mask=self.masks[i].copy())
         return out["image"], out["mask"].unsqueeze(0)

@@ -21,7 +21,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lfa_ray.augment import to_unit
+from lfa_ray.augment import HALF, to_unit
 from lfa_ray.config import Config
 from lfa_ray.errors import UserError
 from lfa_ray.model import UNet
@@ -137,10 +137,11 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
 
 
 def _to(images: torch.Tensor, masks: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """A loader's uint8 batch on ``device`` as float model input and target: copied first (a quarter
-    of float32's bytes), converted there."""
+    """A loader's uint8 batch on ``device`` as float model input and target (the mask's coverage as a
+    share in [0, 1], :func:`lfa_ray.augment.resize`): copied first (a quarter of float32's bytes),
+    converted there."""
     return (to_unit(images.to(device, non_blocking=True, memory_format=torch.channels_last)),
-            masks.to(device, non_blocking=True).float())
+            masks.to(device, non_blocking=True).float().mul_(1 / 255))
 
 
 def train_one_epoch(parts: TrainingSetup, loader, device: torch.device, *, loss: str = "bce",
@@ -179,6 +180,7 @@ def validate(parts: TrainingSetup, loader, device: torch.device, *, loss: str = 
         with torch.autocast(device.type, dtype=parts.dtype or torch.float32, enabled=parts.dtype is not None):
             logits = model(images)
         sums[0] += loss_fn(logits, masks, loss).item() * images.shape[0]
+        masks = (masks >= HALF / 255).float()  # the metrics' truth: pixels at least half inside
         pred = (logits.float() > 0).float()
         sums[1] += (pred == masks).sum().item()
         sums[2] += masks.numel()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tensorboardX import SummaryWriter
 
-from lfa_ray.augment import to_unit
+from lfa_ray.augment import HALF, to_unit
 from lfa_ray.config import METRICS
 from lfa_ray.storage import Location, locate
 
@@ -105,7 +105,7 @@ class RunLog:
         model.eval()
         pred = (model(batch) > 0).squeeze(1).cpu().numpy()
         model.train(was_training)
-        tiles = [overlay(val_ds.images[i], val_ds.masks[i], pred[i]) for i in range(n)]
+        tiles = [overlay(val_ds.images[i], val_ds.masks[i] >= HALF, pred[i]) for i in range(n)]
         self.writer.add_image("val/overlay", np.concatenate(tiles, axis=1), step, dataformats="HWC")
         self._flush()
 

@@ -139,18 +139,22 @@ def _quad_mask(w: int, h: int) -> np.ndarray:
 
 
 def test_a_mask_shrunk_with_its_photo_stays_on_it():
-    """The photo drawn from its mask (255 inside) shrinks by area; the mask shrunk alongside must
-    cover exactly the pixels that came out at least half bright: no shift (OpenCV's nearest
-    neighbour moved it 2 px down and right of a 320 x 240 photo at 64 px)."""
-    from lfa_ray.augment import resize
+    """Draw the photo from its mask (255 inside) and shrink both as training does: the mask's
+    coverage must be the photo's own pixels, and the 0/1 mask scaled for the read-out must cover
+    exactly the pixels that came out at least half bright. OpenCV's nearest neighbour put the mask
+    2 px down and right of a 320 x 240 photo shrunk to 64 px."""
+    from lfa_ray.augment import HALF, resize
 
     mask = _quad_mask(320, 240)
     image = np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8)
-    small_image, small_mask = resize(image, mask, 64)
-    assert small_mask.dtype == np.uint8 and set(np.unique(small_mask)) == {0, 1}
-    bright = small_image[..., 0] >= 128
-    assert (bright != small_mask.astype(bool)).sum() <= 2  # a share of exactly a half may round either way
-    ys, xs = np.nonzero(small_mask)
+    small_image, coverage = resize(image, mask, 64)
+    assert coverage.dtype == np.uint8 and coverage.min() == 0 and coverage.max() == 255
+    assert np.abs(coverage.astype(int) - small_image[..., 0]).max() <= 1  # the photo's area average, to rounding
+    bright = small_image[..., 0] >= HALF
+    binary = scale_mask(mask, (64, 64))
+    assert set(np.unique(binary)) == {0, 1}
+    assert (bright != binary.astype(bool)).sum() <= 2  # a share of exactly a half may round either way
+    ys, xs = np.nonzero(binary)
     wy, wx = np.nonzero(bright)
     assert abs(xs.mean() - wx.mean()) < 0.05 and abs(ys.mean() - wy.mean()) < 0.05
 

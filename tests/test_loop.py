@@ -123,11 +123,14 @@ def test_dice_iou_and_accuracy_exact_values():
             return (pred[: len(images)] * 20 - 10).to(images.dtype)
 
     parts = loop.TrainingSetup(Fixed(), None, None, None, None)
-    batches = [(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), truth.to(torch.uint8))]
+    # the loader's masks are coverage (0-255); a pixel at least half inside counts as inside
+    coverage = (truth * 255).to(torch.uint8)
+    coverage[2, 0, 1, 0], coverage[2, 0, 1, 1] = 127, 128  # the third image gains one pixel inside
+    batches = [(torch.zeros(4, 3, 2, 2, dtype=torch.uint8), coverage)]
     va = loop.validate(parts, batches, CPU, loss="bce")
     assert va["val_dice"] == pytest.approx((2 / 3 + 1 + 0 + 0) / 4)
     assert va["val_iou"] == pytest.approx((1 / 2 + 1 + 0 + 0) / 4)
-    assert va["val_accuracy"] == pytest.approx(12 / 16)  # 4 of 16 pixels wrong
+    assert va["val_accuracy"] == pytest.approx(11 / 16)  # 5 of 16 pixels wrong
 
 
 def test_losses_exact_values():
