@@ -356,9 +356,11 @@ def load_for(cfg, root: str | Location) -> DecodedDataset:
 class SegmentationDataset(torch.utils.data.Dataset):
     """Pre-resized images and masks in memory, augmented per item.
 
-    ``transform`` is an albumentations Compose; ``set_epoch`` reseeds it so an
-    epoch's augmentation is a function of (seed, epoch), which makes resumed
-    runs repeat the uninterrupted run exactly.
+    ``transform`` is an albumentations Compose, seeded afresh for every item from (seed, epoch,
+    index), so an epoch's augmentation is the same whichever loader process draws an item, and a
+    resumed run repeats the uninterrupted one exactly. The epoch comes with the index (``(epoch,
+    i)``, from :class:`lfa_ray.loop.EpochSampler`: a persistent loader process holds its own copy
+    of the dataset and never sees ``set_epoch``), or from ``set_epoch`` for a plain index.
     """
 
     def __init__(self, arrays: Arrays, transform, seed: int = 0):
@@ -366,16 +368,20 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.images, self.masks = arrays.images, arrays.masks  # may be read-only (Ray's object store)
         self.transform = transform
         self.seed = seed
+        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
 
     def set_epoch(self, epoch: int) -> None:
-        self.transform.set_random_seed(self.seed * 100_003 + epoch)
+        self.epoch = epoch
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(image 3xHxW, mask 1xHxW), both uint8 (the mask as coverage, 0-255: :func:`lfa_ray.augment.resize`):
-        the loop makes them float on the device."""
+        the loop makes them float on the device. ``key``: an index, or ``(epoch, index)``."""
+        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        rng = np.random.default_rng([self.seed, epoch, i])  # one stream for all of the item's transforms
+        self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         # copies: the arrays may be read-only shared memory, and a tensor must not view them
         out = self.transform(image=self.images[i].copy(), mask=self.masks[i].copy())
         return out["image"], out["mask"].unsqueeze(0)

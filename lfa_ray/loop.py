@@ -82,19 +82,40 @@ def loader_workers(setting: int | str, device: torch.device, cpus: int) -> int:
     return cpus if device.type == "cuda" else 0
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """``sampler``'s indices as ``(epoch, index)``, so the dataset seeds each item's augmentation
+    by its epoch in whichever loader process draws it (:class:`lfa_ray.data.SegmentationDataset`)."""
+
+    def __init__(self, sampler: torch.utils.data.Sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        epoch = self.epoch
+        return ((epoch, i) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
 def make_loaders(train_ds, val_ds, *, batch_size: int, seed: int, rank: int = 0, world: int = 1,
                  loader_workers: int = 0, pin_memory: bool = False
                  ) -> tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader]:
     """Loaders giving each of ``world`` workers a disjoint shard.
 
-    Training shuffles with a DistributedSampler seeded per epoch. Validation takes
+    Training shuffles with a DistributedSampler seeded per epoch, its indices carrying the epoch
+    (:class:`EpochSampler`). Validation takes
     every ``world``-th image without padding, so summed metrics are exact.
     ``pin_memory`` (for CUDA) lets host-to-GPU copies run asynchronously.
     """
     sampler = torch.utils.data.DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=seed)
     val_shard = torch.utils.data.Subset(val_ds, list(range(rank, len(val_ds), world)))
     common = dict(num_workers=loader_workers, persistent_workers=loader_workers > 0, pin_memory=pin_memory)
-    return (torch.utils.data.DataLoader(train_ds, batch_size=batch_size, sampler=sampler, **common),
+    return (torch.utils.data.DataLoader(train_ds, batch_size=batch_size, sampler=EpochSampler(sampler), **common),
             torch.utils.data.DataLoader(val_shard, batch_size=batch_size, shuffle=False, **common))
 
 

@@ -208,3 +208,24 @@ def test_loader_workers_auto_and_pinned_memory(small_dir, tmp_path):
     assert tl.num_workers == vl.num_workers == 2 and tl.pin_memory and vl.pin_memory
     images, masks = next(iter(tl))  # two worker processes really produce augmented batches
     assert images.shape == (4, 3, 32, 32) and masks.shape == (4, 1, 32, 32)
+
+
+def test_loader_processes_draw_each_epochs_augmentation_as_the_loop_itself_would(small_dir, tmp_path):
+    """Persistent loader processes hold their own copy of the dataset: each item's augmentation
+    must still follow (seed, epoch, index), not a stream every process starts alike (two processes
+    drew identical augmentations, and later epochs went on from the first epoch's seed)."""
+    cfg = tiny_config(small_dir, tmp_path)
+    tr, va = build_datasets(cfg, load_for(cfg, small_dir))
+    epochs = {}
+    for workers in (0, 2):
+        tl, _ = loop.make_loaders(tr, va, batch_size=2, seed=0, loader_workers=workers)
+        epochs[workers] = []
+        for epoch in (1, 2):
+            tl.sampler.set_epoch(epoch)  # as fit() does
+            tr.set_epoch(epoch)
+            epochs[workers].append(torch.cat([masks for _, masks in tl]))
+    for a, b in zip(epochs[0], epochs[2], strict=True):
+        assert torch.equal(a, b)
+    first = epochs[2][0]
+    assert not torch.equal(first[0::2], first[1::2])  # the two processes' items differ
+    assert not torch.equal(epochs[2][0], epochs[2][1])
