@@ -18,6 +18,7 @@ import io
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Optional
 
 import cv2
@@ -103,28 +104,37 @@ def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch
     """Score ``model`` (trained at ``size`` px) on ``pairs``, each at its photo's size as displayed;
     with ``layout``, also read each test (:mod:`lfa_ray.readout`) and compare with the truth the
     pairs carry (synthetic cassettes)."""
-    from lfa_ray.predict import READ_SIDE, predict
+    from lfa_ray.predict import READ_SIDE, PhotoWork, predict
 
-    rows, tiles, strips = [], {}, {}
     reduce_to = size if layout is None else max(size, READ_SIDE)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start:start + batch_size]
-        decoded = [decode_pair(p, reduce_to=reduce_to) for p in chunk]  # UserError names a broken file
-        preds = predict(model, [ph.pixels for ph, _ in decoded], size, device,
-                        out_sizes=[ph.size for ph, _ in decoded], tta=tta)
-        for pair, (photo, truth), pred in zip(chunk, decoded, preds, strict=True):
-            row = {"name": pair.name, "width": photo.size[0], "height": photo.size[1],
-                   "true_area": float(truth.mean()), "predicted_area": float(pred.mean()), **scores(pred, truth)}
-            if layout is not None:
-                reading = readout.read(photo.pixels, pred, layout)
-                row.update(reading.row())
-                if pair.readout is not None:
-                    row.update(readout.truth_row(_truth(pair)))
-                if reading.strip is not None:
-                    strips[pair.name] = reading.strip
-            rows.append(row)
-            tiles[pair.name] = _thumb(photo.pixels, truth, pred)
-    return Evaluation(pd.DataFrame(rows), tiles, strips)
+    with PhotoWork(batch_size) as work:  # decoding and scoring beside the model
+        # decode_pair's UserError names a broken file
+        for chunk, decoded in work.decoded(pairs, partial(decode_pair, reduce_to=reduce_to)):
+            preds = predict(model, [ph.pixels for ph, _ in decoded], size, device,
+                            out_sizes=[ph.size for ph, _ in decoded], tta=tta)
+            for pair, (photo, truth), pred in zip(chunk, decoded, preds, strict=True):
+                work.submit(_score, pair, photo, truth, pred, layout)
+        scored = work.results()  # per photo, in order: (row, tile, strip or None)
+    names = [pair.name for pair in pairs]
+    return Evaluation(pd.DataFrame([row for row, _, _ in scored]),
+                      {name: tile for name, (_, tile, _) in zip(names, scored, strict=True)},
+                      {name: strip for name, (_, _, strip) in zip(names, scored, strict=True) if strip is not None})
+
+
+def _score(pair: Pair, photo, truth: np.ndarray, pred: np.ndarray,
+           layout: Optional[ReadoutConfig]) -> tuple[dict, np.ndarray, Optional[np.ndarray]]:
+    """One photo's row (scores; with ``layout`` its read-out and, for synthetic photos, the truth),
+    its gallery tile and its read-out strip."""
+    row = {"name": pair.name, "width": photo.size[0], "height": photo.size[1],
+           "true_area": float(truth.mean()), "predicted_area": float(pred.mean()), **scores(pred, truth)}
+    strip = None
+    if layout is not None:
+        reading = readout.read(photo.pixels, pred, layout)
+        row.update(reading.row())
+        if pair.readout is not None:
+            row.update(readout.truth_row(_truth(pair)))
+        strip = reading.strip
+    return row, _thumb(photo.pixels, truth, pred), strip
 
 
 def _truth(pair: Pair) -> dict:

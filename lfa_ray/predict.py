@@ -14,7 +14,12 @@ writes ``NAME_mask.png`` (0/255, at the photo's size as displayed) and ``NAME_ov
 from __future__ import annotations
 
 import io
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -116,40 +121,86 @@ def predict(model: UNet, images: list[np.ndarray], size: int, device: torch.devi
     return out
 
 
+class PhotoWork:
+    """Per-photo work (decoding, scoring, PNG writes, the read-out) on threads beside the model:
+    PIL, zlib and OpenCV release the GIL, so it runs on the machine's other cores while the model
+    works on a chunk. At most about two chunks of photos are in memory at once."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.pool = ThreadPoolExecutor(max(2, min(16, os.cpu_count() or 1)))
+        self.queued: list[Future] = []
+        self.waited = 0  # queued[:waited] are done
+
+    def __enter__(self) -> "PhotoWork":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def decoded(self, items: list, decode: Callable) -> Iterator[tuple[list, list]]:
+        """``(chunk, [decode(item) ...])`` for consecutive chunks of ``items``, the next chunk
+        decoded while the caller works on this one; a decode's error is raised at its chunk."""
+        chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+        ahead = [self.pool.submit(decode, item) for item in chunks[0]] if chunks else []
+        for k, chunk in enumerate(chunks):
+            done = [f.result() for f in ahead]
+            ahead = [self.pool.submit(decode, item) for item in chunks[k + 1]] if k + 1 < len(chunks) else []
+            yield chunk, done
+
+    def submit(self, fn: Callable, *args) -> None:
+        """Queue one photo's work, first waiting while two chunks' work is already queued."""
+        while len(self.queued) - self.waited >= 2 * self.batch_size:
+            self.queued[self.waited].result()
+            self.waited += 1
+        self.queued.append(self.pool.submit(fn, *args))
+
+    def results(self) -> list:
+        """What each submitted call returned, in submission order."""
+        return [f.result() for f in self.queued]
+
+
 def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: str | None = None,
         readout_sets: list[str] | None = None, tta: bool = False) -> list[Path]:
     """Write each photo's mask and overlay into ``out``. ``readout_sets`` (a list, maybe empty:
     ``--readout`` and its ``--set readout.KEY=VALUE`` items): also read each test
     (:mod:`lfa_ray.readout`): ``NAME_readout.png`` (the window straightened, lines marked) and one
-    ``readout.csv`` for all photos. ``tta``: see :func:`predict`."""
+    ``readout.csv`` for all photos. ``tta``: see :func:`predict`. Photos are decoded, and their
+    files written, beside the model (:class:`PhotoWork`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, size, trained_with = load_model(checkpoint, dev)
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     files = find_images(inputs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written, readings = [], []
-    for start in range(0, len(files), batch_size):
-        chunk = files[start:start + batch_size]
-        photos = [_decode(f, reduce_to=max(size, READ_SIDE)) for f in chunk]
-        masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos], tta=tta)
-        for f, photo, mask in zip(chunk, photos, masks, strict=True):
-            stem = Path(f.name).stem
-            Image.fromarray(mask * 255).save(out_dir / f"{stem}_mask.png")
-            h, w = photo.pixels.shape[:2]
-            small = scale_mask(mask, (w, h))
-            Image.fromarray(overlay(photo.pixels, np.zeros_like(small), small)).save(out_dir / f"{stem}_overlay.png")
-            written.append(out_dir / f"{stem}_mask.png")
-            if layout is not None:
-                reading = readout.read(photo.pixels, small, layout)
-                readings.append({"name": f.name, **reading.row()})
-                if reading.strip is not None:
-                    Image.fromarray(reading.strip).save(out_dir / f"{stem}_readout.png")
+    with PhotoWork(batch_size) as work:
+        for chunk, photos in work.decoded(files, partial(_decode, reduce_to=max(size, READ_SIDE))):
+            masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos], tta=tta)
+            for f, photo, mask in zip(chunk, photos, masks, strict=True):
+                work.submit(_write, out_dir, f, photo, mask, layout)
+        done = work.results()  # per photo, in order: (mask file, read-out row or None)
+    written, readings = [w for w, _ in done], [r for _, r in done]
     if layout is not None:
         import pandas as pd
 
         pd.DataFrame(readings).to_csv(out_dir / "readout.csv", index=False, float_format="%.4f")
     return written
+
+
+def _write(out_dir: Path, f: Location, photo: Photo, mask: np.ndarray,
+           layout: Optional[ReadoutConfig]) -> tuple[Path, Optional[dict]]:
+    """One photo's files: its mask, overlay and (with ``layout``) read-out strip; its read-out row."""
+    stem = Path(f.name).stem
+    Image.fromarray(mask * 255).save(out_dir / f"{stem}_mask.png")
+    h, w = photo.pixels.shape[:2]
+    small = scale_mask(mask, (w, h))
+    Image.fromarray(overlay(photo.pixels, np.zeros_like(small), small)).save(out_dir / f"{stem}_overlay.png")
+    if layout is None:
+        return out_dir / f"{stem}_mask.png", None
+    reading = readout.read(photo.pixels, small, layout)
+    if reading.strip is not None:
+        Image.fromarray(reading.strip).save(out_dir / f"{stem}_readout.png")
+    return out_dir / f"{stem}_mask.png", {"name": f.name, **reading.row()}
 
 
 def _decode(path: Location, reduce_to: int) -> Photo:

@@ -140,3 +140,31 @@ def test_predict_and_evaluate_print_the_models_profile(small_dir, tmp_path, caps
     for main in (cli.predict, cli.evaluate):
         assert main(["--checkpoint", str(model), "--print-config"]) == 0
         assert yaml.safe_load(capsys.readouterr().out)["train"]["lr"] == 0.0025
+
+
+def test_predict_in_chunks_matches_one_by_one_in_order_and_names_a_broken_photo(small_dir, tmp_path, capsys):
+    """Photos are decoded and written on threads beside the model, two chunks at a time: the files
+    and the read-out rows must be those of each photo alone, in the folder's order."""
+    model, _ = _model(tmp_path, small_dir)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    pairs = data.discover(small_dir).pairs[:9]
+    for p in pairs:
+        (photos / p.image.name).write_bytes(p.image.read_bytes())
+    assert cli.predict(["--checkpoint", str(model), str(photos), "--out", str(tmp_path / "all"),
+                        "--batch-size", "2", "--readout"]) == 0
+    table = pd.read_csv(tmp_path / "all" / "readout.csv")
+    assert list(table["name"]) == sorted(p.image.name for p in pairs)
+    for name in table["name"][::4]:  # the first, a middle and the last photo, each predicted alone
+        alone = tmp_path / f"alone-{name}"
+        predict.run(str(model), str(photos / name), str(alone), readout_sets=[])
+        stem = name.rsplit(".", 1)[0]
+        for kind in ("mask", "overlay"):
+            assert np.array_equal(np.asarray(Image.open(alone / f"{stem}_{kind}.png")),
+                                  np.asarray(Image.open(tmp_path / "all" / f"{stem}_{kind}.png")))
+        pd.testing.assert_frame_equal(pd.read_csv(alone / "readout.csv"),
+                                      table[table["name"] == name].reset_index(drop=True), check_dtype=False)
+    (photos / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    assert cli.predict(["--checkpoint", str(model), str(photos), "--out", str(tmp_path / "again"),
+                        "--batch-size", "2"]) == 2
+    assert "zz_broken.jpg: cannot be decoded as an image" in error_line(capsys)
