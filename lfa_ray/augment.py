@@ -25,22 +25,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
+from lfa_ray.images import coverage  # noqa: E402
+
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:
     """The first step of every path into the model (training, validation, test, predict): a photo
     to ``size`` x ``size`` (area interpolation), and its 0/1 mask with it as *coverage*: the share
-    of each new pixel inside the mask, 0-255 (uint8), aligned with the photo's pixels by the same
-    interpolation. The loss learns the share, so an edge is learned where it lies within a pixel
-    rather than rounded to whole pixels (at 64 px, rounding alone caps a 320 x 240 photo's Dice at
-    0.95); the metrics count a pixel as inside where at least half of it is (:data:`HALF`)."""
+    of each new pixel inside the mask, 0-255 (:func:`lfa_ray.images.coverage`), aligned with the
+    photo's pixels by the same interpolation. The loss learns the share, so an edge is learned
+    where it lies within a pixel rather than rounded to whole pixels (at 64 px, rounding alone caps
+    a 320 x 240 photo's Dice at 0.95); the metrics count a pixel as inside where at least half of
+    it is (:data:`lfa_ray.images.HALF`)."""
     small = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA)
-    if mask is None:
-        return small, None
-    share = cv2.resize(mask.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
-    return small, np.round(share * 255).astype(np.uint8)
-
-
-HALF = 128  # coverage (of 255) from which a pixel counts as inside the mask
+    return small, None if mask is None else coverage(mask, (size, size))
 
 
 def to_unit(pixels: torch.Tensor) -> torch.Tensor:

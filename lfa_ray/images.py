@@ -109,16 +109,25 @@ def read_mask(src: Readable) -> np.ndarray:
     return fg.astype(np.uint8)
 
 
+HALF = 128  # coverage (of 255) from which a pixel counts as inside a mask
+
+
+def coverage(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A 0/1 mask at ``size`` (width, height) as the share of each new pixel inside it, 0-255
+    (uint8), by area interpolation: aligned with its photo resized by area the same way."""
+    share = cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    return np.round(share * 255).astype(np.uint8)
+
+
 def scale_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A 0/1 mask at ``size`` (width, height), aligned with its photo scaled the same way: shrunk by
-    the share of each new pixel it covers (area interpolation, then at least half), enlarged by the
-    pixel whose centre is nearest. OpenCV's plain nearest neighbour takes each new pixel's top-left
-    source pixel: shrinking by k it moves the mask (k - 1) / 2 source pixels down and right of a
-    photo shrunk by area (2 px of a 320 x 240 photo at 64 px)."""
+    """A 0/1 mask at ``size`` (width, height), aligned with its photo scaled the same way: shrunk to
+    the pixels at least half inside (:func:`coverage`, :data:`HALF`), enlarged by the pixel whose
+    centre is nearest. OpenCV's plain nearest neighbour takes each new pixel's top-left source
+    pixel: shrinking by k it moves the mask (k - 1) / 2 source pixels down and right of a photo
+    shrunk by area (2 px of a 320 x 240 photo at 64 px)."""
     w, h = size
     if mask.shape[:2] == (h, w):
         return mask
     if w <= mask.shape[1] and h <= mask.shape[0]:
-        share = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-        return (share >= 0.5).astype(np.uint8)
+        return (coverage(mask, size) >= HALF).astype(np.uint8)
     return cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT)

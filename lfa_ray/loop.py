@@ -21,9 +21,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from lfa_ray.augment import HALF, to_unit
+from lfa_ray.augment import to_unit
 from lfa_ray.config import Config
 from lfa_ray.errors import UserError
+from lfa_ray.images import HALF
 from lfa_ray.model import UNet
 
 log = logging.getLogger("lfa_ray")

@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from tensorboardX import SummaryWriter
 
-from lfa_ray.augment import HALF, to_unit
+from lfa_ray.augment import to_unit
 from lfa_ray.config import METRICS
+from lfa_ray.images import HALF
 from lfa_ray.storage import Location, locate
 
 SCALARS = [*METRICS, "best_val_dice", "lr", "epoch_seconds", "images_per_second"]  # also in TensorBoard

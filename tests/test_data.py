@@ -229,7 +229,8 @@ def test_to_unit_is_the_original_normalisation_bit_for_bit():
 
 def test_geometry_is_shared_between_image_and_mask():
     """Rotating/flipping a mask-shaped image must give exactly the transformed mask (its coverage)."""
-    from lfa_ray.augment import HALF, train_transform
+    from lfa_ray.augment import train_transform
+    from lfa_ray.images import HALF
 
     mask = np.zeros((48, 48), np.uint8)
     mask[10:20, 5:30] = 255

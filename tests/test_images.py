@@ -143,7 +143,8 @@ def test_a_mask_shrunk_with_its_photo_stays_on_it():
     coverage must be the photo's own pixels, and the 0/1 mask scaled for the read-out must cover
     exactly the pixels that came out at least half bright. OpenCV's nearest neighbour put the mask
     2 px down and right of a 320 x 240 photo shrunk to 64 px."""
-    from lfa_ray.augment import HALF, resize
+    from lfa_ray.augment import resize
+    from lfa_ray.images import HALF
 
     mask = _quad_mask(320, 240)
     image = np.repeat(mask[..., None] * 255, 3, axis=2).astype(np.uint8)
