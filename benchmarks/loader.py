@@ -27,7 +27,7 @@ def samples_per_second(train_ds, val_ds, *, batch_size: int, workers: int, pin_m
     """Training samples/s of one epoch through the DataLoader with ``workers`` processes."""
     train_loader, _ = loop.make_loaders(train_ds, val_ds, batch_size=batch_size, seed=0, loader_workers=workers,
                                         pin_memory=pin_memory)
-    train_ds.set_epoch(1)
+    train_loader.sampler.set_epoch(1)
     batches = iter(train_loader)
     next(batches)  # processes started, first batch made
     n, start = 0, time.perf_counter()

@@ -269,12 +269,8 @@ def fit(cfg: Config, parts: TrainingSetup, train_loader, val_loader, device: tor
     if state is not None:
         log.info("resuming after epoch %d (best val_dice %.4f)", progress.epoch, progress.best_val_dice)
     for epoch in range(progress.epoch + 1, t.epochs + 1):
-        for loader in (train_loader, val_loader):
-            if hasattr(loader.sampler, "set_epoch"):
-                loader.sampler.set_epoch(epoch)
-            dataset = getattr(loader.dataset, "dataset", loader.dataset)  # through Subset
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(epoch)
+        if hasattr(train_loader.sampler, "set_epoch"):  # the shuffle and each photo's augmentation
+            train_loader.sampler.set_epoch(epoch)
         start = time.perf_counter()
         tr = train_one_epoch(parts, train_loader, device, loss=t.loss, grad_clip=t.grad_clip)
         va = validate(parts, val_loader, device, loss=t.loss)

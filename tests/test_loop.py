@@ -222,7 +222,6 @@ def test_loader_processes_draw_each_epochs_augmentation_as_the_loop_itself_would
         epochs[workers] = []
         for epoch in (1, 2):
             tl.sampler.set_epoch(epoch)  # as fit() does
-            tr.set_epoch(epoch)
             epochs[workers].append(torch.cat([masks for _, masks in tl]))
     for a, b in zip(epochs[0], epochs[2], strict=True):
         assert torch.equal(a, b)
