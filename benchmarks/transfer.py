@@ -53,8 +53,7 @@ def train(cfg, data_dir: Path, *, init: str | None = None, score_at: dict | None
     def on_epoch(r: loop.EpochResult) -> None:
         epoch = r.metrics["epoch"]
         if score_at and epoch in score_at:
-            scores[epoch] = dice(parts.model, cfg, score_at[epoch])
-            parts.model.train()
+            scores[epoch] = dice(loop.evaluated(parts), cfg, score_at[epoch])
 
     loop.fit(cfg, parts, tl, vl, CPU, on_epoch=on_epoch)
     parts.scores = scores  # type: ignore[attr-defined]
@@ -67,7 +66,7 @@ def dice(model: torch.nn.Module, cfg, pairs: list) -> float:
 
 
 def save(parts: loop.TrainingSetup, cfg, path: Path) -> Path:
-    path.write_bytes(state_bytes({"model": parts.model.state_dict(), "config": cfg.to_dict()}))
+    path.write_bytes(state_bytes({"model": loop.evaluated(parts).state_dict(), "config": cfg.to_dict()}))
     return path
 
 

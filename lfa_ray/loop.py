@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.swa_utils import AveragedModel
 
 from lfa_ray.augment import to_unit
 from lfa_ray.config import Config
@@ -48,6 +49,25 @@ class TrainingSetup:
     scheduler: torch.optim.lr_scheduler.ReduceLROnPlateau
     scaler: torch.amp.GradScaler
     dtype: Optional[torch.dtype]
+    average: Optional["WeightAverage"] = None  # train.ema_epochs: what is validated and saved
+
+
+class WeightAverage(AveragedModel):
+    """A moving average of the model's weights and BatchNorm statistics over about ``horizon``
+    optimizer steps: step n blends in with weight max(1/n, 1/horizon), so it is the plain mean of
+    every step until ``horizon``, an exponential moving average after. Averaged weights generalise
+    better than the last step's and do not depend on where in the noise the run ended."""
+
+    def __init__(self, model: nn.Module, horizon: float):
+        super().__init__(model, multi_avg_fn=self._blend, use_buffers=True)
+        self.horizon = horizon
+
+    @torch.no_grad()
+    def _blend(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, torch.clamp(1 / (n + 1), min=1 / self.horizon))
+        else:  # BatchNorm's batch counters
+            torch._foreach_copy_(averaged, current)
 
 
 def build(cfg: Config, device: torch.device, wrap: Callable[[nn.Module], nn.Module] = lambda m: m) -> TrainingSetup:
@@ -70,6 +90,11 @@ def build(cfg: Config, device: torch.device, wrap: Callable[[nn.Module], nn.Modu
     # Loss scaling is needed for fp16 only; bf16 has fp32's range.
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16 and device.type == "cuda")
     return TrainingSetup(model, optimizer, scheduler, scaler, dtype)
+
+
+def evaluated(parts: TrainingSetup) -> nn.Module:
+    """The model validated and saved: the weight average when there is one."""
+    return parts.average.module if parts.average is not None else unwrap(parts.model)
 
 
 def loader_workers(setting: int | str, device: torch.device, cpus: int) -> int:
@@ -183,6 +208,8 @@ def train_one_epoch(parts: TrainingSetup, loader, device: torch.device, *, loss:
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        if parts.average is not None:
+            parts.average.update_parameters(unwrap(model))
         total += value.item() * images.shape[0]
         count += images.shape[0]
     seconds = time.perf_counter() - start
@@ -193,7 +220,7 @@ def train_one_epoch(parts: TrainingSetup, loader, device: torch.device, *, loss:
 @torch.no_grad()
 def validate(parts: TrainingSetup, loader, device: torch.device, *, loss: str = "bce") -> dict:
     """Loss, pixel accuracy and per-image Dice/IoU (an empty prediction of an empty mask scores 1)."""
-    model = parts.model
+    model = parts.average.module if parts.average is not None else parts.model  # as trained: compiled, wrapped
     model.eval()
     sums = [0.0] * 5  # loss*n, correct pixels, pixels, dice, iou (per-image sums); images below
     images_seen = 0
@@ -220,7 +247,9 @@ def validate(parts: TrainingSetup, loader, device: torch.device, *, loss: str = 
 
 def training_state(parts: TrainingSetup, progress: "Progress", config: dict) -> dict:
     return {
-        "model": unwrap(parts.model).state_dict(),
+        "model": evaluated(parts).state_dict(),  # what predict, export and warm starts load
+        **({"trained": unwrap(parts.model).state_dict(), "averaged_steps": int(parts.average.n_averaged)}
+           if parts.average is not None else {}),
         "optimizer": parts.optimizer.state_dict(),
         "scheduler": parts.scheduler.state_dict(),
         "scaler": parts.scaler.state_dict(),
@@ -230,8 +259,17 @@ def training_state(parts: TrainingSetup, progress: "Progress", config: dict) -> 
 
 
 def restore(parts: TrainingSetup, state: dict) -> "Progress":
-    """Load model, optimizer, scheduler and scaler state; return where training stood."""
-    unwrap(parts.model).load_state_dict(state["model"])
+    """Load model, optimizer, scheduler, scaler and weight-average state; return where training stood.
+
+    An averaged run's ``model`` is its average, ``trained`` the weights it trains; a checkpoint
+    saved without an average starts one from its weights."""
+    unwrap(parts.model).load_state_dict(state.get("trained", state["model"]))
+    if parts.average is not None:
+        if "trained" in state:
+            parts.average.module.load_state_dict(state["model"])
+            parts.average.n_averaged.fill_(state["averaged_steps"])
+        else:
+            parts.average.update_parameters(unwrap(parts.model))
     parts.optimizer.load_state_dict(state["optimizer"])
     parts.scheduler.load_state_dict(state["scheduler"])
     parts.scaler.load_state_dict(state["scaler"])
@@ -265,6 +303,8 @@ def fit(cfg: Config, parts: TrainingSetup, train_loader, val_loader, device: tor
     so a run resumed from a checkpoint repeats the uninterrupted run.
     """
     t = cfg.train
+    if t.ema_epochs is not None and parts.average is None:  # the horizon counts this loader's steps
+        parts.average = WeightAverage(unwrap(parts.model), t.ema_epochs * len(train_loader))
     progress = restore(parts, state) if state is not None else Progress()
     if state is not None:
         log.info("resuming after epoch %d (best val_dice %.4f)", progress.epoch, progress.best_val_dice)

@@ -26,7 +26,7 @@ from lfa_ray.config import Config, config_from_dict
 from lfa_ray.console import VERBOSE, verbose
 from lfa_ray.data import DecodedDataset, build_datasets, load_for
 from lfa_ray.errors import UserError
-from lfa_ray.loop import EpochResult, build, fit, format_metrics, loader_workers, log, make_loaders, unwrap
+from lfa_ray.loop import EpochResult, build, evaluated, fit, format_metrics, loader_workers, log, make_loaders, unwrap
 from lfa_ray.runlog import RunLog
 from lfa_ray.storage import Location
 
@@ -113,7 +113,7 @@ def train_func_per_worker(config: dict) -> None:
         if run_log is not None:
             run_log.log(m)
             if result.checkpoint is not None and (result.last or m["epoch"] % cfg.train.checkpoint_every == 0):
-                run_log.log_overlays(unwrap(parts.model), val_ds, m["epoch"], device)
+                run_log.log_overlays(evaluated(parts), val_ds, m["epoch"], device)
         if rank == 0 and config.get("echo", True):
             log.info(format_metrics(m, cfg.train.epochs))
         # [4] Report every epoch (ASHA counts epochs); rank 0 attaches the checkpoint when due.

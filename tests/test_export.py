@@ -22,13 +22,13 @@ def model_file(tmp_path_factory, small_dir):
     from lfa_ray.data import build_datasets, load_for
 
     cfg = load_config(None, ["data.image_size=32", "model.features=[4,8]", f"data.path={small_dir}",
-                             "train.epochs=4", "train.batch_size=4"])
+                             "train.epochs=4", "train.batch_size=4", "train.ema_epochs=null"])
     train, val = build_datasets(cfg, load_for(cfg, small_dir))
     parts = loop.build(cfg, torch.device("cpu"))
     tl, vl = loop.make_loaders(train, val, batch_size=4, seed=0)
     loop.fit(cfg, parts, tl, vl, torch.device("cpu"), on_epoch=lambda result: None)
     path = tmp_path_factory.mktemp("export") / "model.pt"
-    path.write_bytes(state_bytes({"model": loop.unwrap(parts.model).state_dict(), "config": cfg.to_dict()}))
+    path.write_bytes(state_bytes({"model": loop.evaluated(parts).state_dict(), "config": cfg.to_dict()}))
     return path
 
 

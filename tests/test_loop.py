@@ -55,11 +55,62 @@ def test_resume_repeats_the_uninterrupted_run_exactly(small_dir, tmp_path):
     assert rest[-1].metrics["train_loss"] == pytest.approx(full_results[-1].metrics["train_loss"], rel=1e-6)
     for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b)
+    for a, b in zip(full.average.state_dict().values(), resumed.average.state_dict().values(), strict=True):
+        assert torch.equal(a, b)  # the weight average too (n_averaged included)
     opt_a, opt_b = full.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert opt_a.keys() == opt_b.keys()
     for k in opt_a:
         assert torch.equal(opt_a[k]["exp_avg"], opt_b[k]["exp_avg"])
         assert torch.equal(opt_a[k]["exp_avg_sq"], opt_b[k]["exp_avg_sq"])
+
+
+def test_weight_average_is_the_mean_until_its_horizon_then_an_ema():
+    bn = torch.nn.BatchNorm1d(1)  # a weight, a bias, running statistics and a batch counter
+    average = loop.WeightAverage(bn, horizon=3)
+    seen = []
+    for step, v in enumerate([1.0, 2.0, 3.0, 7.0, 7.0], start=1):
+        with torch.no_grad():
+            bn.weight.fill_(v)
+            bn.running_mean.fill_(-v)
+            bn.num_batches_tracked.fill_(step)
+        average.update_parameters(bn)
+        seen.append((average.module.weight.item(), average.module.running_mean.item(),
+                     average.module.num_batches_tracked.item()))
+    # the mean of 1, 2, 3 (2), then a third of the way to each new value: 2 + 5/3, then 11/3 + 10/9
+    assert [w for w, _, _ in seen] == pytest.approx([1, 1.5, 2, 11 / 3, 11 / 3 + 10 / 9])
+    assert [m for _, m, _ in seen] == pytest.approx([-1, -1.5, -2, -11 / 3, -11 / 3 - 10 / 9])
+    assert [c for _, _, c in seen] == [1, 2, 3, 4, 5]
+
+
+def test_the_weight_average_is_what_is_validated_and_saved(small_dir, tmp_path):
+    from lfa_ray.model import UNet
+
+    cfg = tiny_config(small_dir, tmp_path, **{"train.epochs": 2, "train.ema_epochs": 0.5})
+    parts, results = _run(cfg, small_dir)
+    tr, va = build_datasets(cfg, load_for(cfg, small_dir))
+    tl, vl = loop.make_loaders(tr, va, batch_size=cfg.train.batch_size, seed=cfg.train.seed)
+    assert parts.average.horizon == 0.5 * len(tl) and int(parts.average.n_averaged) == 2 * len(tl)
+    state = results[-1].checkpoint
+    assert state["averaged_steps"] == 2 * len(tl)
+    for k, v in parts.average.module.state_dict().items():
+        assert torch.equal(state["model"][k], v)  # "model" (predict, export, warm starts) is the average ...
+    for k, v in parts.model.state_dict().items():
+        assert torch.equal(state["trained"][k], v)  # ... "trained" the weights training goes on from
+    assert any(not torch.equal(state["model"][k], state["trained"][k]) for k in state["model"])
+    # the reported val metrics are those of the saved weights, loaded into a bare UNET
+    bare = loop.TrainingSetup(UNet(features=cfg.model.features), None, None, None, parts.dtype)
+    bare.model.load_state_dict(state["model"])
+    assert loop.validate(bare, vl, CPU, loss=cfg.train.loss)["val_loss"] == pytest.approx(
+        results[-1].metrics["val_loss"], rel=1e-5)
+
+    # a checkpoint without an average (train.ema_epochs null) starts one from its weights
+    cfg.train.ema_epochs = None
+    plain_parts, plain = _run(cfg, small_dir)
+    assert plain_parts.average is None and "trained" not in plain[-1].checkpoint
+    cfg.train.ema_epochs, cfg.train.epochs = 0.5, 3
+    resumed = loop.build(cfg, CPU)
+    loop.fit(cfg, resumed, tl, vl, CPU, on_epoch=lambda r: None, state=plain[-1].checkpoint)
+    assert int(resumed.average.n_averaged) == 1 + len(tl)
 
 
 @pytest.mark.parametrize("mode, dtype", [("auto", torch.bfloat16), ("bf16", torch.bfloat16),
