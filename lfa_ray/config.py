@@ -75,7 +75,7 @@ class TrainConfig:
     loss: str = key("bce+dice", choices=("bce", "bce+dice"))  # bce: the original project's
     grad_clip: Optional[float] = key(None, rule=lambda v: None if v > 0 else f"must be positive or null, got {v}")
     # the weights validated and saved: a moving average over about this many recent epochs (EMA, BatchNorm
-    # statistics included; the plain mean of every step until then); null: the last step's weights
+    # statistics included; early in a run over about the last tenth of its steps); null: the last step's weights
     ema_epochs: Optional[float] = key(2.0, rule=lambda v: None if v > 0 else f"must be positive or null, got {v}")
     lr_patience: int = key(3, minimum=0)
     lr_factor: float = key(0.1, interval="(0, 1)")

@@ -53,10 +53,12 @@ class TrainingSetup:
 
 
 class WeightAverage(AveragedModel):
-    """A moving average of the model's weights and BatchNorm statistics over about ``horizon``
-    optimizer steps: step n blends in with weight max(1/n, 1/horizon), so it is the plain mean of
-    every step until ``horizon``, an exponential moving average after. Averaged weights generalise
-    better than the last step's and do not depend on where in the noise the run ended."""
+    """An exponential moving average of the model's weights and BatchNorm statistics over about
+    ``horizon`` optimizer steps, shorter while the run is young: the (n+1)-th step blends in with
+    weight max(9 / (10 + n), 1 / horizon) (TensorFlow's ExponentialMovingAverage ``num_updates``
+    rule), so early on it spans about the last tenth of the steps so far and an early score (ASHA's
+    first rung) is not dragged back to the first steps. Averaged weights generalise better than the
+    last step's and do not depend on where in the noise the run ended."""
 
     def __init__(self, model: nn.Module, horizon: float):
         super().__init__(model, multi_avg_fn=self._blend, use_buffers=True)
@@ -65,7 +67,7 @@ class WeightAverage(AveragedModel):
     @torch.no_grad()
     def _blend(self, averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
         if averaged[0].is_floating_point():
-            torch._foreach_lerp_(averaged, current, torch.clamp(1 / (n + 1), min=1 / self.horizon))
+            torch._foreach_lerp_(averaged, current, torch.clamp(9 / (10 + n), min=1 / self.horizon))
         else:  # BatchNorm's batch counters
             torch._foreach_copy_(averaged, current)
 

@@ -64,11 +64,12 @@ def test_resume_repeats_the_uninterrupted_run_exactly(small_dir, tmp_path):
         assert torch.equal(opt_a[k]["exp_avg_sq"], opt_b[k]["exp_avg_sq"])
 
 
-def test_weight_average_is_the_mean_until_its_horizon_then_an_ema():
+def test_weight_average_spans_a_tenth_of_the_steps_so_far_up_to_its_horizon():
     bn = torch.nn.BatchNorm1d(1)  # a weight, a bias, running statistics and a batch counter
-    average = loop.WeightAverage(bn, horizon=3)
+    average = loop.WeightAverage(bn, horizon=20)
+    values = [float(v) for v in range(1, 401)]
     seen = []
-    for step, v in enumerate([1.0, 2.0, 3.0, 7.0, 7.0], start=1):
+    for step, v in enumerate(values, start=1):
         with torch.no_grad():
             bn.weight.fill_(v)
             bn.running_mean.fill_(-v)
@@ -76,10 +77,15 @@ def test_weight_average_is_the_mean_until_its_horizon_then_an_ema():
         average.update_parameters(bn)
         seen.append((average.module.weight.item(), average.module.running_mean.item(),
                      average.module.num_batches_tracked.item()))
-    # the mean of 1, 2, 3 (2), then a third of the way to each new value: 2 + 5/3, then 11/3 + 10/9
-    assert [w for w, _, _ in seen] == pytest.approx([1, 1.5, 2, 11 / 3, 11 / 3 + 10 / 9])
-    assert [m for _, m, _ in seen] == pytest.approx([-1, -1.5, -2, -11 / 3, -11 / 3 - 10 / 9])
-    assert [c for _, _, c in seen] == [1, 2, 3, 4, 5]
+    expected = [values[0]]  # the first step is copied; the (n+1)-th blends in with max(9 / (10 + n), 1 / 20)
+    for n, v in enumerate(values[1:], start=1):
+        expected.append(expected[-1] + max(9 / (10 + n), 1 / 20) * (v - expected[-1]))
+    assert [w for w, _, _ in seen] == pytest.approx(expected, rel=1e-5)
+    assert [m for _, m, _ in seen] == pytest.approx([-e for e in expected], rel=1e-5)
+    assert [c for _, _, c in seen] == list(range(1, 401))
+    # on a steady climb an EMA lags by about its span: a tenth of the steps early on, 19 steps at the horizon
+    assert values[99] - seen[99][0] == pytest.approx(10, abs=1.5)
+    assert values[-1] - seen[-1][0] == pytest.approx(19, abs=0.5)
 
 
 def test_the_weight_average_is_what_is_validated_and_saved(small_dir, tmp_path):
