@@ -360,7 +360,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
     index), so an epoch's augmentation is the same whichever loader process draws an item, and a
     resumed run repeats the uninterrupted one exactly. The epoch comes with the index (``(epoch,
     i)``, from :class:`lfa_ray.loop.EpochSampler`: a persistent loader process holds its own copy
-    of the dataset and never sees ``set_epoch``), or from ``set_epoch`` for a plain index.
+    of the dataset, so nothing set on it would reach that copy); a plain index is epoch 0.
     """
 
     def __init__(self, arrays: Arrays, transform, seed: int = 0):
@@ -368,18 +368,14 @@ class SegmentationDataset(torch.utils.data.Dataset):
         self.images, self.masks = arrays.images, arrays.masks  # may be read-only (Ray's object store)
         self.transform = transform
         self.seed = seed
-        self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.images)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         """(image 3xHxW, mask 1xHxW), both uint8 (the mask as coverage, 0-255: :func:`lfa_ray.augment.resize`):
         the loop makes them float on the device. ``key``: an index, or ``(epoch, index)``."""
-        epoch, i = key if isinstance(key, tuple) else (self.epoch, key)
+        epoch, i = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, epoch, i])  # one stream for all of the item's transforms
         self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         # copies: the arrays may be read-only shared memory, and a tensor must not view them
