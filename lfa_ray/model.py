@@ -24,6 +24,8 @@ class DoubleConv(nn.Sequential):
 class UNet(nn.Module):
     """UNET: DoubleConv encoder over ``features``, a bottleneck of twice the last width,
     ConvTranspose 2x2 upsampling with skip concatenation, and a 1x1 head to ``out_channels``.
+    Widths need not double from level to level (e.g. ``[16, 32, 64, 64, 64]``); when they do, the
+    layers are the original's.
 
     Inputs of any size work: when pooling rounded a size down, the upsampled map is
     resized to its skip connection (as the original does).
@@ -41,9 +43,11 @@ class UNet(nn.Module):
             self.downs.append(DoubleConv(channels, width))
             channels = width
         self.bottleneck = DoubleConv(features[-1], features[-1] * 2)
+        channels = features[-1] * 2
         for width in reversed(features):
-            self.ups.append(nn.ConvTranspose2d(width * 2, width, kernel_size=2, stride=2))
+            self.ups.append(nn.ConvTranspose2d(channels, width, kernel_size=2, stride=2))
             self.ups.append(DoubleConv(width * 2, width))
+            channels = width
         self.final_conv = nn.Conv2d(features[0], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
