@@ -61,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    features: list[int] = key([16, 32, 64, 128], minimum=1)  # widths per level, positive
+    features: list[int] = key([16, 32, 48, 64, 96], minimum=1)  # widths per level, positive; need not double
 
 
 @dataclass
@@ -129,7 +129,7 @@ class TuneConfig:
 
 @dataclass
 class FinalConfig:
-    epochs: int = key(30, minimum=1)
+    epochs: int = key(45, minimum=1)
 
 
 @dataclass

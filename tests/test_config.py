@@ -80,7 +80,7 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("model.features=[8, 0]", "model.features must be at least 1, got 0"),
     ("train.grad_clip=0", "train.grad_clip must be positive or null"),
     ("tune.time_budget_s=0", "tune.time_budget_s must be positive or null, got 0"),
-    ("data.image_size=7", "data.image_size=7 is too small for 4 model levels (model.features); use at least 16"),
+    ("data.image_size=7", "data.image_size=7 is too small for 5 model levels (model.features); use at least 32"),
 ])
 def test_bad_overrides_name_the_key(item, fragment):
     with pytest.raises(UserError, match=None) as info:
@@ -133,8 +133,8 @@ def test_reference_point_covers_every_searched_key_or_none():
                                  "train.weight_decay": 1e-6}
     # a key the original did not set takes the profile's value
     cfg = load_config(None, ["tune.search_space={train.lr: {loguniform: [1.0e-5, 1.0e-2]}, "
-                             "model.features: {choice: [[8, 16], [16, 32, 64, 128]]}}"])
-    assert reference_point(cfg) == {"train.lr": 1e-4, "model.features": [16, 32, 64, 128]}
+                             "model.features: {choice: [[8, 16], [16, 32, 48, 64, 96]]}}"])
+    assert reference_point(cfg) == {"train.lr": 1e-4, "model.features": [16, 32, 48, 64, 96]}
     cfg = load_config(None, ["tune.search_space={train.lr: {loguniform: [1.0e-3, 1.0e-2]}}"])
     assert reference_point(cfg) is None  # the original's lr 1e-4 lies outside
 
