@@ -43,7 +43,8 @@ def collect(grid, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame]:
         # NNN_id: N is the order the searcher proposed
         trial_id = result.path.rstrip("/").rsplit("/", 1)[-1].removeprefix("trial_")
         df = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
-        params = {k: result.config.get(k) for k in cfg.tune.search_space}
+        config = result.config or {}  # None for a trial stopped (Ctrl-C, time budget) before its first result
+        params = {k: config.get(k) for k in cfg.tune.search_space}
         row = {"trial_id": trial_id, **params, "status": "ERROR" if result.error else "TERMINATED",
                "error": error_line(result.error)}
         if "epoch" in df and len(df):

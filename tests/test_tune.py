@@ -141,7 +141,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, 
         time.sleep(0.5)
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130
+    assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-4000:]
     last = next(line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("stopped: "))
     assert last.startswith("stopped: sweep stopped before all 4 trials finished; continue it with: ")
     command = last.split("continue it with: ")[1]
@@ -262,6 +262,29 @@ def test_an_errored_trials_cause_is_one_readable_line(ray_cluster):
         ray.get(trial.remote())
     assert "\x1b[" in str(info.value) or "ray::" in str(info.value)
     assert error_line(info.value) == "training diverged at epoch 3: train_loss is nan (learning rate 0.5)"
+
+
+def test_a_trial_stopped_before_its_first_result_is_a_row_without_scores(tmp_path):
+    """Ctrl-C between a trial's creation and its first report leaves a Result with no metrics (and so
+    no config): the table still has its row, unscored, beside the trial that ran."""
+    from ray.tune import Result
+
+    from lfa_ray.config import load_config
+    from lfa_ray.report import collect
+
+    cfg = load_config(REPO / "tune_configs" / "default.yaml")
+    params = {k: 0.5 if k != "train.batch_size" else 4 for k in cfg.tune.search_space}
+    curve = pd.DataFrame({"epoch": [1, 2], "val_dice": [0.3, 0.6], "val_loss": [0.9, 0.5], "train_loss": [1.0, 0.7],
+                          "run_finished": [0, 1], "time_total_s": [3.0, 6.0]})
+    ran = Result(metrics={"config": params, "val_dice": 0.6}, checkpoint=None, error=None,
+                 path=str(tmp_path / "trial_001_aa"), metrics_dataframe=curve)
+    unstarted = Result(metrics={}, checkpoint=None, error=None, path=str(tmp_path / "trial_002_bb"))
+    table, curves = collect([unstarted, ran], cfg)
+    assert list(table["trial_id"]) == ["001_aa", "002_bb"]
+    assert table.loc[0, "best_val_dice"] == 0.6 and table.loc[0, "epochs"] == 2
+    assert np.isnan(table.loc[1, "best_val_dice"]) and table.loc[1, "epochs"] == 0
+    assert table.loc[1, "train.lr"] is None or np.isnan(table.loc[1, "train.lr"])
+    assert len(curves) == 2
 
 
 @pytest.mark.parametrize("space, fragment", [
