@@ -15,7 +15,7 @@ Warm start: a few labelled photos in a style the pretrained model never saw (``-
 vs trained from scratch, scored on held-out bold photos after each of ``--finetune-epochs``.
 
 Everything runs the plain ``lfa_ray.loop`` training with the default profile (64 px, lr 1e-3,
-batch 8, aug 1.0, bce+dice, bf16 on CPU), so it needs no Ray; seeds are fixed.
+batch 8, aug 1.0, bce+dice, train.amp auto), so it needs no Ray; seeds are fixed.
 """
 
 from __future__ import annotations

@@ -71,7 +71,8 @@ class TrainConfig:
     lr: float = key(1.0e-3, interval="(0, 1]", hint="Adam diverges far below 1")
     weight_decay: float = key(1.0e-6, minimum=0)
     aug_strength: float = key(1.0, interval="[0, 1]")
-    amp: str = key("auto", choices=("auto", "bf16", "fp16", "off"))  # auto: fp16+GradScaler on CUDA, bf16 on CPU
+    # auto: fp16+GradScaler on CUDA; bf16 on a CPU with native bf16 (AVX-512 BF16, AMX), else full precision
+    amp: str = key("auto", choices=("auto", "bf16", "fp16", "off"))
     loss: str = key("bce+dice", choices=("bce", "bce+dice"))  # bce: the original project's
     grad_clip: Optional[float] = key(None, rule=lambda v: None if v > 0 else f"must be positive or null, got {v}")
     # the weights validated and saved: a moving average over about this many recent epochs (EMA, BatchNorm

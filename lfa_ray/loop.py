@@ -33,12 +33,22 @@ log = logging.getLogger("lfa_ray")
 
 # -- set-up ----------------------------------------------------------------------------------
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX). Elsewhere (e.g. AVX2 only)
+    bf16 autocast is emulated and about 10x slower than fp32 (docs/PERFORMANCE.md)."""
+    return any(getattr(torch.cpu, name, lambda: False)() for name in
+               ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def amp_dtype(mode: str, device: torch.device) -> Optional[torch.dtype]:
-    """The autocast dtype for ``train.amp`` on ``device`` (None: full precision)."""
+    """The autocast dtype for ``train.amp`` on ``device`` (None: full precision). ``auto``: fp16 on
+    CUDA, bf16 on a CPU that computes it natively, full precision on other CPUs."""
     if mode == "off":
         return None
     if mode == "auto":
-        return torch.float16 if device.type == "cuda" else torch.bfloat16
+        if device.type == "cuda":
+            return torch.float16
+        return torch.bfloat16 if cpu_has_bf16() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[mode]
 
 
