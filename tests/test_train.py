@@ -119,28 +119,51 @@ def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
     assert load_state(tmp_path / "ddp" / "checkpoint_epoch_0002")["progress"]["epoch"] == 2
 
 
+@pytest.fixture(scope="module")
+def finished_run(ray_cluster, small_dir, tmp_path_factory) -> Path:
+    """One finished 2-epoch run, for tests that read it (or a copy of it) without continuing it."""
+    storage = tmp_path_factory.mktemp("runs")
+    assert cli.train(_args(small_dir, storage, "--name", "done")) == 0
+    return storage / "done"
+
+
 @pytest.mark.slow
 def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_cluster, small_dir, tmp_path, capsys):
     """Ray rewrites checkpoint_manager_snapshot.json in place (a machine lost then leaves it empty);
-    a disk or a hand can damage or delete the latest state.pt. Each damage in turn, on one run."""
+    a disk or a hand can damage or delete the latest state.pt. The start chosen for each damage; then a
+    lost record and a garbage state file (rewritten in place) continued end to end."""
+    from lfa_ray.checkpoint import restorable
+    from lfa_ray.storage import locate
+
     assert cli.train(_args(small_dir, tmp_path, "--name", "cut")) == 0
     run = tmp_path / "cut"
-    for epochs, damage in enumerate(["snapshot_cut_short", "latest_truncated", "latest_garbage",
-                                     "latest_deleted"], start=3):
+    latest = run / "checkpoint_epoch_0002" / "state.pt"
+    whole = latest.read_bytes()
+    for damage in ("latest_truncated", "latest_deleted"):
+        if damage == "latest_truncated":
+            latest.write_bytes(whole[: len(whole) // 2])
+        else:
+            latest.parent.rename(tmp_path / "aside")
+        capsys.readouterr()
+        start, state = restorable(locate(run))
+        assert start.name == "checkpoint_epoch_0001" and state["progress"]["epoch"] == 1, damage
+        out = capsys.readouterr().out
+        assert f"{latest}: not a checkpoint lfa_ray can load" in out, damage
+        assert "continuing from the newest checkpoint that loads, checkpoint_epoch_0001" in out, damage
+    (tmp_path / "aside").rename(latest.parent)
+    latest.write_bytes(whole)
+
+    for epochs, damage in enumerate(["snapshot_cut_short", "latest_garbage"], start=3):
         latest = run / f"checkpoint_epoch_{epochs - 1:04d}" / "state.pt"
         if damage == "snapshot_cut_short":
             (run / "checkpoint_manager_snapshot.json").write_text("")
-        elif damage == "latest_truncated":
-            latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
-        elif damage == "latest_garbage":
-            latest.write_bytes(os.urandom(2000))
         else:
-            shutil.rmtree(latest.parent)
+            latest.write_bytes(os.urandom(2000))
         capsys.readouterr()
         assert cli.train(["--resume-from", str(run), "--set", f"train.epochs={epochs}"]) == 0, damage
         out = capsys.readouterr().out
-        if damage != "snapshot_cut_short":
-            assert f"{latest}: not a checkpoint lfa_ray can load" in out, damage
+        if damage == "latest_garbage":
+            assert f"{latest}: not a checkpoint lfa_ray can load" in out
             assert f"continuing from the newest checkpoint that loads, checkpoint_epoch_{epochs - 2:04d}" in out
         assert [r["epoch"] for r in read_metrics(run / "metrics.csv")] == list(range(1, epochs + 1)), damage
         assert load_state(run / f"checkpoint_epoch_{epochs:04d}")["progress"]["epoch"] == epochs
@@ -148,8 +171,8 @@ def test_a_damaged_run_continues_from_its_newest_checkpoint_that_loads(ray_clust
 
 
 @pytest.mark.slow
-def test_a_checkpoint_that_does_not_load_is_named(ray_cluster, small_dir, tmp_path, capsys):
-    assert cli.train(_args(small_dir, tmp_path, "--name", "ok")) == 0
+def test_a_checkpoint_that_does_not_load_is_named(finished_run, tmp_path, capsys):
+    shutil.copytree(finished_run, tmp_path / "ok")
     for c in (tmp_path / "ok").glob("checkpoint_epoch_*"):
         (c / "state.pt").write_bytes(b"\x80\x02garbage")
     capsys.readouterr()
@@ -162,9 +185,8 @@ def test_a_checkpoint_that_does_not_load_is_named(ray_cluster, small_dir, tmp_pa
 
 
 @pytest.mark.slow
-def test_a_diverging_run_stops_with_the_epoch_and_exports_nothing(ray_cluster, small_dir, tmp_path, capsys):
-    assert cli.train(_args(small_dir, tmp_path, "--name", "ok")) == 0
-    state = load_state(tmp_path / "ok" / "checkpoint_epoch_0002")
+def test_a_diverging_run_stops_with_the_epoch_and_exports_nothing(finished_run, tmp_path, capsys):
+    state = load_state(finished_run / "checkpoint_epoch_0002")
     for weights in ("model", "trained"):  # the average and the weights trained: an exploding step leaves both
         state[weights] = {k: v * float("nan") if v.is_floating_point() else v for k, v in state[weights].items()}
     (tmp_path / "nan").mkdir()
@@ -421,16 +443,15 @@ def test_a_full_disk_says_so_and_the_run_continues_once_space_is_freed(small_dir
 
 
 @pytest.mark.slow
-def test_init_from_starts_a_new_run_from_another_models_weights(ray_cluster, small_dir, tmp_path, capsys):
+def test_init_from_starts_a_new_run_from_another_models_weights(finished_run, small_dir, tmp_path, capsys):
     """Warm start: the weights of a model.pt (here a finished run's), not its optimizer or epoch count."""
     from lfa_ray.checkpoint import state_bytes
     from lfa_ray.config import load_config
     from lfa_ray.model import UNet
 
-    assert cli.train(_args(small_dir, tmp_path, "--name", "pre", **{"train.epochs": 2})) == 0
-    pretrained = torch.load(tmp_path / "pre" / "model.pt", weights_only=False)["model"]
+    pretrained = torch.load(finished_run / "model.pt", weights_only=False)["model"]
     # lr 1e-9: one epoch leaves the weights where they started, so the checkpoint shows the start
-    for name, init in (("warm", str(tmp_path / "pre" / "model.pt")), ("cold", "null")):
+    for name, init in (("warm", str(finished_run / "model.pt")), ("cold", "null")):
         assert cli.train(_args(small_dir, tmp_path, "--name", name, **{"train.epochs": 1, "train.lr": 1e-9,
                                                                           "train.init_from": init})) == 0
     convs = [k for k in pretrained if k.endswith(".weight") and pretrained[k].dim() == 4]

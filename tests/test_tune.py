@@ -128,11 +128,13 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, tmp_path):
+def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_dir, tmp_path):
+    """Trial 001 finished, 002 cut short by Ctrl-C, 003 not started: --resume runs 002 and 003 only."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "lfa_ray.tune", "--name", "int"]
-    sets = _args(synth_dir, tmp_path, **{"tune.num_samples": 4, "tune.max_concurrent_trials": 1,
-                                          "final.epochs": 2})
+    sets = _args(small_dir, tmp_path, **{"tune.num_samples": 3, "tune.max_concurrent_trials": 1,
+                                          "tune.scheduler.max_t": 3, "tune.scheduler.grace_period": 1,
+                                          "final.epochs": 1})
     exp = tmp_path / "int"
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(base + sets, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -143,7 +145,7 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, 
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-4000:]
     last = next(line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("stopped: "))
-    assert last.startswith("stopped: sweep stopped before all 4 trials finished; continue it with: ")
+    assert last.startswith("stopped: sweep stopped before all 3 trials finished; continue it with: ")
     command = last.split("continue it with: ")[1]
     assert command == f"python -m lfa_ray.tune --resume --name int --set storage.path={tmp_path}"
     first = next(exp.glob("trial_001_*"))
@@ -155,16 +157,16 @@ def test_interrupted_sweep_resumes_without_rerunning_finished_trials(synth_dir, 
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # the console: a line per trial event with the trial's name and a progress line, not Ray's chatter
     console = resumed.stdout + resumed.stderr
-    last = sorted(p.name for p in exp.glob("trial_004_*"))[0]
-    assert f"{last} started: aug_strength=" in console and f"{last} epoch 1/6: val_dice " in console
-    assert "[4/4 trials done | best val_dice " in console
+    last = sorted(p.name for p in exp.glob("trial_003_*"))[0]
+    assert f"{last} started: aug_strength=" in console and f"{last} epoch 1/3: val_dice " in console
+    assert "[3/3 trials done | best val_dice " in console
     for noise in ("Reporting training result", "PreemptionWatcher", "To visualize your results with TensorBoard",
                   "Trial status:", "A new study created"):
         assert noise not in console, noise
     trials = sorted(p.name for p in exp.glob("trial_*"))
-    assert len(trials) == 4 and len({t.split("_")[1] for t in trials}) == 4
+    assert len(trials) == 3 and len({t.split("_")[1] for t in trials}) == 3
     assert (first / "result.json").read_text() == first_results  # finished trial not re-run
-    assert len(pd.read_parquet(exp / "trials.parquet")) == 4
+    assert len(pd.read_parquet(exp / "trials.parquet")) == 3
     assert (exp / "final" / "model.pt").is_file()
 
 
