@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,83 +128,83 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     assert len(pd.read_csv(exp / "final" / "metrics.csv")) == len(final_rows)
 
 
+def _wait_for(found, what: str, timeout: float = 300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if value := found():
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_without_rerunning_finished_trials(small_dir, tmp_path):
-    """Trial 001 finished, 002 cut short by Ctrl-C, 003 not started: --resume runs 002 and 003 only."""
+def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_finished_trials(small_dir, tmp_path):
+    """Two interruptions of one sweep. The driver is killed (a lost machine) just after trial 001 finished:
+    Tune saves its state every few seconds and records results after Train reports them, so its record
+    may lag; Train's own record of the trial brings its results back, whole, and it is not re-run
+    (KeepTrialLogs). The resumed sweep is then stopped with Ctrl-C while trial 002 runs: it names the
+    command that continues it, and that command finishes the sweep with a readable console."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "lfa_ray.tune", "--name", "int"]
     sets = _args(small_dir, tmp_path, **{"tune.num_samples": 3, "tune.max_concurrent_trials": 1,
                                           "tune.scheduler.max_t": 3, "tune.scheduler.grace_period": 1,
                                           "final.epochs": 1})
     exp = tmp_path / "int"
-    log = open(tmp_path / "first.log", "w")
-    proc = subprocess.Popen(base + sets, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 300
-    while time.time() < deadline and not list(exp.glob("trial_002_*")):  # one at a time: 001 has finished
-        time.sleep(0.5)
+    proc = subprocess.Popen(base + sets, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+    def first_finished():
+        for metrics in exp.glob("trial_001_*/train/metrics.csv"):
+            rows = read_metrics(metrics)
+            if rows and rows[-1]["run_finished"]:
+                return rows
+        return None
+
+    finished = _wait_for(first_finished, "trial 001 finishing")
+    kill_session(proc.pid)  # the driver and its local Ray cluster, like a lost machine, while Tune may lag
+    proc.wait()
+
+    command = base + ["--resume", "--set", f"storage.path={tmp_path}"]
+    log = open(tmp_path / "second.log", "w")
+    proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    _wait_for(lambda: re.search(r"trial_002_\w+ started: ", (tmp_path / "second.log").read_text()),
+              "trial 002 starting in the resumed sweep")
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, (tmp_path / "first.log").read_text()[-4000:]
-    last = next(line for line in (tmp_path / "first.log").read_text().splitlines() if line.startswith("stopped: "))
+    code = proc.wait(timeout=120)
+    kill_session(proc.pid)
+    second = (tmp_path / "second.log").read_text()
+    assert code == 130, second[-4000:]
+    last = next(line for line in second.splitlines() if line.startswith("stopped: "))
     assert last.startswith("stopped: sweep stopped before all 3 trials finished; continue it with: ")
-    command = last.split("continue it with: ")[1]
-    assert command == f"python -m lfa_ray.tune --resume --name int --set storage.path={tmp_path}"
+    printed = last.split("continue it with: ")[1]
+    assert printed == f"python -m lfa_ray.tune --resume --name int --set storage.path={tmp_path}"
     first = next(exp.glob("trial_001_*"))
     first_results = (first / "result.json").read_text()
-    assert first_results and not (exp / "final" / "model.pt").exists()
+    assert [json.loads(line)["epoch"] for line in first_results.splitlines()] == [int(r["epoch"]) for r in finished]
+    assert not (exp / "final" / "model.pt").exists()
 
-    resumed = subprocess.run([sys.executable, *command.split()[1:]], cwd=REPO, env=env,
+    resumed = subprocess.run([sys.executable, *printed.split()[1:]], cwd=REPO, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # the console: a line per trial event with the trial's name and a progress line, not Ray's chatter
     console = resumed.stdout + resumed.stderr
-    last = sorted(p.name for p in exp.glob("trial_003_*"))[0]
-    assert f"{last} started: aug_strength=" in console and f"{last} epoch 1/3: val_dice " in console
+    newest = sorted(p.name for p in exp.glob("trial_003_*"))[0]
+    assert f"{newest} started: aug_strength=" in console and f"{newest} epoch 1/3: val_dice " in console
     assert "[3/3 trials done | best val_dice " in console
     for noise in ("Reporting training result", "PreemptionWatcher", "To visualize your results with TensorBoard",
                   "Trial status:", "A new study created"):
         assert noise not in console, noise
     trials = sorted(p.name for p in exp.glob("trial_*"))
     assert len(trials) == 3 and len({t.split("_")[1] for t in trials}) == 3
-    assert (first / "result.json").read_text() == first_results  # finished trial not re-run
-    assert len(pd.read_parquet(exp / "trials.parquet")) == 3
-    assert (exp / "final" / "model.pt").is_file()
-
-
-@pytest.mark.slow
-def test_a_trial_finished_when_the_driver_was_killed_keeps_its_results(small_dir, tmp_path):
-    """Tune saves its state every few seconds and records results after Train reports them; a driver
-    lost just after a trial finished must not re-run, blank or forget that trial: its Train run's own
-    record brings the results back, and what Tune had recorded stays (KeepTrialLogs)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = [sys.executable, "-m", "lfa_ray.tune", "--name", "k9"]
-    sets = _args(small_dir, tmp_path, **{"tune.num_samples": 2, "tune.max_concurrent_trials": 1,
-                                          "tune.scheduler.max_t": 3, "final.epochs": 1})
-    exp = tmp_path / "k9"
-    proc = subprocess.Popen(base + sets, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 300
-    finished = None
-    while time.time() < deadline and finished is None:
-        for metrics in exp.glob("trial_001_*/train/metrics.csv"):
-            rows = read_metrics(metrics)
-            if rows and rows[-1]["run_finished"]:
-                finished = rows
-        time.sleep(0.2)
-    assert finished, "trial 001 did not finish"
-    kill_session(proc.pid)  # the driver and its local Ray cluster, like a lost machine, while Tune may lag
-    proc.wait()
-
-    resumed = subprocess.run(base + ["--resume", "--set", f"storage.path={tmp_path}"], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    first = next(exp.glob("trial_001_*"))
-    results = [json.loads(line) for line in (first / "result.json").read_text().splitlines()]
-    assert [r["epoch"] for r in results] == [int(r["epoch"]) for r in finished]  # whole, not re-run
+    # trial 001: whole, not re-run, not blanked, its score in the table
+    assert (first / "result.json").read_text() == first_results
     assert read_metrics(first / "train" / "metrics.csv") == finished
     table = pd.read_parquet(exp / "trials.parquet").set_index("trial_id")
+    assert len(table) == 3
     row = table.loc[first.name.removeprefix("trial_")]
     assert row["status"] == "TERMINATED" and row["best_val_dice"] == max(r["val_dice"] for r in finished)
+    assert (exp / "final" / "model.pt").is_file()
 
 
 @pytest.mark.slow
