@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -355,6 +356,9 @@ def refuse_existing(exp_dir: Location) -> None:
                         f"or pick another --name")
 
 
+TUNE_NO_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"  # Tune's switch for its Ctrl-C handler
+
+
 def _ctrl_c(signum, frame):
     raise KeyboardInterrupt
 
@@ -365,8 +369,8 @@ def fit(tuner):
     sweep, so its results cannot tell an interrupted last trial from a finished one. Its handler puts
     back the one it replaced when (and only when) it is triggered: with :func:`_ctrl_c` in place
     before, finding it there again afterwards means Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread():
-        return tuner.fit(), False
+    if threading.current_thread() is not threading.main_thread() or os.environ.get(TUNE_NO_SIGINT, "0") != "0":
+        return tuner.fit(), False  # Tune catches no Ctrl-C: it raises KeyboardInterrupt
     before = signal.signal(signal.SIGINT, _ctrl_c)
     try:
         grid = tuner.fit()
