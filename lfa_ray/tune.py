@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import signal
-import threading
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -356,29 +353,6 @@ def refuse_existing(exp_dir: Location) -> None:
                         f"or pick another --name")
 
 
-TUNE_NO_SIGINT = "TUNE_DISABLE_SIGINT_HANDLER"  # Tune's switch for its Ctrl-C handler
-
-
-def _ctrl_c(signum, frame):
-    raise KeyboardInterrupt
-
-
-def fit(tuner):
-    """``tuner.fit()``, and whether Ctrl-C ended it. Tune catches the first Ctrl-C itself: it stops,
-    saves the experiment, marks the trials still running TERMINATED, and returns as from a finished
-    sweep, so its results cannot tell an interrupted last trial from a finished one. Its handler puts
-    back the one it replaced when (and only when) it is triggered: with :func:`_ctrl_c` in place
-    before, finding it there again afterwards means Ctrl-C."""
-    if threading.current_thread() is not threading.main_thread() or os.environ.get(TUNE_NO_SIGINT, "0") != "0":
-        return tuner.fit(), False  # Tune catches no Ctrl-C: it raises KeyboardInterrupt
-    before = signal.signal(signal.SIGINT, _ctrl_c)
-    try:
-        grid = tuner.fit()
-        return grid, signal.getsignal(signal.SIGINT) is _ctrl_c
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
 def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: bool, restart_errored: bool
            ) -> Location:
     from lfa_ray import report
@@ -391,7 +365,7 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
         tuner = make_tuner(cfg, exp_dir, data, gpus_per_worker=gpus, init=init, restore=resume,
                            restart_errored=restart_errored)
         started = time.monotonic()
-        grid, interrupted = fit(tuner)
+        grid = tuner.fit()
         seconds = time.monotonic() - started
     except BaseException:
         if created and not any(c.name.startswith("trial_") for c in exp_dir.children()):
@@ -399,7 +373,7 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
         raise
     table, curves = report.collect(grid, cfg)
     ended_early = why_ended_early(cfg, table, seconds)
-    if interrupted or (ended_early is None and grid.num_terminated + grid.num_errors < cfg.tune.num_samples):
+    if ended_early is None and grid.num_terminated + grid.num_errors < cfg.tune.num_samples:  # Tune's Ctrl-C
         raise Stopped(f"sweep stopped before all {cfg.tune.num_samples} trials finished; continue it with: "
                       f"{resume_command(cfg, exp_dir)}")
     if ended_early:

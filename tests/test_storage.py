@@ -142,7 +142,7 @@ def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s
     base = [sys.executable, "-m", "lfa_ray.tune", "--config", str(REPO / "tune_configs" / "default.yaml"),
             "--name", "s3sweep"]
     sets = set_args(tiny_overrides(f"{s3}/data/small.parquet", storage, **{
-        "tune.num_samples": 2, "tune.max_concurrent_trials": 1, "final.epochs": 3}))
+        "tune.num_samples": 3, "tune.max_concurrent_trials": 1, "final.epochs": 3}))
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(base + sets, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
@@ -159,7 +159,7 @@ def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     trials = [c for c in exp.children() if c.name.startswith("trial_")]
-    assert len(trials) == 2 and (first / "result.json").read_text() == first_results  # not re-run
+    assert len(trials) == 3 and (first / "result.json").read_text() == first_results  # not re-run
     for t in trials:
         names = [c.name for c in t.children()]
         assert any(n.startswith("events.out.tfevents") for n in names), names  # Tune's TensorBoard logs
