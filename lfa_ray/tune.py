@@ -118,6 +118,25 @@ class KeepTrialLogs(Callback):
                     pass
 
 
+class Unfinished(Callback):
+    """Which trials this driver started and Tune did not see end. Tune catches the first Ctrl-C itself:
+    it stops, saves the experiment, marks the trials still running TERMINATED without their end
+    (``on_trial_complete``/``on_trial_error``), and returns as from a finished sweep, so the results
+    cannot tell a stopped last trial from a finished one; this record can. It is the module's
+    :data:`STARTED`, not the instance's: a restored Tuner calls the copy it unpickles."""
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        STARTED.add(trial.trial_id)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        STARTED.discard(trial.trial_id)
+
+    on_trial_error = on_trial_complete
+
+
+STARTED: set[str] = set()
+
+
 def _reached(value: float, target: float, mode: str) -> bool:
     return value >= target if mode == "max" else value <= target
 
@@ -236,7 +255,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
         run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t, budget),
-                                             KeepTrialLogs()],
+                                             KeepTrialLogs(), Unfinished()],
                                   stop=None if t.stop_at is None else StopAt(t.metric, t.mode, t.stop_at),
                                   verbose=None if verbose() else 0),
     )
@@ -365,6 +384,7 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
         tuner = make_tuner(cfg, exp_dir, data, gpus_per_worker=gpus, init=init, restore=resume,
                            restart_errored=restart_errored)
         started = time.monotonic()
+        STARTED.clear()
         grid = tuner.fit()
         seconds = time.monotonic() - started
     except BaseException:
@@ -373,7 +393,7 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
         raise
     table, curves = report.collect(grid, cfg)
     ended_early = why_ended_early(cfg, table, seconds)
-    if ended_early is None and grid.num_terminated + grid.num_errors < cfg.tune.num_samples:  # Tune's Ctrl-C
+    if ended_early is None and (STARTED or grid.num_terminated + grid.num_errors < cfg.tune.num_samples):  # Ctrl-C
         raise Stopped(f"sweep stopped before all {cfg.tune.num_samples} trials finished; continue it with: "
                       f"{resume_command(cfg, exp_dir)}")
     if ended_early:
