@@ -5,7 +5,8 @@ intensity, T/C ratio and a call (positive / negative / invalid), or why the phot
    fitted to its four sides and its outline simplified to four corners, the convex quadrilateral
    that overlaps it most: the fitted sides follow perspective past a predicted mask's rounded
    corners and bumps); a region too small, far from a filled quadrilateral or nearly square is not
-   read ("no read" and the reason), never guessed.
+   read ("no read" and the reason), never guessed. Its sides are then snapped onto the membrane's
+   edges in the photo (:func:`snap`): a model's mask, upscaled, puts them pixels off.
 2. Rectified: the window warped to a straight strip along its long side (perspective undone), then
    sheared where that straightens its lines (a predicted window's corners may be off, slanting them).
 3. The profile along the strip: per position, the median green value across the middle of the strip
@@ -58,6 +59,14 @@ SLANTS = np.linspace(-1.5, 1.5, 17)  # the lines' slants tried in the strip (px 
 STRAIGHTER = (1.3, 0.02)  # a slant counts where it makes the strongest line this much (times, plus) stronger
 WIDE = 3  # with the sample end told by the well, the control line is looked for within WIDE x readout.tolerance
 CALLS = ("positive", "negative", "invalid", "no read")
+SNAP_REACH = (0.3, 0.06)  # how far a side may move onto the membrane's edge: a share of the short side (long
+# sides), of the long side (short sides: from a window ending short, further would reach a line)
+SNAP_SAMPLES = (0.15, 0.85)  # the stretch of each side whose points are moved (clear of the corners)
+SNAP_EDGE = 24.0  # the least drop (summed over RGB, per 2 px) from inside to outside that counts as the edge
+SNAP_RELATIVE = 0.5  # ... and at least this share of the strongest drop within reach
+SNAP_POINTS = 0.5  # the share of a side's points that must find the edge, on one line, else the side stays
+SNAP_STRAIGHT = 1.0  # px: a point this near the line fitted through them is on it
+SNAP = True  # read() snaps the window's sides (benchmarks/readout.py compares without)
 
 
 @dataclass
@@ -141,14 +150,75 @@ def _fit_sides(contour: np.ndarray, box: np.ndarray) -> np.ndarray | None:
             return None
         vx, vy, x, y = cv2.fitLine(mine, cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
         lines.append((np.float32([x, y]), np.float32([vx, vy])))
+    return _corners(lines)
+
+
+def _corners(lines: list) -> np.ndarray | None:
+    """Where four lines (point, direction) meet in turn: corner k where lines k-1 and k do; None
+    where two are nearly parallel."""
     corners = []
-    for (p, d), (q, e) in zip([lines[-1]] + lines[:-1], lines, strict=True):  # corner k: sides k-1 and k meet
+    for (p, d), (q, e) in zip([lines[-1]] + lines[:-1], lines, strict=True):
         det = d[0] * -e[1] + d[1] * e[0]
         if abs(det) < 1e-3:
             return None
         t = ((q - p)[0] * -e[1] + (q - p)[1] * e[0]) / det
         corners.append(p + t * d)
     return np.float32(corners)
+
+
+def snap(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """``quad`` (as :func:`window_corners` gives it) with each side moved onto the membrane's edge in
+    the photo, for a window from a model's mask (a few photo pixels per model pixel, upscaled).
+    Per point of a side, along its normal within SNAP_REACH: the innermost place where the photo
+    darkens outward (the membrane is brighter than the frame or body around it; a line across the
+    strip, darker inside, does not count) by SNAP_EDGE and by SNAP_RELATIVE of the most it does
+    there; a line fitted through them. A side whose points do not find one straight edge (a flush
+    membrane on a body of its colour, print, a ring) stays; so does the quad, where the moved sides
+    would not keep it convex or near where it was."""
+    img = image.astype(np.float32)
+    sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)
+    long, short = (sides[0] + sides[2]) / 2, (sides[1] + sides[3]) / 2
+    centre = quad.mean(axis=0)
+    lines, moved_sides = [], 0
+    for k in range(4):
+        p, q = quad[k], quad[(k + 1) % 4]
+        d = (q - p) / max(sides[k], 1e-6)
+        n = np.float32([d[1], -d[0]])
+        if np.dot((p + q) / 2 - centre, n) < 0:
+            n = -n  # outward
+        reach = max(1.5, (SNAP_REACH[0] * short) if k % 2 == 0 else (SNAP_REACH[1] * long))
+        t = np.arange(-reach - 1, reach + 1.01, 0.5, dtype=np.float32)
+        s = np.linspace(*SNAP_SAMPLES, max(5, int(sides[k] * (SNAP_SAMPLES[1] - SNAP_SAMPLES[0]))))
+        base = p[None] + s[:, None] * (q - p)[None]  # points x 2
+        pts = base[:, None, :] + t[None, :, None] * n[None, None, :]  # points x offsets x 2
+        x, y = pts[..., 0].astype(np.float32), pts[..., 1].astype(np.float32)
+        values = cv2.remap(img, x, y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE).sum(-1)
+        drop = values[:, :-4] - values[:, 4:]  # inside minus outside, 2 px apart (0.5 px steps)
+        strongest = drop.max(axis=1)
+        # the innermost place where the photo darkens outward by at least SNAP_RELATIVE of the most
+        # it does: the membrane's edge, not a darker band or print further out
+        peak = (drop[:, 1:-1] >= drop[:, :-2]) & (drop[:, 1:-1] >= drop[:, 2:])
+        strong = peak & (drop[:, 1:-1] >= np.maximum(SNAP_EDGE, SNAP_RELATIVE * strongest[:, None]))
+        found = strong.any(axis=1)
+        if found.mean() < SNAP_POINTS:
+            lines.append((p, d))
+            continue
+        at = t[3:-3][strong[found].argmax(axis=1)]
+        moved = base[found] + at[:, None] * n[None]
+        vx, vy, x0, y0 = cv2.fitLine(moved.astype(np.float32), cv2.DIST_HUBER, 0, 0.01, 0.01).ravel()
+        off = np.abs((moved[:, 0] - x0) * vy - (moved[:, 1] - y0) * vx)
+        if (off <= SNAP_STRAIGHT).sum() < SNAP_POINTS * len(s):  # not one straight edge: print, a ring
+            lines.append((p, d))
+            continue
+        lines.append((np.float32([x0, y0]), np.float32([vx, vy])))
+        moved_sides += 1
+    if not moved_sides:
+        return quad
+    out = _corners(lines)
+    if out is None or np.linalg.norm(out - quad, axis=1).max() > 2 * max(SNAP_REACH[0] * short,
+                                                                          SNAP_REACH[1] * long, 1.5):
+        return quad  # a side moved nearly parallel to a neighbour: their corner flies off
+    return out if cv2.isContourConvex(np.round(out * 16).astype(np.int32)) else quad
 
 
 def _overlap(region: np.ndarray, quad: np.ndarray) -> float:
@@ -268,6 +338,8 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     quad, why = window_corners(mask)
     if quad is None:
         return Reading("no read", why)
+    if SNAP:
+        quad = snap(image, quad)
     strip = rectify(image, quad)
     colour = channel(strip)
     strip = straighten(strip, colour)
