@@ -53,7 +53,7 @@ class DataConfig:
     test_fraction: float = key(0.1, interval="[0, 1)")  # held out, never used for selection; scored once
     split_seed: int = key(42)
     target: str = key("window", choices=("window", "lines"))  # the read window (the original's ROI) | lines
-    synthetic_n: int = key(600, minimum=1)  # how many synthetic cassettes when path is null
+    synthetic_n: int = key(1200, minimum=1)  # how many synthetic cassettes when path is null
     # DataLoader processes per training worker; auto: 0 on CPU workers (the cores train the model),
     # scaling.cpus_per_worker on GPU workers (the training process mostly waits on the GPU)
     loader_workers: Union[int, str] = key("auto", choices=("auto",), minimum=0)
@@ -66,7 +66,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = key(30, minimum=1)
+    epochs: int = key(15, minimum=1)
     batch_size: int = key(8, minimum=1)
     lr: float = key(1.0e-3, interval="(0, 1]", hint="Adam diverges far below 1")
     weight_decay: float = key(1.0e-6, minimum=0)
@@ -101,8 +101,8 @@ class ScalingConfig:
 
 @dataclass
 class SchedulerConfig:
-    max_t: int = key(8, minimum=1)
-    grace_period: int = key(2, minimum=1)
+    max_t: int = key(4, minimum=1)
+    grace_period: int = key(1, minimum=1)
     reduction_factor: int = key(3, minimum=2)
 
 
@@ -130,7 +130,7 @@ class TuneConfig:
 
 @dataclass
 class FinalConfig:
-    epochs: int = key(45, minimum=1)
+    epochs: int = key(23, minimum=1)
 
 
 @dataclass

@@ -73,7 +73,7 @@ def test_set_overrides_parse_types_and_nesting(tmp_path):
     ("tune.num_samples=0", "tune.num_samples must be at least 1, got 0"),
     ("tune.max_concurrent_trials=0", "tune.max_concurrent_trials must be at least 1"),
     ("tune.scheduler.reduction_factor=1", "tune.scheduler.reduction_factor must be 2 or more"),
-    ("tune.scheduler.grace_period=9", "tune.scheduler.grace_period (9) is above max_t (8)"),
+    ("tune.scheduler.grace_period=5", "tune.scheduler.grace_period (5) is above max_t (4)"),
     ("tune.metric=val_f1", "tune.metric must be train_loss, val_loss, val_accuracy, val_dice or val_iou"),
     ("train.lr_factor=1", "train.lr_factor must be in (0, 1)"),
     ("scaling.max_failures=-2", "scaling.max_failures must be -1 or more, got -2 (-1: no limit)"),
