@@ -5,14 +5,14 @@
 Draws ``--n`` photos (``--seed``; the default sweep trains on seed 0 and the read-out's thresholds
 were chosen on seed 101) with 15 % invalid cassettes (no control line) and the usual third each of
 absent, faint and strong test lines, written as JPEGs like any synthetic set. Each photo is read
-within its true window (the read-out alone) and within the window the model predicts (the
-product), and that a second time without snapping its sides onto the membrane's edges
-(``readout.snap``), for comparison. A call is right when it is the true one, or "no read" on a
-photo that does not show the lines its call rests on (the truth's ``readable``: glare or
-overexposure washed a line's place out); "every no read wrong" is the strict figure. Accuracy is
-also given by the JPEG quality each photo was saved at (drawn from 55 to 95: a phone camera saves
-at 85-95, a messaging app recompresses lower, which erases the faintest lines). Prints a markdown
-table and the confusion tables; ``--out`` keeps the set, the per-photo CSVs and ``misread.png``.
+within its true window (the read-out alone) and within the window the model predicts (the product),
+and that a second time without snapping its sides onto the membrane's edges (``readout.snap``) and
+extending its ends (``readout.extend``), for comparison. A call is right when it is the true one, or
+"no read" on a photo that does not show the lines its call rests on (the truth's ``readable``: glare
+or overexposure washed a line's place out); "every no read wrong" is the strict figure. Accuracy is
+also given by the JPEG quality each photo was saved at (drawn from 55 to 95: a phone camera saves at
+85-95, a messaging app recompresses lower, which erases the faintest lines). Prints a markdown table
+and the confusion tables; ``--out`` keeps the set, the per-photo CSVs and ``misread.png``.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ev = evaluate.evaluate(model, size, pairs, device, layout=layout, tta=args.tta)
     tables[f"model's window ({size} px model{', flip TTA' if args.tta else ''})"] = ("model", ev.table)
     readout.SNAP = False
-    tables["… its sides not snapped onto the membrane's edges"] = (
+    tables["… its sides not snapped, its ends not extended"] = (
         "model-unsnapped", evaluate.evaluate(model, size, pairs, device, layout=layout, tta=args.tta).table)
     readout.SNAP = True
     evaluate.write(ev, locate(out / "model"), f"read-out of {len(pairs)} held-out synthetic photos")

@@ -6,7 +6,8 @@ intensity, T/C ratio and a call (positive / negative / invalid), or why the phot
    that overlaps it most: the fitted sides follow perspective past a predicted mask's rounded
    corners and bumps); a region too small, far from a filled quadrilateral or nearly square is not
    read ("no read" and the reason), never guessed. Its sides are then snapped onto the membrane's
-   edges in the photo (:func:`snap`): a model's mask, upscaled, puts them pixels off.
+   edges in the photo (:func:`snap`): a model's mask, upscaled, puts them pixels off; and an end
+   the mask put short is moved out along those edges to where the membrane ends (:func:`extend`).
 2. Rectified: the window warped to a straight strip along its long side (perspective undone), then
    sheared where that straightens its lines (a predicted window's corners may be off, slanting them).
 3. The profile along the strip: per position, the median green value across the middle of the strip
@@ -66,7 +67,13 @@ SNAP_EDGE = 24.0  # the least drop (summed over RGB, per 2 px) from inside to ou
 SNAP_RELATIVE = 0.5  # ... and at least this share of the strongest drop within reach
 SNAP_POINTS = 0.5  # the share of a side's points that must find the edge, on one line, else the side stays
 SNAP_STRAIGHT = 1.0  # px: a point this near the line fitted through them is on it
-SNAP = True  # read() snaps the window's sides (benchmarks/readout.py compares without)
+EXTEND_REACH = 0.6  # how far beyond each end a window may continue (window lengths; :func:`extend`)
+EXTEND_GAP = 0.14  # the membrane's edges missing over this share of its length: it ended (lines are narrower)
+EXTEND_BAND = 0.15  # the long edges are looked for within this share of the width of where the window has them
+EXTEND_CORE = (0.25, 0.75)  # the stretch of the window whose edges tell how strong and where they are
+EXTEND_RELATIVE = 0.6  # an edge counts from this share of its median strength in the core ...
+EXTEND_STRAIGHT = 2  # ... and within this many strip px of its median place there
+SNAP = True  # read() snaps the window's sides and extends its ends (benchmarks/readout.py compares without)
 
 
 @dataclass
@@ -221,6 +228,52 @@ def snap(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     return out if cv2.isContourConvex(np.round(out * 16).astype(np.int32)) else quad
 
 
+def extend(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """``quad`` with each end moved out to where the membrane ends, for a model's mask that covers
+    part of the window (a mask often stops at a line). The window's two long edges (the membrane
+    brighter than what is around it), traced in the window's straightened surroundings, run on
+    past an end the mask put short: the end moves to where both stop for EXTEND_GAP of the length
+    (a line across the strip interrupts them for less). An edge counts where it is as strong as
+    most of the window's middle has it, at the same place. Ends are never moved inwards (there a
+    line and the window's end look alike), nor where the middle does not show both edges."""
+    sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)
+    length = STRIP_LENGTH
+    height = max(8, int(round(length * (sides[1] + sides[3]) / max(sides[0] + sides[2], 1e-6))))
+    to_strip = cv2.getPerspectiveTransform(quad, np.float32([[0, 0], [length, 0], [length, height], [0, height]]))
+    ox, oy = int(EXTEND_REACH * length), height // 2  # the window's place in its surroundings
+    width = length + 2 * ox
+    shift = np.float64([[1, 0, ox], [0, 1, oy], [0, 0, 1]])
+    around = cv2.warpPerspective(image, shift @ to_strip, (width, height + 2 * oy), flags=cv2.INTER_LINEAR,
+                                 borderMode=cv2.BORDER_REPLICATE).astype(np.float32).sum(-1)
+    core = slice(ox + int(EXTEND_CORE[0] * length), ox + int(EXTEND_CORE[1] * length))
+    band = max(2, int(EXTEND_BAND * height))
+
+    def edge(row: int, inward: int) -> np.ndarray:
+        rows = np.arange(max(row - band, 1), min(row + band, around.shape[0] - 2) + 1)
+        drop = around[rows + inward] - around[rows - inward]  # inside minus outside, 2 px apart
+        strength, at = drop.max(axis=0), rows[drop.argmax(axis=0)]
+        return ((strength >= max(SNAP_EDGE, EXTEND_RELATIVE * np.median(strength[core])))
+                & (np.abs(at - np.median(at[core])) <= EXTEND_STRAIGHT))
+
+    on = edge(oy, 1) & edge(oy + height, -1)
+    if on[core].mean() < 0.8:
+        return quad
+    gap = max(2, int(EXTEND_GAP * length))
+
+    def end(i: int, step: int) -> int:  # the last column of the edges before they stop for `gap`
+        last, missing = i, 0
+        while 0 <= i < width and missing < gap:
+            last, missing = (i, 0) if on[i] else (last, missing + 1)
+            i += step
+        return last
+
+    start, stop = min(0, end(ox, -1) - ox), max(length, end(ox + length - 1, 1) + 1 - ox)
+    if (start, stop) == (0, length):
+        return quad
+    ends = np.float32([[start, 0], [stop, 0], [stop, height], [start, height]])
+    return cv2.perspectiveTransform(ends[None], np.linalg.inv(to_strip))[0].astype(np.float32)
+
+
 def _overlap(region: np.ndarray, quad: np.ndarray) -> float:
     """Intersection over union of a region (0/1) and a quadrilateral."""
     filled = np.zeros_like(region)
@@ -339,7 +392,7 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     if quad is None:
         return Reading("no read", why)
     if SNAP:
-        quad = snap(image, quad)
+        quad = extend(image, snap(image, quad))
     strip = rectify(image, quad)
     colour = channel(strip)
     strip = straighten(strip, colour)
