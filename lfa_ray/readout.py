@@ -73,6 +73,7 @@ EXTEND_BAND = 0.15  # the long edges are looked for within this share of the wid
 EXTEND_CORE = (0.25, 0.75)  # the stretch of the window whose edges tell how strong and where they are
 EXTEND_RELATIVE = 0.6  # an edge counts from this share of its median strength in the core ...
 EXTEND_STRAIGHT = 2  # ... and within this many strip px of its median place there
+EXTEND_SHOWN = 0.8  # the share of the core where both edges must show, else the ends stay
 SNAP = True  # read() snaps the window's sides and extends its ends (benchmarks/readout.py compares without)
 
 
@@ -92,7 +93,7 @@ class Reading:
                 "tc_ratio": self.ratio}
 
 
-def _largest(mask: np.ndarray) -> np.ndarray | None:
+def largest(mask: np.ndarray) -> np.ndarray | None:
     """The mask's largest connected region (uint8 0/1), or None when the mask is empty."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
     if count < 2:
@@ -119,7 +120,7 @@ def _quad(region: np.ndarray) -> tuple[np.ndarray, float]:
 
 def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:
     """The window's corners (4x2, float32; the first side is a long one), or None and why not."""
-    region = _largest(mask)
+    region = largest(mask)
     if region is None:
         return None, "no window found"
     quad, _ = _quad(region)
@@ -236,10 +237,8 @@ def extend(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     (a line across the strip interrupts them for less). An edge counts where it is as strong as
     most of the window's middle has it, at the same place. Ends are never moved inwards (there a
     line and the window's end look alike), nor where the middle does not show both edges."""
-    sides = np.linalg.norm(np.roll(quad, -1, axis=0) - quad, axis=1)
+    to_strip, height = _to_strip(quad)
     length = STRIP_LENGTH
-    height = max(8, int(round(length * (sides[1] + sides[3]) / max(sides[0] + sides[2], 1e-6))))
-    to_strip = cv2.getPerspectiveTransform(quad, np.float32([[0, 0], [length, 0], [length, height], [0, height]]))
     ox, oy = int(EXTEND_REACH * length), height // 2  # the window's place in its surroundings
     width = length + 2 * ox
     shift = np.float64([[1, 0, ox], [0, 1, oy], [0, 0, 1]])
@@ -256,7 +255,7 @@ def extend(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
                 & (np.abs(at - np.median(at[core])) <= EXTEND_STRAIGHT))
 
     on = edge(oy, 1) & edge(oy + height, -1)
-    if on[core].mean() < 0.8:
+    if on[core].mean() < EXTEND_SHOWN:
         return quad
     gap = max(2, int(EXTEND_GAP * length))
 
@@ -281,13 +280,19 @@ def _overlap(region: np.ndarray, quad: np.ndarray) -> float:
     return float((filled & region).sum()) / max(1.0, float((filled | region).sum()))
 
 
-def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
-    """The window warped to a STRIP_LENGTH px strip, its long side horizontal."""
+def _to_strip(quad: np.ndarray) -> tuple[np.ndarray, int]:
+    """The perspective transform from the photo onto the window's straightened strip (STRIP_LENGTH px
+    along its long side, the first corner at the origin) and the strip's height (the window's aspect)."""
     sides = np.linalg.norm(quad - np.roll(quad, -1, axis=0), axis=1)
     aspect = (sides[0] + sides[2]) / max(sides[1] + sides[3], 1e-6)
     height = max(8, int(round(STRIP_LENGTH / aspect)))
     target = np.float32([[0, 0], [STRIP_LENGTH, 0], [STRIP_LENGTH, height], [0, height]])
-    warp = cv2.getPerspectiveTransform(quad, target)
+    return cv2.getPerspectiveTransform(quad, target), height
+
+
+def rectify(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
+    """The window warped to a STRIP_LENGTH px strip, its long side horizontal."""
+    warp, height = _to_strip(quad)
     return cv2.warpPerspective(image, warp, (STRIP_LENGTH, height), flags=cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_REPLICATE)
 

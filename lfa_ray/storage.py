@@ -11,7 +11,10 @@ Ray and the AWS tools all read.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +25,22 @@ from lfa_ray.errors import UserError
 
 def is_uri(path: str | os.PathLike) -> bool:
     return "://" in str(path)
+
+
+@contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """A temporary local folder beside ``out`` to fill, renamed to ``out`` (absent or empty) when the
+    block ends, removed when it raises: ``out`` appears complete or not at all."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        yield tmp
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 @dataclass(frozen=True)

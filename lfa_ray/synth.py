@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from lfa_ray.storage import new_folder
 
 VERSION = 4  # bump when the drawing or its truth changes, so cached sets are regenerated
 # Where the lines are drawn, as a share of the read window's length from its sample-well end.
@@ -391,9 +391,7 @@ def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "wi
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with new_folder(out) as tmp:
         (tmp / "train_images").mkdir()
         (tmp / "train_masks").mkdir()
         for i in range(n):
@@ -404,12 +402,6 @@ def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "wi
             Image.fromarray(masks[target] * 255).save(tmp / "train_masks" / f"{name}_mask.gif")
             truth["jpeg_quality"] = quality  # how the photo was saved: low quality erases faint lines
             (tmp / "train_masks" / f"{name}{TRUTH_SUFFIX}").write_text(json.dumps(truth))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -19,6 +19,22 @@ def tiny_overrides(data: Path, storage: Path, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in items.items()]
 
 
+def tiny_model(tmp_path: Path, data_dir: Path, **sets) -> tuple[Path, object]:
+    """An untrained 32 px UNET saved as lfa_ray saves one (``tmp_path/model.pt``), its profile's data
+    ``data_dir``; and that profile (``Config``) with ``sets`` applied."""
+    import torch
+
+    from lfa_ray.checkpoint import state_bytes
+    from lfa_ray.model import UNet
+
+    items = {"model.features": "[4,8]", "data.image_size": 32, "data.path": str(data_dir), **sets}
+    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    path.write_bytes(state_bytes({"model": UNet(features=[4, 8]).state_dict(), "config": cfg.to_dict()}))
+    return path, cfg
+
+
 def set_args(items: list[str]) -> list[str]:
     """``["a=1", "b=2"]`` as command-line ``--set`` arguments."""
     return [arg for item in items for arg in ("--set", item)]

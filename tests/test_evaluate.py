@@ -8,12 +8,9 @@ import yaml
 from PIL import Image
 
 from lfa_ray import cli, data, evaluate, predict
-from lfa_ray.checkpoint import state_bytes
-from lfa_ray.config import load_config
 from lfa_ray.images import read_mask
-from lfa_ray.model import UNet
 
-from helpers import error_line
+from helpers import error_line, tiny_model
 
 
 def test_scores_match_hand_computed_values():
@@ -33,17 +30,8 @@ def test_scores_match_hand_computed_values():
     assert evaluate.boundary_f1(far, truth, tolerance=1.0) < 0.5
 
 
-def _model(tmp_path, data_dir, **sets):
-    items = {"model.features": "[4,8]", "data.image_size": 32, "data.path": str(data_dir), **sets}
-    cfg = load_config(None, [f"{k}={v}" for k, v in items.items()])
-    torch.manual_seed(0)
-    path = tmp_path / "model.pt"
-    path.write_bytes(state_bytes({"model": UNet(features=[4, 8]).state_dict(), "config": cfg.to_dict()}))
-    return path, cfg
-
-
 def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir, tmp_path, capsys):
-    model, cfg = _model(tmp_path, small_dir, **{"data.test_fraction": 0.25})
+    model, cfg = tiny_model(tmp_path, small_dir, **{"data.test_fraction": 0.25})
     out = tmp_path / "ev"
     assert cli.evaluate(["--checkpoint", str(model), "--out", str(out), "--worst", "3"]) == 0
     assert "Dice mean" in capsys.readouterr().out
@@ -63,7 +51,7 @@ def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir
 
 
 def test_flip_tta_masks_do_not_depend_on_how_the_photo_was_flipped(small_dir, tmp_path, capsys):
-    model_file, cfg = _model(tmp_path, small_dir)
+    model_file, cfg = tiny_model(tmp_path, small_dir)
     model, size, _ = predict.load_model(model_file, torch.device("cpu"))
     image = np.asarray(Image.open(next((small_dir / "train_images").iterdir())).convert("RGB"))
     cpu = torch.device("cpu")
@@ -83,7 +71,7 @@ def test_flip_tta_masks_do_not_depend_on_how_the_photo_was_flipped(small_dir, tm
 
 
 def test_evaluate_on_other_data_takes_its_test_folder_or_all_of_it(small_dir, tmp_path, capsys):
-    model, _ = _model(tmp_path, small_dir)
+    model, _ = tiny_model(tmp_path, small_dir)
     other = tmp_path / "other"
     (other / "train_images").mkdir(parents=True)
     (other / "train_masks").mkdir()
@@ -110,7 +98,7 @@ def test_evaluate_on_other_data_takes_its_test_folder_or_all_of_it(small_dir, tm
     (["--worst", "0"], "--worst and --batch-size must be at least 1"),
 ])
 def test_bad_input_exits_2_with_one_line(small_dir, tmp_path, capsys, args, fragment):
-    model, _ = _model(tmp_path, small_dir, **{"data.test_fraction": 0.0})
+    model, _ = tiny_model(tmp_path, small_dir, **{"data.test_fraction": 0.0})
     argv = ["--checkpoint", str(model), "--out", str(tmp_path / "ev"), *args]
     if args[0] == "--checkpoint":
         argv = args + ["--out", str(tmp_path / "ev")]
@@ -130,13 +118,13 @@ def test_a_broken_test_photo_is_named(small_dir, tmp_path, capsys):
     for p in data.discover(small_dir).pairs[:3]:
         (root / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
         (root / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
-    model, _ = _model(tmp_path, small_dir)
+    model, _ = tiny_model(tmp_path, small_dir)
     assert cli.evaluate(["--checkpoint", str(model), "--data", str(root), "--out", str(tmp_path / "ev")]) == 2
     assert "bad.jpg: cannot be decoded as an image" in error_line(capsys)
 
 
 def test_predict_and_evaluate_print_the_models_profile(small_dir, tmp_path, capsys):
-    model, _ = _model(tmp_path, small_dir, **{"train.lr": 0.0025})
+    model, _ = tiny_model(tmp_path, small_dir, **{"train.lr": 0.0025})
     for main in (cli.predict, cli.evaluate):
         assert main(["--checkpoint", str(model), "--print-config"]) == 0
         assert yaml.safe_load(capsys.readouterr().out)["train"]["lr"] == 0.0025
@@ -145,7 +133,7 @@ def test_predict_and_evaluate_print_the_models_profile(small_dir, tmp_path, caps
 def test_predict_in_chunks_matches_one_by_one_in_order_and_names_a_broken_photo(small_dir, tmp_path, capsys):
     """Photos are decoded and written on threads beside the model, two chunks at a time: the files
     and the read-out rows must be those of each photo alone, in the folder's order."""
-    model, _ = _model(tmp_path, small_dir)
+    model, _ = tiny_model(tmp_path, small_dir)
     photos = tmp_path / "photos"
     photos.mkdir()
     pairs = data.discover(small_dir).pairs[:9]

@@ -8,16 +8,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from lfa_ray import cli, data, readout
-from lfa_ray.checkpoint import state_bytes
 from lfa_ray.config import ReadoutConfig, load_config
-from lfa_ray.model import UNet
 from lfa_ray.synth import render, render_truth, write_synthetic
 
-from helpers import error_line
+from helpers import error_line, tiny_model
 
 LAYOUT = ReadoutConfig()
 
@@ -374,17 +371,9 @@ def test_packed_data_keeps_the_truth(tmp_path):
         {p.name: json.loads(p.readout.read_bytes()) for p in rows}
 
 
-def _model(tmp_path, data_dir):
-    cfg = load_config(None, ["model.features=[4,8]", "data.image_size=32", f"data.path={data_dir}"])
-    torch.manual_seed(0)
-    path = tmp_path / "model.pt"
-    path.write_bytes(state_bytes({"model": UNet(features=[4, 8]).state_dict(), "config": cfg.to_dict()}))
-    return path
-
-
 def test_predict_and_evaluate_read_out_every_photo(tmp_path, capsys):
     root = write_synthetic(tmp_path / "d", 6, seed=8, invalid_share=0.3)
-    model = _model(tmp_path, root)
+    model, _ = tiny_model(tmp_path, root)
     out = tmp_path / "pred"
     assert cli.predict(["--checkpoint", str(model), "--readout", "--set", "readout.test_min=0.05",
                         str(root / "train_images"), "--out", str(out)]) in (None, 0)
@@ -407,7 +396,7 @@ def test_predict_and_evaluate_read_out_every_photo(tmp_path, capsys):
 ])
 def test_bad_readout_settings_exit_2_with_one_line(tmp_path, capsys, args, fragment):
     root = write_synthetic(tmp_path / "d", 2, seed=8)
-    model = _model(tmp_path, root)
+    model, _ = tiny_model(tmp_path, root)
     assert cli.predict(["--checkpoint", str(model), *args, str(root / "train_images"), "--out",
                         str(tmp_path / "p")]) == 2
     assert fragment in error_line(capsys)
