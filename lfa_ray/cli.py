@@ -59,6 +59,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="with --readout: change a read-out key of the model's profile (repeatable)")
     p.add_argument("--tta", action="store_true",
                    help="average the model over the photo and its flips (4x the compute, truer window edges)")
+    p.add_argument("--refine", metavar="CHECKPOINT",
+                   help="a refining model (trained on 'lfa_ray.data crops'): the window segmented again in a "
+                        "crop around the one --checkpoint finds")
     add_print_config(p, "the profile the model was trained with")
 
 
@@ -146,7 +149,7 @@ def predict(argv: list[str] | None = None) -> None:
     if args.input is None:
         p.error("the following arguments are required: input")
     written = prediction.run(args.checkpoint, args.input, args.out, args.batch_size, args.device,
-                             readout_sets(p, args), args.tta)
+                             readout_sets(p, args), args.tta, args.refine)
     print(f"wrote {len(written)} masks and overlays" + (", read-outs and readout.csv" if args.readout else "")
           + f" to {args.out}")
 
@@ -165,7 +168,7 @@ def evaluate(argv: list[str] | None = None) -> None:
     if print_model_config(args):
         return
     s = evaluation.run(args.checkpoint, args.data, args.split, args.out, args.worst, args.batch_size, args.device,
-                       readout_sets(p, args), args.tta)
+                       readout_sets(p, args), args.tta, args.refine)
     print(evaluation.format_summary(s))
     print(f"wrote per_image.csv, summary.md and worst.png to {args.out}")
 
@@ -213,6 +216,15 @@ def data(argv: list[str] | None = None) -> None:
     p.add_argument("--invalid-share", type=float, default=0.0,
                    help="share of cassettes drawn without a control line (failed tests), for read-out checks")
     p.set_defaults(func=_data_synth)
+    p = sub.add_parser("crops", help="write a refining model's dataset: crops around each photo's window")
+    p.add_argument("out")
+    p.add_argument("--source", help="the dataset to crop (any layout; default: the default profile's synthetic set)")
+    p.add_argument("--per-photo", type=int, default=3, help="crops per photo (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val-fraction", type=float, default=0.2)
+    p.add_argument("--test-fraction", type=float, default=0.1)
+    p.add_argument("--split-seed", type=int, default=42)
+    p.set_defaults(func=_data_crops)
     p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
     p.add_argument("dir")
     p.add_argument("out", help="OUT.parquet: a local path or a URI such as s3://bucket/data.parquet")
@@ -252,6 +264,22 @@ def _data_synth(args: argparse.Namespace) -> None:
     except FileExistsError:
         raise UserError(f"{args.out}: folder exists and is not empty; choose a new OUT") from None
     print(f"wrote {args.n} synthetic cassettes ({args.target} masks, {args.family} styles) to {out}")
+
+
+def _data_crops(args: argparse.Namespace) -> None:
+    from lfa_ray.refine import write_crops
+
+    source = args.source
+    if source is None:
+        from lfa_ray.data import resolve_root
+
+        source = resolve_root(Config())
+    c = write_crops(source, args.out, args.per_photo, args.seed, args.val_fraction, args.test_fraction,
+                    args.split_seed)
+    print(f"wrote {c['train']} train, {c['val']} val and {c['test']} test crops of {c['photos']} photos of {source} "
+          f"to {args.out}" + (f" ({c['skipped']} photos without a window left out)" if c["skipped"] else ""))
+    print(f"train the refining model: python -m lfa_ray.train --data {args.out} --name window-refine "
+          f"--set data.image_size=96")
 
 
 def _data_pack(args: argparse.Namespace) -> None:

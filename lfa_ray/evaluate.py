@@ -100,18 +100,20 @@ def _thumb(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray
 
 
 def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch.device,
-             batch_size: int = 16, layout: Optional[ReadoutConfig] = None, tta: bool = False) -> Evaluation:
-    """Score ``model`` (trained at ``size`` px) on ``pairs``, each at its photo's size as displayed;
+             batch_size: int = 16, layout: Optional[ReadoutConfig] = None, tta: bool = False,
+             refiner: Optional[tuple] = None) -> Evaluation:
+    """Score ``model`` (trained at ``size`` px; with ``refiner``, its windows segmented again in a
+    crop: :func:`lfa_ray.predict.segment`) on ``pairs``, each at its photo's size as displayed;
     with ``layout``, also read each test (:mod:`lfa_ray.readout`) and compare with the truth the
     pairs carry (synthetic cassettes)."""
-    from lfa_ray.predict import READ_SIDE, PhotoWork, predict
+    from lfa_ray.predict import READ_SIDE, PhotoWork, segment
 
-    reduce_to = size if layout is None else max(size, READ_SIDE)
+    reduce_to = size if layout is None and refiner is None else max(size, READ_SIDE)
     with PhotoWork(batch_size) as work:  # decoding and scoring beside the model
         # decode_pair's UserError names a broken file
         for chunk, decoded in work.decoded(pairs, partial(decode_pair, reduce_to=reduce_to)):
-            preds = predict(model, [ph.pixels for ph, _ in decoded], size, device,
-                            out_sizes=[ph.size for ph, _ in decoded], tta=tta)
+            preds = segment(model, size, [ph.pixels for ph, _ in decoded], device,
+                            out_sizes=[ph.size for ph, _ in decoded], tta=tta, refiner=refiner)
             for pair, (photo, truth), pred in zip(chunk, decoded, preds, strict=True):
                 work.submit(_score, pair, photo, truth, pred, layout)
         scored = work.results()  # per photo, in order: (row, tile, strip or None)
@@ -273,23 +275,27 @@ def _pairs(data: Optional[str], split: Optional[str], cfg: Config) -> tuple[list
 
 def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None, out: str = "evaluation",
         worst: int = 12, batch_size: int = 16, device: Optional[str] = None,
-        readout_sets: Optional[list[str]] = None, tta: bool = False) -> dict:
+        readout_sets: Optional[list[str]] = None, tta: bool = False, refine: Optional[str] = None) -> dict:
     """``lfa_ray.evaluate``: score the model of ``checkpoint`` on ``data``'s ``split`` (default: its
     own data's test split; another dataset's test folder, else all of it); writes ``out``; the summary.
     ``readout_sets`` (a list, maybe empty: ``--readout`` with its ``--set readout.KEY=VALUE`` items):
     also read each test with the model's read-out profile and those changes. ``tta``: masks from the
-    photo and its flips (:func:`lfa_ray.predict.predict`)."""
-    from lfa_ray.predict import find_model, load_model, readout_layout
+    photo and its flips (:func:`lfa_ray.predict.predict`). ``refine``: a refining model's checkpoint
+    (:mod:`lfa_ray.refine`)."""
+    from lfa_ray.predict import find_model, load_model, load_refiner, readout_layout
 
     if worst < 1 or batch_size < 1:
         raise UserError("--worst and --batch-size must be at least 1")
     dev = _device(device)
     model, size, trained_with = load_model(checkpoint, dev)
+    refiner = load_refiner(refine, dev)
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     pairs, split, root = _pairs(data, split, config_from_dict(trained_with))
-    print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(checkpoint)}")
-    ev = evaluate(model, size, pairs, dev, batch_size, layout, tta)
-    return write(ev, locate(out), f"{split} of {root}" + (", flip TTA" if tta else ""), worst)
+    print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(checkpoint)}"
+          + (f", refined by {find_model(refine)}" if refine else ""))
+    ev = evaluate(model, size, pairs, dev, batch_size, layout, tta, refiner)
+    return write(ev, locate(out), f"{split} of {root}" + (", flip TTA" if tta else "")
+                 + (", windows refined in a crop" if refine else ""), worst)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ writes ``NAME_mask.png`` (0/255, at the photo's size as displayed) and ``NAME_ov
 (a large photo's overlay is at least 1024 px on its short side, not full size) into the local ``--out``.
 ``--readout`` also reads each test (control/test lines, T/C ratio, positive/negative/invalid; see
 :mod:`lfa_ray.readout`) with the model profile's ``readout`` keys, changed with ``--set readout.KEY=V``:
-``NAME_readout.png`` and ``readout.csv``.
+``NAME_readout.png`` and ``readout.csv``. ``--refine CHECKPOINT`` segments each window again with
+a refining model in a crop around it (:mod:`lfa_ray.refine`).
 """
 
 from __future__ import annotations
@@ -160,22 +161,49 @@ class PhotoWork:
         return [f.result() for f in self.queued]
 
 
+def load_refiner(path: str | None, device: torch.device) -> tuple[UNet, int] | None:
+    """``--refine``: the refining model and its size (:mod:`lfa_ray.refine`), or None."""
+    if path is None:
+        return None
+    try:
+        model, size, _ = load_model(path, device)
+    except UserError as exc:
+        raise UserError(f"--refine: {exc}") from None
+    return model, size
+
+
+def segment(model: UNet, size: int, images: list[np.ndarray], device: torch.device,
+            out_sizes: list[tuple[int, int]] | None = None, tta: bool = False,
+            refiner: tuple[UNet, int] | None = None) -> list[np.ndarray]:
+    """:func:`predict`, then (with ``refiner``, :func:`load_refiner`) the window segmented again
+    in a crop around it (:func:`lfa_ray.refine.refine`)."""
+    masks = predict(model, images, size, device, out_sizes=out_sizes, tta=tta)
+    if refiner is None:
+        return masks
+    from lfa_ray.refine import refine
+
+    return refine(*refiner, images, masks, device, tta=tta)
+
+
 def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: str | None = None,
-        readout_sets: list[str] | None = None, tta: bool = False) -> list[Path]:
+        readout_sets: list[str] | None = None, tta: bool = False, refine: str | None = None) -> list[Path]:
     """Write each photo's mask and overlay into ``out``. ``readout_sets`` (a list, maybe empty:
     ``--readout`` and its ``--set readout.KEY=VALUE`` items): also read each test
     (:mod:`lfa_ray.readout`): ``NAME_readout.png`` (the window straightened, lines marked) and one
-    ``readout.csv`` for all photos. ``tta``: see :func:`predict`. Photos are decoded, and their
-    files written, beside the model (:class:`PhotoWork`)."""
+    ``readout.csv`` for all photos. ``tta``: see :func:`predict`. ``refine``: a refining model's
+    checkpoint (:mod:`lfa_ray.refine`). Photos are decoded, and their files written, beside the
+    model (:class:`PhotoWork`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, size, trained_with = load_model(checkpoint, dev)
+    refiner = load_refiner(refine, dev)
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     files = find_images(inputs)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with PhotoWork(batch_size) as work:
         for chunk, photos in work.decoded(files, partial(_decode, reduce_to=max(size, READ_SIDE))):
-            masks = predict(model, [p.pixels for p in photos], size, dev, out_sizes=[p.size for p in photos], tta=tta)
+            masks = segment(model, size, [p.pixels for p in photos], dev, out_sizes=[p.size for p in photos],
+                            tta=tta, refiner=refiner)
             for f, photo, mask in zip(chunk, photos, masks, strict=True):
                 work.submit(_write, out_dir, f, photo, mask, layout)
         done = work.results()  # per photo, in order: (mask file, read-out row or None)
