@@ -233,6 +233,9 @@ def data(argv: list[str] | None = None) -> None:
     args.func(args)
 
 
+SIZES_SHOWN = 8  # data check names the most common image sizes, and counts the others
+
+
 def _data_check(args: argparse.Namespace) -> None:
     from lfa_ray.data import check
 
@@ -245,7 +248,11 @@ def _data_check(args: argparse.Namespace) -> None:
         kinds.append(f"test {s['test']} ({test_kind})")
     print(f"{args.dir}: {s['train'] + s['val'] + s['test']} pairs, all decode, sizes match")
     print(f"  train {s['train']}, " + ", ".join(kinds))
-    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in sorted(s["sizes"].items(), key=lambda kv: -kv[1]))
+    common = sorted(s["sizes"].items(), key=lambda kv: -kv[1])
+    sizes = ", ".join(f"{w}x{h} ({n})" for (w, h), n in common[:SIZES_SHOWN])
+    rest = common[SIZES_SHOWN:]
+    if rest:  # phone photos, crops: many sizes, each a few times
+        sizes += f" and {len(rest)} other sizes ({sum(n for _, n in rest)} images)"
     print(f"  image sizes: {sizes}")
     print(f"  foreground fraction: mean {s['foreground_mean']:.3f}, "
           f"min {s['foreground_min']:.3f}, max {s['foreground_max']:.3f}")

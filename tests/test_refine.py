@@ -1,6 +1,8 @@
 """``lfa_ray.refine``: the window segmented again in a crop around it, and the crops a refining
 model trains on (``lfa_ray.data crops``), on real files."""
 
+import re
+
 import cv2
 import numpy as np
 import pandas as pd
@@ -76,6 +78,12 @@ def test_crops_keep_the_sources_split_and_frame_each_window(synth_dir, tmp_path,
         assert names == sorted(f"{p.name}_{k}" for p in getattr(splits, attr) for k in range(2))
     found = data.discover(out)
     assert len(found.test) == 2 * len(splits.test) and len(found.val) == 2 * len(splits.val)
+    # crops come in many sizes: data check names the most common and counts the others
+    assert cli.data(["check", str(out)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "image sizes" in x)
+    shown, other = re.findall(r"x\d+ \((\d+)\)", line), re.search(r"and (\d+) other sizes \((\d+) images\)", line)
+    total = len(found.pairs) + len(found.val) + len(found.test)
+    assert len(shown) == cli.SIZES_SHOWN and sum(map(int, shown)) + int(other[2]) == total
     for pair in found.pairs[:40]:
         photo, mask = read_photo(pair.image), read_mask(pair.mask)
         assert photo.size == mask.shape[::-1] and photo.size[0] == photo.size[1]
