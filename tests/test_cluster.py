@@ -101,15 +101,22 @@ def test_cloud_profile_fits_the_cluster():
     assert cfg.scaling.cpus_per_worker < 4  # g5.xlarge: 4 vCPUs, one left to Ray
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` different free ports: all held open together while the OS picks them (one after
+    another, a port just closed may be handed out again)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 @pytest.mark.slow
 def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_dir, tmp_path):
-    port, dash, client = _free_port(), _free_port(), _free_port()
+    port, dash, client, agent, agent2 = _free_ports(5)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
@@ -123,13 +130,13 @@ def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_di
 
     head = ray("start", "--head", f"--port={port}", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
                "--num-cpus=1", f"--temp-dir={temp}", "--include-dashboard=true",
-               f"--dashboard-agent-listen-port={_free_port()}")
+               f"--dashboard-agent-listen-port={agent}")
     try:
         assert head.returncode == 0, head.stdout + head.stderr
         node2 = ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"node2": 1}',
                     # its own temp dir: sharing the head's, its runtime-env agent deletes the job's
                     # working_dir package (the driver's cwd) when its own workers are done with it
-                    f"--temp-dir={temp}-node2", f"--dashboard-agent-listen-port={_free_port()}")
+                    f"--temp-dir={temp}-node2", f"--dashboard-agent-listen-port={agent2}")
         assert node2.returncode == 0, node2.stdout + node2.stderr
         storage = tmp_path / "results"
         sets = set_args(tiny_overrides(small_dir, storage, **{
