@@ -115,7 +115,7 @@ def _quad(region: np.ndarray) -> tuple[np.ndarray, float]:
             candidates.append(approx[:, 0].astype(np.float32))
             break
     convex = [q for q in candidates if q is not None and cv2.isContourConvex(np.round(q).astype(np.int32))]
-    return max(((q, _overlap(region, q)) for q in [box, *convex]), key=lambda c: c[1])
+    return max(((q, overlap(region, q)) for q in [box, *convex]), key=lambda c: c[1])
 
 
 def window_corners(mask: np.ndarray) -> tuple[np.ndarray | None, str]:
@@ -273,7 +273,7 @@ def extend(image: np.ndarray, quad: np.ndarray) -> np.ndarray:
     return cv2.perspectiveTransform(ends[None], np.linalg.inv(to_strip))[0].astype(np.float32)
 
 
-def _overlap(region: np.ndarray, quad: np.ndarray) -> float:
+def overlap(region: np.ndarray, quad: np.ndarray) -> float:
     """Intersection over union of a region (0/1) and a quadrilateral."""
     filled = np.zeros_like(region)
     cv2.fillPoly(filled, [np.round(quad).astype(np.int32)], 1)

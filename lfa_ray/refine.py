@@ -10,7 +10,9 @@ them); it sees the window a few times larger. At prediction (``predict``/``evalu
 the crop is MARGIN times the long side of the mask's largest region, around its centre, and the
 refined mask (the refining model's, in the crop; nothing outside it) is cropped around again,
 PASSES times in all: a first mask cut short or off still holds part of the window, and each crop
-after it is centred on more of it.
+after it is centred on more of it. Where the first mask has several sizeable regions (the window
+and a patch of the body, say), each is refined on its own and the one that comes out most like a
+window (a strip that fills its quadrilateral) is kept.
 """
 
 from __future__ import annotations
@@ -26,13 +28,14 @@ from PIL import Image
 from lfa_ray.data import decode_pair, resolve_splits
 from lfa_ray.errors import UserError
 from lfa_ray.images import scale_mask
-from lfa_ray.readout import largest
+from lfa_ray.readout import largest, overlap, window_corners
 from lfa_ray.storage import new_folder
 
 REFINE_SCALE = (1.2, 2.0)  # training crops: the crop's side over the window's long side
 REFINE_SHIFT = 0.2  # training crops: the crop's centre moved by up to this share of the long side, per axis
 MARGIN = 1.5  # at prediction: the crop's side over the long side of the window the mask shows
 PASSES = 3  # crops at prediction, each around the window the one before found
+REGION_SHARE = 0.2  # a first mask's regions this large (of its largest) are each refined; the most window-like kept
 SPLITS = (("train", "train"), ("val", "val"), ("test", "test"))  # Splits attribute, folder prefix
 
 
@@ -123,17 +126,44 @@ def write_crops(source, out: str | Path, per_photo: int = 3, seed: int = 0, val_
     return counts
 
 
+def regions(mask: np.ndarray) -> list[np.ndarray]:
+    """The mask's regions (each a 0/1 mask) of at least REGION_SHARE of the largest one's area,
+    largest first; none for an empty mask."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return [(labels == 1 + int(k)).astype(np.uint8) for k in np.argsort(-areas, kind="stable")
+            if areas[k] >= REGION_SHARE * areas.max()]
+
+
+def windowness(mask: np.ndarray) -> float:
+    """How much a refined mask looks like a read window: its largest region's overlap (IoU) with the
+    quadrilateral the read-out finds for it; 0 where the read-out finds none (too small, not a
+    strip, nearly square), -1 for an empty mask."""
+    region = largest(mask)
+    if region is None:
+        return -1.0
+    quad, _ = window_corners(mask)
+    return 0.0 if quad is None else overlap(region, quad)
+
+
 def refine(model: torch.nn.Module, size: int, images: list[np.ndarray], masks: list[np.ndarray],
            device: torch.device, tta: bool = False) -> list[np.ndarray]:
     """``masks`` (0/1, each at any size: its photo's as displayed) with the window segmented again
     by the refining ``model`` (trained at ``size`` px) in a crop around it (:data:`MARGIN`,
-    :data:`PASSES`), from ``images`` (the photos, RGB, maybe decoded reduced). An empty mask stays."""
+    :data:`PASSES`), from ``images`` (the photos, RGB, maybe decoded reduced). A mask of several
+    regions (:func:`regions`): each is refined on its own and the one that comes out most like a
+    window (:func:`windowness`) is kept. An empty mask stays."""
     from lfa_ray.predict import predict
 
-    out = list(masks)
+    owner, views, out = [], [], []
+    for i, mask in enumerate(masks):
+        found = regions(mask) or [mask]
+        owner += [i] * len(found)
+        views += [images[i]] * len(found)
+        out += found
     for _ in range(PASSES):
         todo, crops, geometry = [], [], []
-        for i, (image, mask) in enumerate(zip(images, out, strict=True)):
+        for i, (image, mask) in enumerate(zip(views, out, strict=True)):
             box = window_box(mask)
             if box is None:
                 continue
@@ -151,4 +181,9 @@ def refine(model: torch.nn.Module, size: int, images: list[np.ndarray], masks: l
             h, w = out[i].shape
             out[i] = cv2.warpAffine(m, affine(cx, cy, side, n), (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    return out
+    best: dict[int, tuple[float, np.ndarray]] = {}
+    for i, mask in zip(owner, out, strict=True):
+        score = windowness(mask) if owner.count(i) > 1 else 0.0
+        if i not in best or score > best[i][0]:  # ties: the larger region of the first mask
+            best[i] = (score, mask)
+    return [best[i][1] for i in range(len(masks))]

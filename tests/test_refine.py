@@ -57,6 +57,27 @@ def test_a_window_cut_short_and_off_is_found_again_in_its_crop():
     assert _dice(rough, truth) < _dice(once, truth) < _dice(refined, truth)
 
 
+def test_of_a_masks_regions_the_one_refined_most_like_a_window_is_kept():
+    image, truth, corners = _window(centre=(90, 120))
+    blob = np.zeros_like(truth)
+    blob[80:160, 210:290] = 1  # something bright and square beside the window, larger than its mask
+    image[blob > 0] = 230
+    rough = blob.copy()
+    part = corners.copy()
+    part[[2, 3]] = corners[[1, 0]] + 0.6 * (corners[[2, 3]] - corners[[1, 0]])
+    cv2.fillPoly(rough, [np.round(part).astype(np.int32)], 1)
+    assert len(refine.regions(rough)) == 2
+    [refined] = refine.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
+    assert _dice(refined, truth) > 0.95 and not (refined & blob).any()
+    share = refine.REGION_SHARE
+    refine.REGION_SHARE = 1.0  # only the largest region: the blob, refined into a square
+    try:
+        [largest_only] = refine.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
+    finally:
+        refine.REGION_SHARE = share
+    assert _dice(largest_only, blob) > 0.95 and not (largest_only & truth).any()
+
+
 def test_a_photo_decoded_reduced_keeps_its_mask_at_the_displayed_size():
     image, truth, _ = _window(w=640, h=480, centre=(300, 240), size=(240, 60))
     small = cv2.resize(image, (320, 240), interpolation=cv2.INTER_AREA)  # decoded at half size
