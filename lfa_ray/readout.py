@@ -93,12 +93,19 @@ class Reading:
                 "tc_ratio": self.ratio}
 
 
+def regions(mask: np.ndarray, share: float) -> list[np.ndarray]:
+    """The mask's connected regions (each uint8 0/1) of at least ``share`` of the largest one's area,
+    largest first (equal areas in label order); none for an empty mask."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    return [(labels == 1 + int(k)).astype(np.uint8) for k in np.argsort(-areas, kind="stable")
+            if areas[k] >= share * areas.max()]
+
+
 def largest(mask: np.ndarray) -> np.ndarray | None:
     """The mask's largest connected region (uint8 0/1), or None when the mask is empty."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    if count < 2:
-        return None
-    return (labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
+    found = regions(mask, 1.0)
+    return found[0] if found else None
 
 
 def _quad(region: np.ndarray) -> tuple[np.ndarray, float]:

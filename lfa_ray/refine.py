@@ -18,6 +18,7 @@ window (a strip that fills its quadrilateral) is kept.
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -28,7 +29,7 @@ from PIL import Image
 from lfa_ray.data import decode_pair, resolve_splits
 from lfa_ray.errors import UserError
 from lfa_ray.images import scale_mask
-from lfa_ray.readout import largest, overlap, window_corners
+from lfa_ray.readout import largest, overlap, regions, window_corners
 from lfa_ray.storage import new_folder
 
 REFINE_SCALE = (1.2, 2.0)  # training crops: the crop's side over the window's long side
@@ -36,7 +37,6 @@ REFINE_SHIFT = 0.2  # training crops: the crop's centre moved by up to this shar
 MARGIN = 1.5  # at prediction: the crop's side over the long side of the window the mask shows
 PASSES = 3  # crops at prediction, each around the window the one before found
 REGION_SHARE = 0.2  # a first mask's regions this large (of its largest) are each refined; the most window-like kept
-SPLITS = (("train", "train"), ("val", "val"), ("test", "test"))  # Splits attribute, folder prefix
 
 
 def window_box(mask: np.ndarray) -> tuple[float, float, float] | None:
@@ -99,9 +99,9 @@ def write_crops(source, out: str | Path, per_photo: int = 3, seed: int = 0, val_
     splits = resolve_splits(source, val_fraction, split_seed, test_fraction)
     counts = {"photos": 0, "skipped": 0}
     with new_folder(out) as tmp:
-        for attr, prefix in SPLITS:
-            pairs = getattr(splits, attr)
-            counts[attr] = 0
+        for prefix in ("train", "val", "test"):
+            pairs = getattr(splits, prefix)
+            counts[prefix] = 0
             if not pairs:
                 continue
             (tmp / f"{prefix}_images").mkdir()
@@ -117,22 +117,13 @@ def write_crops(source, out: str | Path, per_photo: int = 3, seed: int = 0, val_
                     name = f"{pair.name}_{k}"
                     Image.fromarray(image).save(tmp / f"{prefix}_images" / f"{name}.jpg", quality=95)
                     Image.fromarray(m * 255).save(tmp / f"{prefix}_masks" / f"{name}_mask.png")
-                counts[attr] += len(made)
-            if not counts[attr]:  # no window in any of them: no empty split folders
+                counts[prefix] += len(made)
+            if not counts[prefix]:  # no window in any of them: no empty split folders
                 (tmp / f"{prefix}_images").rmdir()
                 (tmp / f"{prefix}_masks").rmdir()
         if not counts["train"]:
             raise UserError(f"{source}: no training photo shows a window (every mask is empty); nothing to crop")
     return counts
-
-
-def regions(mask: np.ndarray) -> list[np.ndarray]:
-    """The mask's regions (each a 0/1 mask) of at least REGION_SHARE of the largest one's area,
-    largest first; none for an empty mask."""
-    count, labels, stats, _ = cv2.connectedComponentsWithStats((mask > 0).astype(np.uint8), connectivity=8)
-    areas = stats[1:, cv2.CC_STAT_AREA]
-    return [(labels == 1 + int(k)).astype(np.uint8) for k in np.argsort(-areas, kind="stable")
-            if areas[k] >= REGION_SHARE * areas.max()]
 
 
 def windowness(mask: np.ndarray) -> float:
@@ -148,16 +139,16 @@ def windowness(mask: np.ndarray) -> float:
 
 def refine(model: torch.nn.Module, size: int, images: list[np.ndarray], masks: list[np.ndarray],
            device: torch.device, tta: bool = False) -> list[np.ndarray]:
-    """``masks`` (0/1, each at any size: its photo's as displayed) with the window segmented again
-    by the refining ``model`` (trained at ``size`` px) in a crop around it (:data:`MARGIN`,
+    """``masks`` (0/1, each at any size: its photo's as displayed) with the window segmented again by
+    the refining ``model`` (trained at ``size`` px) in a crop around it (:data:`MARGIN`,
     :data:`PASSES`), from ``images`` (the photos, RGB, maybe decoded reduced). A mask of several
-    regions (:func:`regions`): each is refined on its own and the one that comes out most like a
-    window (:func:`windowness`) is kept. An empty mask stays."""
+    regions (:func:`lfa_ray.readout.regions`, REGION_SHARE): each is refined on its own and the
+    one that comes out most like a window (:func:`windowness`) is kept. An empty mask stays."""
     from lfa_ray.predict import predict
 
     owner, views, out = [], [], []
     for i, mask in enumerate(masks):
-        found = regions(mask) or [mask]
+        found = regions(mask, REGION_SHARE) or [mask]
         owner += [i] * len(found)
         views += [images[i]] * len(found)
         out += found
@@ -182,8 +173,9 @@ def refine(model: torch.nn.Module, size: int, images: list[np.ndarray], masks: l
             out[i] = cv2.warpAffine(m, affine(cx, cy, side, n), (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     best: dict[int, tuple[float, np.ndarray]] = {}
+    several = {i for i, n in Counter(owner).items() if n > 1}
     for i, mask in zip(owner, out, strict=True):
-        score = windowness(mask) if owner.count(i) > 1 else 0.0
+        score = windowness(mask) if i in several else 0.0
         if i not in best or score > best[i][0]:  # ties: the larger region of the first mask
             best[i] = (score, mask)
     return [best[i][1] for i in range(len(masks))]

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lfa_ray import cli, data, refine
+from lfa_ray import cli, data, readout, refine
 from lfa_ray.images import read_mask, read_photo
 
 from helpers import error_line, tiny_model
@@ -66,7 +66,7 @@ def test_of_a_masks_regions_the_one_refined_most_like_a_window_is_kept():
     part = corners.copy()
     part[[2, 3]] = corners[[1, 0]] + 0.6 * (corners[[2, 3]] - corners[[1, 0]])
     cv2.fillPoly(rough, [np.round(part).astype(np.int32)], 1)
-    assert len(refine.regions(rough)) == 2
+    assert len(readout.regions(rough, refine.REGION_SHARE)) == 2
     [refined] = refine.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
     assert _dice(refined, truth) > 0.95 and not (refined & blob).any()
     share = refine.REGION_SHARE
