@@ -23,18 +23,20 @@ d. the training DataLoader at 512 px (augmentation 1.0, pinned memory): samples/
 e. ``python -m lfa_ray.tune --config tune_configs/gpu.yaml``: 8 trials, 4 sharing the GPU, then
    the final retrain; wall time, best val Dice, and the aggregate img/s of the trials sharing the
    GPU (steady epochs: each trial's first is warm-up) vs one trial alone: the same config, with its
-   3 CPUs and 0.25 GPU, in a 1-worker TorchTrainer with the GPU to itself. Every trial epoch's
-   span is kept in the JSON (``extra.e.spans``).
+   3 CPUs and 0.25 GPU, in a 1-worker TorchTrainer with the GPU to itself; and the plain loop's
+   step rate at that config, the most the GPU can take, which bounds what sharing can gain. Every
+   trial epoch's span is kept in the JSON (``extra.e.spans``).
 f. ``lfa_ray.predict --device cuda`` over 240 synthetic photos: img/s, end to end.
 g. the compiled figures of part b.
 
 ``--smoke`` runs every part with tiny sizes on whatever device there is (CPU here), to check the
 suite itself before spending GPU time. Nothing is downloaded.
 
-On an H200 (2026-11-28) the parts took b 84 s, c 173 s, d 22 s, e 277 s (+ about 70 s for the
-alone run added since), f 17-23 s, g 40 s: about 11 minutes in all, mostly Ray's fixed cost per
-TorchTrainer there (about 40 s). Within one 15-minute device lease, run it as two calls, the
-second straight after the first while the machine is warm: ``--parts abcdfg``, then ``--parts aef``.
+On an H200 (2026-12-04) the parts took b 65 s, c 104 s, d 14 s, e 323 s (the sweep 266 s, one
+trial alone 57 s), f 6 s, g 35 s: about 9 1/2 minutes in all, mostly Ray's fixed cost per
+TorchTrainer there (about 30 s; e starts eleven). Within one 15-minute device lease, run it as two
+calls, the second straight after the first while the machine is warm: ``--parts ae``, then
+``--parts abdfcg`` with ``--budget`` set from the lease's time left.
 """
 
 from __future__ import annotations
@@ -345,8 +347,12 @@ def part_e(rep: Report, device: torch.device, smoke: bool, timeout: float) -> Pa
     alone = _alone_rate(cfg, gpus, n_train)
     rep.add("e.alone_img_s", alone, "img/s", f"one trial's config and resources ({cfg.scaling.cpus_per_worker} CPUs, "
             f"{gpus:g} GPU) with the GPU to itself, epochs 2-4; same measure")
+    bound, _, _ = step_rate(cfg, device, cfg.train.batch_size, cfg.data.image_size, steps=3 if smoke else 30, warmup=3)
+    rep.add("e.gpu_bound_img_s", bound, "img/s", "the plain loop's training step at the trials' size, widths, batch "
+            "and precision on a batch already on the GPU: what the GPU can take at most")
     rep.add("e.sharing_speedup", shared / alone, "", f"{concurrency} trials sharing / one alone, "
-            f"{cfg.data.image_size} px, batch {cfg.train.batch_size}")
+            f"{cfg.data.image_size} px, batch {cfg.train.batch_size}; at most about {bound / alone:.2f} "
+            f"(GPU bound / alone)")
     return exp
 
 
@@ -381,8 +387,8 @@ def part_f(rep: Report, device: torch.device, smoke: bool, exp: Path | None) -> 
 # -- main ------------------------------------------------------------------------------------
 
 WORK = Path(tempfile.mkdtemp(prefix="lfa-gpu-suite-"))  # scratch for the sweep and predictions; removed at the end
-ESTIMATE_S = {"b": 90, "c": 175, "d": 25, "e": 350, "f": 25, "g": 45}  # measured on an H200, 2026-11-28
-ALONE_S = 70  # part e's run of one trial alone
+ESTIMATE_S = {"b": 70, "c": 110, "d": 20, "e": 340, "f": 10, "g": 40}  # measured on an H200, 2026-12-04
+ALONE_S = 80  # part e's run of one trial alone and its GPU bound
 
 
 def main() -> None:
