@@ -69,6 +69,34 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
         trainer.fit()
     except Exception as exc:  # the trial's error keeps the cause in one line (trials.csv, summary.md)
         raise TrialFailed(failure_line(exc)) from None
+    handed_over()
+
+
+def handed_over(quiet: float = 0.5, limit: float = 120.0) -> None:
+    """Return once Tune's side of the trial has taken every epoch the Train run reported.
+
+    Ray 2.60 race: ``TuneReportCallback`` hands each epoch to the trial actor's main thread through
+    a Ray queue; that thread moves it onto the session's one-slot result queue, which only it
+    empties. When the trial function returns, Ray puts its closing result on that same slot; if
+    the last epoch is still in the Ray queue then, the main thread blocks putting it behind the
+    closing result and the trial (and the sweep) waits forever. So the function returns only once
+    both queues have stayed empty for ``quiet`` seconds (``limit`` at most).
+    """
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    handoff = getattr(session, "_inter_actor_queue", None) if session else None
+    if handoff is None:
+        return
+    deadline, empty_since = time.monotonic() + limit, None
+    while time.monotonic() < deadline:
+        if handoff.empty() and session.result_queue.empty():
+            empty_since = empty_since or time.monotonic()
+            if time.monotonic() - empty_since >= quiet:
+                return
+        else:
+            empty_since = None
+        time.sleep(0.05)
 
 
 def replay(run: Location, results: Location) -> bool:
