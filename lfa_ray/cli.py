@@ -195,9 +195,10 @@ def export(argv: list[str] | None = None) -> None:
 
 @cli_entry
 def data(argv: list[str] | None = None) -> None:
+    from lfa_ray.labels import FORMATS
     from lfa_ray.synth import FAMILIES
 
-    top = parser("lfa-data", "Check, make or pack LFA segmentation datasets.")
+    top = parser("lfa-data", "Check, make, import or pack LFA segmentation datasets.")
     sub = top.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("check", help="validate a dataset (folder or packed) and print counts, sizes, foreground")
     p.add_argument("dir")
@@ -225,6 +226,15 @@ def data(argv: list[str] | None = None) -> None:
     p.add_argument("--test-fraction", type=float, default=0.1)
     p.add_argument("--split-seed", type=int, default=42)
     p.set_defaults(func=_data_crops)
+    p = sub.add_parser("import", help="write a dataset from an annotation tool's export (LabelMe, COCO, CVAT, "
+                                      "Label Studio)")
+    p.add_argument("format", choices=FORMATS)
+    p.add_argument("src", help="the export: a file (COCO JSON, CVAT XML, Label Studio JSON) or a folder of "
+                               "LabelMe JSON files")
+    p.add_argument("out", help="the dataset folder to write (images/ + masks/)")
+    p.add_argument("--label", default="window", help="the label whose shapes are the mask (default: window)")
+    p.add_argument("--images", help="the folder holding the photos (default: beside the export)")
+    p.set_defaults(func=_data_import)
     p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
     p.add_argument("dir")
     p.add_argument("out", help="OUT.parquet: a local path or a URI such as s3://bucket/data.parquet")
@@ -285,8 +295,15 @@ def _data_crops(args: argparse.Namespace) -> None:
                     args.split_seed)
     print(f"wrote {c['train']} train, {c['val']} val and {c['test']} test crops of {c['photos']} photos of {source} "
           f"to {args.out}" + (f" ({c['skipped']} photos without a window left out)" if c["skipped"] else ""))
-    print(f"train the refining model: python -m lfa_ray.train --data {args.out} --name window-refine "
-          f"--set data.image_size=96")
+    print(f"train a refining model on them: python -m lfa_ray.train --data {args.out} --name window-refine "
+          f"--set data.image_size=96 --set refine.image_size=null")
+
+
+def _data_import(args: argparse.Namespace) -> None:
+    from lfa_ray.labels import import_labels, report
+
+    r = import_labels(args.format, args.src, args.out, args.label, args.images)
+    print(report(r, args.label, args.format, args.src))
 
 
 def _data_pack(args: argparse.Namespace) -> None:

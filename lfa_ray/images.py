@@ -55,8 +55,21 @@ class Photo:
         if (w, h) == self.size:
             return mask
         if self.orientation in _SWAPS and (h, w) == self.size:
-            return np.asarray(Image.fromarray(mask).transpose(_TRANSPOSE[self.orientation]))
+            return turn(mask, self.orientation)
         return None
+
+
+def turn(mask: np.ndarray, orientation: int) -> np.ndarray:
+    """A mask drawn on a photo's stored pixels, turned as the photo is displayed (EXIF ``orientation``)."""
+    return mask if orientation == 1 else np.asarray(Image.fromarray(mask).transpose(_TRANSPOSE[orientation]))
+
+
+def header(data: bytes) -> tuple[tuple[int, int], tuple[int, int], int]:
+    """A photo's stored (width, height), its size as displayed and its EXIF orientation, from its header."""
+    with Image.open(io.BytesIO(data)) as img:
+        orientation = _orientation(img)
+        w, h = img.size
+    return (w, h), ((h, w) if orientation in _SWAPS else (w, h)), orientation
 
 
 def _orientation(img: Image.Image) -> int:
