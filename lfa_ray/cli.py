@@ -212,8 +212,9 @@ def data(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--target", choices=["window", "lines"], default="window")
     p.add_argument("--family", choices=FAMILIES, default="all",
-                   help="all styles (default), plain (neutral cassettes on tables) or bold (coloured cassettes on "
-                        "saturated and patterned backgrounds)")
+                   help="all styles (default), plain (neutral cassettes on plain surfaces), bold (coloured cassettes "
+                        "on saturated and patterned backgrounds) or classic (the classic cassette in close-ups, as "
+                        "the generator drew before real-looking cassettes and far shots)")
     p.add_argument("--invalid-share", type=float, default=0.0,
                    help="share of cassettes drawn without a control line (failed tests), for read-out checks")
     p.set_defaults(func=_data_synth)

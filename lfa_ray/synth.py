@@ -24,25 +24,27 @@ The set is written in the original's folder layout (``train_images/NAME.jpg`` +
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from lfa_ray.cassettes import DRAWERS, KIND_WEIGHT, KINDS, RATIOS, hsv, smooth_noise
 from lfa_ray.storage import new_folder
 
-VERSION = 4  # bump when the drawing or its truth changes, so cached sets are regenerated
-# Where the lines are drawn, as a share of the read window's length from its sample-well end.
-TEST_AT, CONTROL_AT = 0.38, 0.72
+VERSION = 6  # bump when the drawing or its truth changes, so cached sets are regenerated
 TRUTH_SUFFIX = "_readout.json"  # beside each mask: the read-out's ground truth
-DRAWINGS = ("photo", "without lines", "every line place drawn")  # the cassette's drawings, see _cassette
-FAINTEST = 0.08  # the faintest test line drawn: an absent one is visible where a line this faint would be
 VISIBLE, SHOWN = 0.5, 1 / 3  # a line shows where this share of its contrast survives the clip, over this share of it
-LONG_SIDE = 320
+LONG_SIDE = 448  # px; the classic family's photos: 320
 ASPECTS = [4 / 3, 3 / 2, 16 / 9, 1.0]  # long / short side; each as landscape or portrait
-FRAMING = (0.10, 0.80)  # the cassette's area as a share of the photo's: far to close-up (ends cropped)
+PORTRAIT = 0.55  # the share of portrait photos (phones are held upright)
+# the cassette's area as a share of the photo's, far to close-up (ends cropped), drawn log-uniformly:
+# as people photograph a test, down to a cassette a few percent of the frame (the classic cassette: 10 %)
+FRAMING, CLASSIC_FRAMING = (0.015, 0.80), (0.10, 0.80)
 
 # Style families: which body colours and background kinds a photo may draw.
 BODIES = {
@@ -50,39 +52,43 @@ BODIES = {
     "blue": (0.45, 0.62, 0.85), "green": (0.50, 0.75, 0.55), "pink": (0.90, 0.62, 0.72),
     "yellow": (0.95, 0.85, 0.35), "dark": (0.22, 0.23, 0.26),
 }
-BACKGROUNDS = ("table", "wood", "cloth", "saturated", "checks", "stripes", "dots", "paper")
-STYLE_FAMILIES = {
-    "all": (tuple(BODIES), BACKGROUNDS),
-    "plain": (("white", "grey", "cream"), ("table", "wood", "cloth", "paper")),  # neutral cassettes and tables
-    "bold": (("blue", "green", "pink", "yellow", "dark"), ("saturated", "checks", "stripes", "dots")),
+BACKGROUNDS = ("table", "wood", "cloth", "saturated", "checks", "stripes", "dots", "paper", "white", "marble",
+               "dark", "foam", "box")
+STYLE_FAMILIES = {  # body colours, backgrounds, cassette kinds (lfa_ray.cassettes)
+    "all": (tuple(BODIES), BACKGROUNDS, KINDS),
+    # neutral cassettes on tables, paper and other plain surfaces
+    "plain": (("white", "grey", "cream"), ("table", "wood", "cloth", "paper", "white", "marble", "dark", "foam"),
+              KINDS),
+    "bold": (("blue", "green", "pink", "yellow", "dark"), ("saturated", "checks", "stripes", "dots", "box"), KINDS),
+    # the classic cassette (a flat body, a wide rectangular window) on the first eight backgrounds: the
+    # photos the read-out was designed on
+    "classic": (tuple(BODIES), BACKGROUNDS[:8], ("classic",)),
 }
 FAMILIES = tuple(STYLE_FAMILIES)
+# how often each is drawn (within a family, renormalised): most cassettes are white, most photos are
+# taken on tables and paper
+_BODY_WEIGHT = {"white": 8, "grey": 1.5, "cream": 1.5, "blue": 1, "green": 0.7, "pink": 0.7, "yellow": 0.7,
+                "dark": 0.8}
+_BACKGROUND_WEIGHT = {"table": 3, "wood": 2, "cloth": 1, "paper": 1, "saturated": 1.5, "checks": 0.7,
+                      "stripes": 0.7, "dots": 0.7, "white": 4, "marble": 1, "dark": 1.2, "foam": 0.5, "box": 1}
 _TABLES = [(0.55, 0.38, 0.22), (0.70, 0.52, 0.33), (0.85, 0.85, 0.83), (0.40, 0.40, 0.42),
            (0.15, 0.15, 0.17), (0.25, 0.35, 0.55), (0.60, 0.65, 0.58), (0.90, 0.88, 0.80)]
-_LABELS = ["Ag", "hCG", "LH", "COVID-19", "FLU A/B", "HIV", "TEST", "hsCRP", "Strep A", "Malaria", "RSV", "PSA"]
-_MEMBRANES = [(0.96, 0.93, 0.94), (0.95, 0.93, 0.85), (0.90, 0.90, 0.90), (0.97, 0.89, 0.91)]
-_BRANDS = ["QuickVue", "RapidCheck", "SureTest", "ClearLine", "BinaxNOW", "OneStep", "Accu", "iHealth", "FlowFlex"]
-
-
-def _smooth_noise(rng: np.random.Generator, h: int, w: int, cells: int) -> np.ndarray:
-    grid = rng.standard_normal((cells, max(2, cells * w // max(h, 1)))).astype(np.float32)
-    return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
-
-
-def _hsv(h: float, s: float, v: float) -> np.ndarray:
-    px = np.uint8([[[int(h * 179) % 180, int(s * 255), int(v * 255)]]])
-    return cv2.cvtColor(px, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32) / 255
+_WRITING = ["(+ve)", "(-ve)", "10-2", "P0.1", "Tracker 1:2", "neg", "pos", "#3", "12:40", "A4"]
 
 
 def _background(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    if kind == "saturated" or kind in ("checks", "stripes", "dots"):
-        a = _hsv(rng.uniform(), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.95))
+    if kind in ("saturated", "checks", "stripes", "dots", "box"):
+        a = hsv(rng.uniform(), rng.uniform(0.5, 1.0), rng.uniform(0.35, 0.95))
+    elif kind in ("white", "foam", "marble"):  # paper, white tables, styrofoam: nearly white, often grey in the shade
+        a = np.clip(np.float32(rng.uniform(0.62, 0.97)) + rng.normal(0, 0.02, 3).astype(np.float32), 0, 1)
+    elif kind == "dark":
+        a = np.clip(np.float32(rng.uniform(0.03, 0.2)) + rng.normal(0, 0.02, 3).astype(np.float32), 0, 1)
     else:
         a = np.clip(np.array(_TABLES[rng.integers(len(_TABLES))], np.float32) + rng.normal(0, 0.05, 3), 0, 1)
     img = np.ones((h, w, 3), np.float32) * a
     if kind in ("checks", "stripes", "dots"):
-        b = _hsv(rng.uniform(), rng.uniform(0.0, 1.0), rng.uniform(0.2, 1.0))
+        b = hsv(rng.uniform(), rng.uniform(0.0, 1.0), rng.uniform(0.2, 1.0))
         period = rng.uniform(10, 40)
         th = rng.uniform(0, np.pi)
         u, v = xx * np.cos(th) + yy * np.sin(th), -xx * np.sin(th) + yy * np.cos(th)
@@ -94,7 +100,7 @@ def _background(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarr
             on = ((u % period - period / 2) ** 2 + (v % period - period / 2) ** 2) < (period * 0.3) ** 2
         img[on] = b
     elif kind == "wood":
-        y = yy + 6 * _smooth_noise(rng, h, w, 4)
+        y = yy + 6 * smooth_noise(rng, h, w, 4)
         img *= (1 + 0.08 * np.sin(y * rng.uniform(0.15, 0.5)))[..., None]
     elif kind == "cloth":
         img *= (1 + 0.05 * np.sin(xx * 1.3) * np.sin(yy * 1.3))[..., None]
@@ -103,93 +109,54 @@ def _background(rng: np.random.Generator, h: int, w: int, kind: str) -> np.ndarr
         for y in np.arange(rng.uniform(5, 15), h, rng.uniform(9, 16)):
             x0 = rng.uniform(0, w * 0.2)
             img[int(y):int(y) + 2, int(x0):int(x0 + rng.uniform(0.4, 0.9) * w)] *= 0.35
-    img *= 1 + 0.08 * _smooth_noise(rng, h, w, 5)[..., None]
+    elif kind == "marble":  # soft grey veins
+        veins = np.abs(np.sin(3 * smooth_noise(rng, h, w, 3) + xx / w * rng.uniform(2, 6)))
+        img *= (1 - 0.08 * np.exp(-veins * 5))[..., None]
+    elif kind == "foam":  # styrofoam: white beads, a box's walls
+        img *= (1 + 0.06 * smooth_noise(rng, h, w, max(4, w // 6)))[..., None]
+        inner = rng.uniform(0.1, 0.3)
+        wall = (np.minimum(np.minimum(xx, w - xx) / w, np.minimum(yy, h - yy) / h) < inner).astype(np.float32)
+        img *= (1 - rng.uniform(0.1, 0.3) * cv2.GaussianBlur(wall, (0, 0), 3))[..., None]
+    elif kind == "box":  # a printed box or page: blocks of colour and big print
+        for _ in range(int(rng.integers(2, 5))):
+            x0, y0 = rng.uniform(0, w), rng.uniform(0, h)
+            colour = hsv(rng.uniform(), rng.uniform(0, 1), rng.uniform(0.1, 1))
+            img[int(y0):int(y0 + rng.uniform(0.1, 0.6) * h), int(x0):int(x0 + rng.uniform(0.1, 0.6) * w)] = colour
+    img *= 1 + 0.08 * smooth_noise(rng, h, w, 5)[..., None]
     return img + rng.normal(0, 0.015, img.shape).astype(np.float32)
 
 
-def _cassette(rng: np.random.Generator, length: int, ratio: float, body_name: str, invalid: bool = False
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict]:
-    """Draw the cassette flat: colour, alpha, window mask and line mask, all ``height x length``, and
-    the line layout (flat coordinates; the sample well at x = 0). ``invalid``: no control line.
-    The colour is a stack of three drawings (:data:`DRAWINGS`): the cassette, the same without its
-    lines, and the same with every line place drawn (an absent line at the strength it could have:
-    the control line's drawn strength, the faintest test line), to tell which lines the photo shows."""
-    height = int(length * ratio)
-    body = np.clip(np.array(BODIES[body_name], np.float32) + rng.normal(0, 0.03, 3), 0.05, 1.0).astype(np.float32)
-    rgb = np.ones((height, length, 3), np.float32) * body
-    rgb *= 1 + 0.01 * _smooth_noise(rng, height, length, 3)[..., None]
-
-    alpha = np.zeros((height, length), np.uint8)
-    shape = rng.integers(3)  # 0: rounded rectangle, 1: nearly square corners, 2: tapered sample end
-    r = max(2, height // (6 if shape == 0 else 14))
-    cv2.rectangle(alpha, (r, 0), (length - 1 - r, height - 1), 255, -1)
-    cv2.rectangle(alpha, (0, r), (length - 1, height - 1 - r), 255, -1)
-    for cx, cy in [(r, r), (length - 1 - r, r), (r, height - 1 - r), (length - 1 - r, height - 1 - r)]:
-        cv2.circle(alpha, (cx, cy), r, 255, -1)
-    if shape == 2:
-        cut = int(height * 0.22)
-        corner = int(length * 0.08)
-        for pts in ([(0, 0), (corner, 0), (0, cut)], [(0, height), (corner, height), (0, height - cut)]):
-            cv2.fillPoly(alpha, [np.array(pts, np.int32)], 0)
-    edge = cv2.distanceTransform(alpha, cv2.DIST_L2, 3)
-    rgb *= (1 - 0.28 * np.exp(-edge / 3.0))[..., None]  # bevelled rim
-
-    # Sample well: a dark recessed ring around a pad.
-    wx, wy = int(length * rng.uniform(0.13, 0.19)), height // 2
-    ax, ay = int(length * 0.07), int(height * 0.26)
-    cv2.ellipse(rgb, (wx, wy), (ax + 3, ay + 3), 0, 0, 360, tuple(float(c) for c in body * 0.62), -1)
-    pad = np.clip(np.array([0.92, 0.90, 0.80]) + rng.normal(0, 0.03, 3), 0, 1)
-    cv2.ellipse(rgb, (wx, wy), (ax, ay), 0, 0, 360, tuple(float(c) for c in pad), -1)
-
-    # Read window: a recessed frame around the membrane.
-    x0 = int(length * rng.uniform(0.34, 0.48))
-    x1 = x0 + int(length * rng.uniform(0.22, 0.42))
-    half = int(height * rng.uniform(0.12, 0.25))
-    y0, y1 = wy - half, wy + half
-    rim = int(rng.integers(0, 5))  # the recessed frame's width; 0: the membrane sits flush
-    if rim:
-        shade = body * rng.uniform(0.5, 0.85)
-        cv2.rectangle(rgb, (x0 - rim, y0 - rim), (x1 + rim, y1 + rim), tuple(float(c) for c in shade), -1)
-    tint = _MEMBRANES[rng.integers(len(_MEMBRANES))]
-    membrane = np.clip(np.array(tint) + rng.normal(0, 0.02, 3), 0, 1)
-    rgb[y0:y1 + 1, x0:x1 + 1] = membrane
-    window = np.zeros((height, length), np.uint8)
-    window[y0:y1 + 1, x0:x1 + 1] = 255
-
-    # Control line always; test line absent, faint or strong.
-    lines = np.zeros_like(window)
-    rgb = np.stack([rgb, rgb, rgb])  # DRAWINGS
-    dye = np.array([0.55, 0.10, 0.35], np.float32) + rng.normal(0, 0.04, 3).astype(np.float32)
-    test_strength = [0.0, rng.uniform(FAINTEST, 0.25), rng.uniform(0.5, 0.9)][rng.integers(3)]
-    lw = int(rng.integers(2, 5))
-    ink = np.zeros((height, length), np.uint8)  # printed marks; putText draws on 8-bit images only
-    layout = {"window": [(x0, y0), (x1 + 1, y0), (x1 + 1, y1 + 1), (x0, y1 + 1)], "lines": {}}
-    for frac, strength, mark in [(CONTROL_AT, rng.uniform(0.6, 0.95), "C"), (TEST_AT, test_strength, "T")]:
-        lx = x0 + int((x1 - x0) * frac)
-        drawn = strength if mark == "C" else max(strength, FAINTEST)
-        strength = 0.0 if mark == "C" and invalid else strength
-        layout["lines"]["control" if mark == "C" else "test"] = {
-            "at": (lx + lw / 2 - x0) / (x1 + 1 - x0), "strength": float(strength), "x": lx + lw / 2,
-            "box": (lx, y0 + 1, lx + lw, y1)}
-        for k, s in ((0, strength), (2, drawn)):
-            if s > 0:
-                rgb[k, y0 + 1:y1, lx:lx + lw] = rgb[k, y0 + 1:y1, lx:lx + lw] * (1 - s) + dye * s
-        if strength > 0:
-            lines[y0 + 1:y1, lx:lx + lw] = 255
-        cv2.putText(ink, mark, (lx - 3, y0 - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.3, 255, 1, cv2.LINE_AA)
-    label = _LABELS[rng.integers(len(_LABELS))]
-    cv2.putText(ink, label, (x1 + 8, wy + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.3, 255, 1, cv2.LINE_AA)
-    if rng.random() < 0.6:  # a printed brand: a coloured band or just the name along the top edge
-        brand = _BRANDS[rng.integers(len(_BRANDS))]
-        if rng.random() < 0.5:
-            band = _hsv(rng.uniform(), rng.uniform(0.5, 1), rng.uniform(0.4, 0.9))
-            rgb[:, max(1, int(height * 0.05)):max(2, int(height * 0.2)), int(length * 0.3):int(length * 0.95)] = band
-        cv2.putText(ink, brand, (int(length * 0.32), max(8, int(height * 0.17))), cv2.FONT_HERSHEY_SIMPLEX,
-                    0.28, 255, 1, cv2.LINE_AA)
-    dark_ink = body.mean() > 0.45
-    ink_f = (ink.astype(np.float32) / 255)[..., None]  # broadcast over the DRAWINGS
-    rgb = rgb * (1 - 0.6 * ink_f) if dark_ink else rgb * (1 - ink_f) + 0.9 * ink_f
-    return rgb, alpha, window, lines, layout
+def _clutter(rng: np.random.Generator, img: np.ndarray) -> None:
+    """Things beside the cassette on the table, in place: handwriting, a colour card, cables, text."""
+    h, w = img.shape[:2]
+    if rng.random() < 0.2:  # handwriting on the paper, e.g. a result written under the cassette
+        layer = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 3))):
+            text = _WRITING[rng.integers(len(_WRITING))]
+            scale = rng.uniform(0.4, 1.4) * min(h, w) / 300
+            cv2.putText(layer, text, (int(rng.uniform(0, 0.7) * w), int(rng.uniform(0.1, 1) * h)),
+                        cv2.FONT_HERSHEY_SCRIPT_SIMPLEX, scale, 255, max(1, int(scale * 2)), cv2.LINE_AA)
+        ink = np.array([0.1, 0.12, 0.2], np.float32)
+        a = (layer.astype(np.float32) / 255)[..., None] * rng.uniform(0.6, 0.95)
+        img[:] = img * (1 - a) + ink * a
+    if rng.random() < 0.06:  # a colour card: a grid of patches
+        rows, cols = int(rng.integers(3, 5)), int(rng.integers(4, 7))
+        cell = rng.uniform(0.03, 0.07) * max(h, w)
+        x0, y0 = rng.uniform(0, w - cols * cell), rng.uniform(0, h - rows * cell)
+        for r in range(rows):
+            for c in range(cols):
+                y, x = int(y0 + r * cell), int(x0 + c * cell)
+                img[y + 1:int(y + cell) - 1, x + 1:int(x + cell) - 1] = hsv(rng.uniform(), rng.uniform(),
+                                                                           rng.uniform(0.1, 1))
+    if rng.random() < 0.1:  # cables: thick dark curves
+        layer = np.zeros((h, w), np.uint8)
+        for _ in range(int(rng.integers(1, 3))):
+            t = np.linspace(0, 1, 30)[:, None]
+            p = rng.uniform(-0.2, 1.2, (4, 2)) * [w, h]
+            curve = ((1 - t) ** 3 * p[0] + 3 * (1 - t) ** 2 * t * p[1] + 3 * (1 - t) * t ** 2 * p[2] + t ** 3 * p[3])
+            cv2.polylines(layer, [curve.astype(np.int32)], False, 255, int(rng.integers(3, 9)), cv2.LINE_AA)
+        a = (layer.astype(np.float32) / 255)[..., None]
+        img[:] = img * (1 - a) + hsv(rng.uniform(), rng.uniform(0, 0.3), rng.uniform(0.05, 0.3)) * a
 
 
 def _placement(rng: np.random.Generator, length: int, height: int, window: np.ndarray, w: int, h: int
@@ -225,7 +192,7 @@ def _occluders(rng: np.random.Generator, w: int, h: int, a: np.ndarray, warp: np
     cover = np.zeros((h, w), np.float32)
     colour = np.zeros((h, w, 3), np.float32)
     if rng.random() < 0.25:  # fingers holding one end: skin-coloured, round-tipped, from outside the frame side
-        skin = _hsv(rng.uniform(0.02, 0.08), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
+        skin = hsv(rng.uniform(0.02, 0.08), rng.uniform(0.25, 0.6), rng.uniform(0.35, 0.95))
         at_start = rng.random() < 0.5
         for _ in range(int(rng.integers(1, 3))):
             y = height * rng.uniform(0.15, 0.85)
@@ -242,19 +209,26 @@ def _occluders(rng: np.random.Generator, w: int, h: int, a: np.ndarray, warp: np
     elif rng.random() < 0.15:  # a holder: a dark frame just around the cassette
         ring = cv2.dilate((a > 0.5).astype(np.uint8), np.ones((9, 9), np.uint8)) - (a > 0.5).astype(np.uint8)
         cover = cv2.GaussianBlur(ring.astype(np.float32), (0, 0), 1.0)
-        colour[:] = _hsv(rng.uniform(), rng.uniform(0, 0.5), rng.uniform(0.1, 0.4))
+        colour[:] = hsv(rng.uniform(), rng.uniform(0, 0.5), rng.uniform(0.1, 0.4))
     return cover, colour
 
 
-# how often each background is drawn (within a family, renormalised): mostly tables, as photos are
-_BACKGROUND_WEIGHT = {"table": 3, "wood": 2, "cloth": 1, "paper": 1, "saturated": 2, "checks": 1, "stripes": 1,
-                      "dots": 1}
+def _pick(rng: np.random.Generator, names: tuple, weight: dict) -> str:
+    p = np.array([weight[n] for n in names], np.float64)
+    return names[rng.choice(len(names), p=p / p.sum())]
 
 
-def _draw_style(rng: np.random.Generator, family: str) -> tuple[str, str]:
-    bodies, backgrounds = STYLE_FAMILIES[family]
-    weights = np.array([_BACKGROUND_WEIGHT[b] for b in backgrounds], np.float64)
-    return bodies[rng.integers(len(bodies))], backgrounds[rng.choice(len(backgrounds), p=weights / weights.sum())]
+# the classic family draws as the generator did before far shots and other cassettes (same photos, same bytes)
+_CLASSIC_BACKGROUND_WEIGHT = {"table": 3, "wood": 2, "cloth": 1, "paper": 1, "saturated": 2, "checks": 1,
+                              "stripes": 1, "dots": 1}
+
+
+def _draw_style(rng: np.random.Generator, family: str) -> tuple[str, str, str]:
+    """The cassette's kind and body colour and the background's kind."""
+    bodies, backgrounds, kinds = STYLE_FAMILIES[family]
+    if family == "classic":
+        return "classic", bodies[rng.integers(len(bodies))], _pick(rng, backgrounds, _CLASSIC_BACKGROUND_WEIGHT)
+    return _pick(rng, kinds, KIND_WEIGHT), _pick(rng, bodies, _BODY_WEIGHT), _pick(rng, backgrounds, _BACKGROUND_WEIGHT)
 
 
 def render(seed: int, index: int, family: str = "all", invalid_share: float = 0.0
@@ -273,16 +247,22 @@ def render_truth(seed: int, index: int, family: str = "all", invalid_share: floa
     """:func:`render` and the photo's read-out truth (:func:`_truth`)."""
     invalid = bool(np.random.default_rng([seed, index, 2]).random() < invalid_share)
     rng = np.random.default_rng([seed, index])
-    body_name, background = _draw_style(rng, family)
+    kind, body_name, background = _draw_style(rng, family)
+    classic = family == "classic"
     aspect = ASPECTS[rng.integers(len(ASPECTS))]
-    w, h = LONG_SIDE, int(round(LONG_SIDE / aspect))
-    if rng.random() < 0.35:
-        w, h = h, w  # portrait
+    long_side = 320 if classic else LONG_SIDE
+    w, h = long_side, int(round(long_side / aspect))
+    if rng.random() < (0.35 if classic else PORTRAIT):
+        w, h = h, w
     img = _background(rng, h, w, background)
-    ratio = rng.uniform(0.22, 0.34)  # the cassette's width / length
-    share = np.exp(rng.uniform(*np.log(FRAMING)))  # log-uniform: as many far shots as close-ups
-    length = int(min(np.sqrt(share * w * h / ratio), 1.3 * max(w, h)))
-    rgb, alpha, window, lines, layout = _cassette(rng, length, ratio, body_name, invalid)
+    if not classic:
+        _clutter(rng, img)
+    ratio = rng.uniform(*RATIOS[kind])  # the cassette's width / length
+    # log-uniform; the classic cassette in close-ups, as it always was
+    share = np.exp(rng.uniform(*np.log(CLASSIC_FRAMING if kind == "classic" else FRAMING)))
+    length = int(min(np.sqrt(share * w * h / max(ratio, 0.2)), 1.3 * max(w, h)))
+    body = np.clip(np.array(BODIES[body_name], np.float32) + rng.normal(0, 0.03, 3), 0.05, 1.0).astype(np.float32)
+    rgb, alpha, window, lines, layout = DRAWERS[kind](rng, length, ratio, body, invalid)
     warp = _placement(rng, length, alpha.shape[0], window, w, h)
     size = (w, h)
     rgb = np.stack([cv2.warpPerspective(drawing, warp, size, flags=cv2.INTER_LINEAR) for drawing in rgb])
@@ -290,9 +270,16 @@ def render_truth(seed: int, index: int, family: str = "all", invalid_share: floa
     masks = {name: (cv2.warpPerspective(m, warp, size, flags=cv2.INTER_NEAREST) > 127).astype(np.uint8)
              for name, m in (("window", window), ("lines", lines))}
 
-    shift = np.float32([[1, 0, rng.uniform(2, 8)], [0, 1, rng.uniform(2, 8)]])
-    shadow = cv2.GaussianBlur(cv2.warpAffine(a, shift, size), (0, 0), 4)
-    img *= (1 - 0.4 * shadow)[..., None]
+    # its shadow on the table: short and crisp under a ceiling light, long and soft beside a window
+    if classic:
+        shift = np.float32([[1, 0, rng.uniform(2, 8)], [0, 1, rng.uniform(2, 8)]])
+        img *= (1 - 0.4 * cv2.GaussianBlur(cv2.warpAffine(a, shift, size), (0, 0), 4))[..., None]
+    else:
+        away = rng.uniform(0, 2 * np.pi)
+        reach = length * rng.uniform(0.005, 0.06) + 2
+        shift = np.float32([[1, 0, reach * np.cos(away)], [0, 1, reach * np.sin(away)]])
+        shadow = cv2.GaussianBlur(cv2.warpAffine(a, shift, size), (0, 0), 1 + length * rng.uniform(0.005, 0.04))
+        img *= (1 - rng.uniform(0.15, 0.55) * shadow)[..., None]
     img = img * (1 - a[..., None]) + rgb * a[..., None]  # from here on, the scene of each of the DRAWINGS
     cover, colour = _occluders(rng, w, h, a, warp, length, alpha.shape[0])
     if cover.any():
@@ -394,15 +381,26 @@ def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "wi
     with new_folder(out) as tmp:
         (tmp / "train_images").mkdir()
         (tmp / "train_masks").mkdir()
-        for i in range(n):
-            image, masks, truth = render_truth(seed, i, family, invalid_share)
-            quality = int(np.random.default_rng([seed, i, 1]).integers(55, 96))
-            name = f"cassette_{i:05d}"
-            Image.fromarray(image).save(tmp / "train_images" / f"{name}.jpg", quality=quality)
-            Image.fromarray(masks[target] * 255).save(tmp / "train_masks" / f"{name}_mask.gif")
-            truth["jpeg_quality"] = quality  # how the photo was saved: low quality erases faint lines
-            (tmp / "train_masks" / f"{name}{TRUTH_SUFFIX}").write_text(json.dumps(truth))
+        jobs = [(tmp, seed, i, target, family, invalid_share) for i in range(n)]
+        processes = min(os.cpu_count() or 1, max(1, n // 50))  # each photo alone: the same bytes in any process
+        if processes > 1:
+            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+                list(pool.map(_write_one, jobs, chunksize=16))
+        else:
+            for job in jobs:
+                _write_one(job)
     return out
+
+
+def _write_one(job: tuple) -> None:
+    tmp, seed, i, target, family, invalid_share = job
+    image, masks, truth = render_truth(seed, i, family, invalid_share)
+    quality = int(np.random.default_rng([seed, i, 1]).integers(55, 96))
+    name = f"cassette_{i:05d}"
+    Image.fromarray(image).save(tmp / "train_images" / f"{name}.jpg", quality=quality)
+    Image.fromarray(masks[target] * 255).save(tmp / "train_masks" / f"{name}_mask.gif")
+    truth["jpeg_quality"] = quality  # how the photo was saved: low quality erases faint lines
+    (tmp / "train_masks" / f"{name}{TRUTH_SUFFIX}").write_text(json.dumps(truth))
 
 
 def cache_root() -> Path:
