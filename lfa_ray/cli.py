@@ -60,8 +60,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action="store_true",
                    help="average the model over the photo and its flips (4x the compute, truer window edges)")
     p.add_argument("--refine", metavar="CHECKPOINT",
-                   help="a refining model (trained on 'lfa_ray.data crops'): the window segmented again in a "
-                        "crop around the one --checkpoint finds")
+                   help="the refining model that segments the window again in a crop around the one --checkpoint "
+                        "finds (default: the one trained with --checkpoint's model, if any; none: no refining)")
     add_print_config(p, "the profile the model was trained with")
 
 

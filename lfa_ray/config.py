@@ -134,6 +134,15 @@ class FinalConfig:
 
 
 @dataclass
+class RefineConfig:
+    """The refining model a run trains after its window model (``lfa_ray.refine``): the same UNET on
+    crops around each photo's window, with the run's train settings; ``predict`` uses it."""
+    image_size: Optional[int] = key(96, minimum=8)  # its input side; null: the run trains no refining model
+    epochs: int = key(10, minimum=1)
+    per_photo: int = key(2, minimum=1)  # crops of each photo (its split kept), each framed anew
+
+
+@dataclass
 class ReadoutConfig:
     """Where the lines are and when they count (``lfa_ray.readout``; ``predict --readout``, ``evaluate``)."""
     control_at: float = key(0.72, interval="(0, 1)")  # share of the window's length from its sample-well end
@@ -156,6 +165,7 @@ class Config:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     final: FinalConfig = field(default_factory=FinalConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
 
@@ -295,6 +305,9 @@ def check_relations(cfg: Config, where: str) -> None:
     if d.image_size < smallest:
         raise UserError(f"{where}: data.image_size={d.image_size} is too small for {len(cfg.model.features)} "
                         f"model levels (model.features); use at least {smallest}, e.g. --set data.image_size=64")
+    if cfg.refine.image_size is not None and cfg.refine.image_size < smallest:
+        raise UserError(f"{where}: refine.image_size={cfg.refine.image_size} is too small for "
+                        f"{len(cfg.model.features)} model levels (model.features); use at least {smallest}")
     if sched.grace_period > sched.max_t:
         raise UserError(f"{where}: tune.scheduler.grace_period ({sched.grace_period}) is above max_t "
                         f"({sched.max_t}); lower it")

@@ -231,11 +231,13 @@ def _device(name: str | None = None) -> torch.device:
 
 
 def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, again: bool = False) -> dict | None:
-    """Score a run's final model on its data's test split, once: ``run_dir/test/`` and, in the run's
-    TensorBoard, ``test_*`` scalars, the worst photos (``test/worst``) and an HParams entry (the
-    searched keys' values, measured by best val Dice and test Dice); read back when already there
-    unless ``again`` (a new model); None without a test split."""
-    from lfa_ray.predict import load_model
+    """Score a run's final model (with its refining model, when the run trained one) on its data's
+    test split, once: ``run_dir/test/`` and, in the run's TensorBoard, ``test_*`` scalars, the
+    worst photos (``test/worst``) and an HParams entry (the searched keys' values, measured by best
+    val Dice and test Dice); read back when already there unless ``again`` (a new model); None
+    without a test split."""
+    from lfa_ray.predict import load_model, load_refiner
+    from lfa_ray.refine import own_refiner
     from lfa_ray.runlog import read_metrics, write_events
     from lfa_ray.search import value_of
 
@@ -247,7 +249,7 @@ def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, 
         return None
     device = _device()
     model, size, _ = load_model(model_file, device)
-    ev = evaluate(model, size, test, device)
+    ev = evaluate(model, size, test, device, refiner=load_refiner(own_refiner(model_file), device))
     s = write(ev, run_dir / "test", f"Test split of {run_dir.name}")
     rows = read_metrics(run_dir / "metrics.csv")
     scalars = {f"test_{m}": s[f"{m}_mean"] for m in METRICS}
@@ -280,19 +282,20 @@ def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None
     own data's test split; another dataset's test folder, else all of it); writes ``out``; the summary.
     ``readout_sets`` (a list, maybe empty: ``--readout`` with its ``--set readout.KEY=VALUE`` items):
     also read each test with the model's read-out profile and those changes. ``tta``: masks from the
-    photo and its flips (:func:`lfa_ray.predict.predict`). ``refine``: a refining model's checkpoint
-    (:mod:`lfa_ray.refine`)."""
-    from lfa_ray.predict import find_model, load_model, load_refiner, readout_layout
+    photo and its flips (:func:`lfa_ray.predict.predict`). ``refine``: a refining model's checkpoint or
+    ``none`` (default: the model's own; :func:`lfa_ray.predict.refiner_path`)."""
+    from lfa_ray.predict import find_model, load_model, load_refiner, readout_layout, refiner_path
 
     if worst < 1 or batch_size < 1:
         raise UserError("--worst and --batch-size must be at least 1")
     dev = _device(device)
     model, size, trained_with = load_model(checkpoint, dev)
+    refine = refiner_path(refine, checkpoint)
     refiner = load_refiner(refine, dev)
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     pairs, split, root = _pairs(data, split, config_from_dict(trained_with))
     print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(checkpoint)}"
-          + (f", refined by {find_model(refine)}" if refine else ""))
+          + (f", refined by {refine}" if refine else ""))
     ev = evaluate(model, size, pairs, dev, batch_size, layout, tta, refiner)
     return write(ev, locate(out), f"{split} of {root}" + (", flip TTA" if tta else "")
                  + (", windows refined in a crop" if refine else ""), worst)

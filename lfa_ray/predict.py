@@ -161,8 +161,23 @@ class PhotoWork:
         return [f.result() for f in self.queued]
 
 
-def load_refiner(path: str | None, device: torch.device) -> tuple[UNet, int] | None:
-    """``--refine``: the refining model and its size (:mod:`lfa_ray.refine`), or None."""
+def refiner_path(path: str | None, checkpoint: str | Location) -> Location | None:
+    """``--refine``: a refining model's checkpoint, ``none``, or (None) the one trained with the
+    window model of ``checkpoint`` (:func:`lfa_ray.refine.own_refiner`), if any."""
+    from lfa_ray.refine import own_refiner
+
+    if path is None:
+        return own_refiner(find_model(checkpoint))
+    if path.strip().lower() == "none":
+        return None
+    try:
+        return find_model(path)
+    except UserError as exc:
+        raise UserError(f"--refine: {exc}") from None
+
+
+def load_refiner(path: str | Location | None, device: torch.device) -> tuple[UNet, int] | None:
+    """The refining model at ``path`` (:func:`refiner_path`) and its size, or None."""
     if path is None:
         return None
     try:
@@ -191,13 +206,15 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
     ``--readout`` and its ``--set readout.KEY=VALUE`` items): also read each test
     (:mod:`lfa_ray.readout`): ``NAME_readout.png`` (the window straightened, lines marked) and one
     ``readout.csv`` for all photos. ``tta``: see :func:`predict`. ``refine``: a refining model's
-    checkpoint (:mod:`lfa_ray.refine`). Photos are decoded, and their files written, beside the
-    model (:class:`PhotoWork`)."""
+    checkpoint or ``none`` (default: the model's own, :func:`refiner_path`; :mod:`lfa_ray.refine`).
+    Photos are decoded, and their files written, beside the model (:class:`PhotoWork`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, size, trained_with = load_model(checkpoint, dev)
-    refiner = load_refiner(refine, dev)
+    refiner = load_refiner(refiner_path(refine, checkpoint), dev)
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     files = find_images(inputs)
+    print(f"segmenting {len(files)} photos with {find_model(checkpoint)}"
+          + (f", refined by {refiner_path(refine, checkpoint)}" if refiner else ""))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with PhotoWork(batch_size) as work:

@@ -17,26 +17,32 @@ window (a strip that fills its quadrilateral) is kept.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import zlib
 from collections import Counter
 from pathlib import Path
+from typing import Optional
 
 import cv2
 import numpy as np
 import torch
 from PIL import Image
 
-from lfa_ray.data import decode_pair, resolve_splits
+from lfa_ray.config import Config, config_from_dict
+from lfa_ray.data import InMemoryFile, decode_pair, discover, resolve_splits
 from lfa_ray.errors import UserError
 from lfa_ray.images import scale_mask
 from lfa_ray.readout import largest, overlap, regions, window_corners
-from lfa_ray.storage import new_folder
+from lfa_ray.storage import Location, new_folder
 
-REFINE_SCALE = (1.2, 2.0)  # training crops: the crop's side over the window's long side
-REFINE_SHIFT = 0.2  # training crops: the crop's centre moved by up to this share of the long side, per axis
+REFINE_SCALE = (1.2, 4.0)  # training crops: the crop's side over the window's long side (log-uniform)
+REFINE_SHIFT = 0.3  # training crops: the crop's centre moved by up to this share of the long side, per axis
 MARGIN = 1.5  # at prediction: the crop's side over the long side of the window the mask shows
 PASSES = 3  # crops at prediction, each around the window the one before found
 REGION_SHARE = 0.2  # a first mask's regions this large (of its largest) are each refined; the most window-like kept
+REFINE_DIR = "refine"  # a run's refining model: a training run of its own inside the run folder
+CROPS_VERSION = 2  # bump when the crops change, so cached ones are written again
 
 
 def window_box(mask: np.ndarray) -> tuple[float, float, float] | None:
@@ -73,7 +79,7 @@ def training_crops(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator
     cx, cy, long = box
     out = []
     for _ in range(count):
-        side = long * rng.uniform(*REFINE_SCALE)
+        side = long * np.exp(rng.uniform(*np.log(REFINE_SCALE)))
         x, y = np.array([cx, cy]) + rng.uniform(-REFINE_SHIFT, REFINE_SHIFT, 2) * long
         n = max(8, int(round(side)))
         m = cv2.warpAffine(mask.astype(np.float32), affine(x, y, side, n), (n, n), flags=cv2.INTER_LINEAR)
@@ -172,6 +178,7 @@ def refine(model: torch.nn.Module, size: int, images: list[np.ndarray], masks: l
             h, w = out[i].shape
             out[i] = cv2.warpAffine(m, affine(cx, cy, side, n), (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
     best: dict[int, tuple[float, np.ndarray]] = {}
     several = {i for i, n in Counter(owner).items() if n > 1}
     for i, mask in zip(owner, out, strict=True):
@@ -179,3 +186,48 @@ def refine(model: torch.nn.Module, size: int, images: list[np.ndarray], masks: l
         if i not in best or score > best[i][0]:  # ties: the larger region of the first mask
             best[i] = (score, mask)
     return [best[i][1] for i in range(len(masks))]
+
+
+# -- the refining model of a training run ------------------------------------------------------
+
+def crops_for(cfg: Config, root: Location) -> Path:
+    """The refining model's dataset for a run of ``cfg`` on ``root``: ``refine.per_photo`` crops of
+    each photo, in the run's own split (:func:`write_crops`), written once into the cache (keyed by
+    the photos' names and sizes, the split and the crops' settings)."""
+    from lfa_ray.synth import cache_root
+
+    found = discover(root)
+    listing = sorted((p.name, len(p.image.data) if isinstance(p.image, InMemoryFile) else p.image.size())
+                     for p in found.pairs + (found.val or []) + (found.test or []))
+    d = cfg.data
+    key = json.dumps([CROPS_VERSION, REFINE_SCALE, REFINE_SHIFT, root.uri, listing, d.val_fraction, d.split_seed,
+                      d.test_fraction, cfg.refine.per_photo], default=str)
+    path = cache_root() / f"crops-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if not path.is_dir():
+        try:
+            write_crops(root, path, cfg.refine.per_photo, 0, d.val_fraction, d.test_fraction, d.split_seed)
+        except UserError:
+            if not path.is_dir():  # another process finished it first, else a real problem
+                raise
+    return path
+
+
+def own_refiner(model: Location) -> Optional[Location]:
+    """The refining model trained beside a window model file (``RUN/refine/model.pt`` for
+    ``RUN/model.pt``), if there is one."""
+    candidate = model.parent / REFINE_DIR / "model.pt"
+    return candidate if candidate.is_file() else None
+
+
+def refiner_config(cfg: Config, crops: Path) -> Config:
+    """The profile the refining model of a run of ``cfg`` trains with: the run's, on ``crops`` at
+    ``refine.image_size`` for ``refine.epochs``, warm-started from the refining model of the run's
+    ``train.init_from`` where that has one (else from scratch), with no refining model of its own."""
+    from lfa_ray.predict import find_model
+
+    raw = cfg.to_dict()
+    raw["data"].update(path=str(crops), image_size=cfg.refine.image_size)
+    init = cfg.train.init_from and own_refiner(find_model(cfg.train.init_from))
+    raw["train"].update(epochs=cfg.refine.epochs, init_from=init.uri if init else None)
+    raw["refine"]["image_size"] = None
+    return config_from_dict(raw)

@@ -93,6 +93,9 @@ class Location:
     def is_file(self) -> bool:
         return self._info().type == pafs.FileType.File
 
+    def size(self) -> int:
+        return self._info().size
+
     def children(self, files_only: bool = False) -> list["Location"]:
         """What is directly inside (files only, if asked), sorted by name, hidden entries left out."""
         infos = self.fs.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))

@@ -2,7 +2,9 @@
 
 The run lives in ``<storage.path>/<name>/``: the resolved ``config.yaml``, Ray's
 checkpoints (``checkpoint_epoch_NNNN/``), ``metrics.csv``, TensorBoard events and,
-at the end, ``model.pt`` (the best checkpoint's weights, for inference).
+at the end, ``model.pt`` (the best checkpoint's weights, for inference). Then, unless
+``refine.image_size`` is null, the run's refining model (:mod:`lfa_ray.refine`) is trained into
+``refine/``, a training run of its own on crops around the windows of the run's photos.
 
 An existing run name is never overwritten silently: ``--resume-from <run dir>``
 continues that run from its latest checkpoint, ``--resume-from <checkpoint dir>``
@@ -31,6 +33,7 @@ from lfa_ray.checkpoint import (
 from lfa_ray.config import Config, ProfileChoice, dump_config, profile_stem, resolve
 from lfa_ray.errors import Stopped, UserError
 from lfa_ray.lock import RunLock
+from lfa_ray.refine import REFINE_DIR
 from lfa_ray.storage import Location, locate
 
 
@@ -48,6 +51,7 @@ class Plan:
     # the checkpoint the workers load: FROM_CHECKPOINT's, or CONTINUE's when Ray's own record of the
     # run cannot restore it (cut short, naming a damaged or deleted checkpoint); else None
     checkpoint: Optional[Location] = None
+    refine_only: bool = False  # the window model is done: train (or continue) only the refining model
 
 
 def plan(choice: ProfileChoice, name: Optional[str] = None, resume_from: Optional[str] = None,
@@ -74,6 +78,9 @@ def plan(choice: ProfileChoice, name: Optional[str] = None, resume_from: Optiona
         cfg = resolve(choice, base_raw=state["config"], where=f"{source}/{STATE_FILE}")
     else:
         cfg = resolve(choice)
+    if (continuing_dir is not None and not name and cfg.refine.image_size is not None
+            and (continuing_dir / "model.pt").is_file() and not (continuing_dir / REFINE_DIR / "model.pt").is_file()):
+        return Plan(cfg, continuing_dir, Start.CONTINUE, refine_only=True)  # cut short in its refining model
     if state is not None and state["progress"]["epoch"] >= cfg.train.epochs:
         raise UserError(f"--resume-from {source}: already trained {state['progress']['epoch']} epochs and "
                         f"train.epochs is {cfg.train.epochs}; raise it, e.g. --set train.epochs="
@@ -110,6 +117,9 @@ def run(p: Plan) -> Location:
     with RunLock(p.run_dir):
         if p.start in (Start.NEW, Start.FROM_CHECKPOINT):
             refuse_existing(p.run_dir)  # again: another command may have made it since plan()
+        if p.refine_only:
+            _refine_and_report(p, p.run_dir / "model.pt", gpus)
+            return p.run_dir
         return _train(p, data, weights, gpus)
 
 
@@ -117,7 +127,6 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
     import ray
 
     from lfa_ray import ray_train
-    from lfa_ray.evaluate import format_summary, score_test
 
     if p.start is Start.RESET:
         p.run_dir.rmtree()
@@ -155,16 +164,66 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
         raise
     best = best_checkpoint(result)
     model = export_model(best, p.run_dir / "model.pt")
-    m = result.metrics or {}
+    _refine_and_report(p, model, gpus, best)
+    return p.run_dir
+
+
+def _refine_and_report(p: Plan, model: Location, gpus: float, best: Optional[Location] = None) -> None:
+    """Train the run's refining model, score the run on its test split, print where everything is."""
+    from lfa_ray.evaluate import format_summary, score_test
+    from lfa_ray.runlog import read_metrics
+
+    refiner = train_refiner(p.cfg, p.run_dir, gpus, f"python -m lfa_ray.train --resume-from {p.run_dir}")
+    rows = read_metrics(p.run_dir / "metrics.csv")
+    m = rows[-1] if rows else {}
     test = score_test(model, p.cfg, p.run_dir, int(m.get("epoch", 0)), again=True)
     print(f"\nrun {p.run_dir.name}: {int(m.get('epoch', 0))} epochs, best val_dice {m.get('best_val_dice', 0):.4f}")
     if test:
         print(f"  test split:      {format_summary(test)} ({p.run_dir / 'test'})")
-    print(f"  best checkpoint: {best}")
-    print(f"  inference model: {model}")
+    if best is not None:
+        print(f"  best checkpoint: {best}")
+    print(f"  inference model: {model}" + (f", refined by {refiner}" if refiner else ""))
     print(f"  metrics:         {p.run_dir / 'metrics.csv'}")
     print(f"  tensorboard --logdir {p.run_dir}")
-    return p.run_dir
+
+
+def train_refiner(cfg: Config, run_dir: Location, gpus: float, resume_hint: str) -> Optional[Location]:
+    """Train the refining model of a run of ``cfg`` into ``run_dir/refine/`` (:mod:`lfa_ray.refine`):
+    the run's settings on crops around its photos' windows (:func:`lfa_ray.refine.refiner_config`),
+    continuing its own checkpoints where it was cut short. Its ``model.pt``; None where the profile
+    trains none (``refine.image_size`` null)."""
+    import ray
+
+    from lfa_ray import ray_train
+    from lfa_ray.data import load_for, resolve_root
+    from lfa_ray.refine import crops_for, refiner_config
+
+    if cfg.refine.image_size is None:
+        return None
+    out = run_dir / REFINE_DIR
+    if (out / "model.pt").is_file():
+        return out / "model.pt"
+    rcfg = refiner_config(cfg, crops_for(cfg, resolve_root(cfg)))
+    data = load_for(rcfg, rcfg.data.path)
+    weights = ray_train.read_init(rcfg)
+    print(f"\ntraining the refining model ({rcfg.data.image_size} px, {rcfg.train.epochs} epochs on "
+          f"{data.summary['train']} crops around the windows, {data.summary['val']} to validate) into {out}"
+          + (f", starting from {rcfg.train.init_from}" if rcfg.train.init_from else ""))
+    out.mkdir()
+    dump_config(rcfg, out / "config.yaml")
+    trainer = ray_train.make_trainer(rcfg, data=ray_train.share(data), storage=run_dir, name=REFINE_DIR,
+                                     run_dir=out.uri, gpus_per_worker=gpus,
+                                     init=None if weights is None else ray.put(weights))
+    try:
+        result = ray_train.run_trainer(trainer)
+    except KeyboardInterrupt:
+        raise Stopped(f"the refining model's training stopped; continue it with: {resume_hint}") from None
+    except Exception as exc:  # noqa: BLE001 - one line, whatever the workers raised
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"training the refining model failed: {ray_train.failure_line(exc)}; continue it with: "
+                        f"{resume_hint}") from None
+    return export_model(best_checkpoint(result), out / "model.pt")
 
 
 if __name__ == "__main__":

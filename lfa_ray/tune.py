@@ -34,6 +34,7 @@ from lfa_ray.evaluate import format_summary, score_test
 from lfa_ray.lock import RunLock
 from lfa_ray.search import apply_params, reference_point, to_tune, validate_space
 from lfa_ray.storage import Location, locate
+from lfa_ray.train import train_refiner
 
 FINAL = "final"
 # What a trial's own process holds: no CPU, so that N trials of W workers fit exactly on N*W CPUs
@@ -442,6 +443,7 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
         print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL} "
               f"({final_cfg.scaling.cpus_per_worker} CPUs per worker)")
         model = run_final(final_cfg, exp_dir, data, gpus, init)
+    refiner = train_refiner(final_cfg, exp_dir / FINAL, gpus, resume_command(cfg, exp_dir))
     final_metrics = report.final_metrics(exp_dir / FINAL)
     test = score_test(model, final_cfg, exp_dir / FINAL, int(final_metrics.get("epoch", 0)))
     report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early)
@@ -450,7 +452,8 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
     print("  best config:  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in best_params.items()))
     print(f"  best trial {cfg.tune.metric}: {best_row['best_' + cfg.tune.metric]:.4f}")
-    print(f"  final model:  {model} (best val_dice {final_metrics.get('best_val_dice', math.nan):.4f})")
+    print(f"  final model:  {model} (best val_dice {final_metrics.get('best_val_dice', math.nan):.4f})"
+          + (f",\n                refined by {refiner}" if refiner else ""))
     if test:
         print(f"  test split:   {format_summary(test)}, never used to choose")
     print(f"  summary:      {exp_dir / 'summary.md'}")

@@ -12,10 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_overrides(data: Path, storage: Path, **extra) -> list[str]:
-    """--set items for a seconds-long run: 32 px, narrow model, one CPU."""
+    """--set items for a seconds-long run: 32 px, narrow model, one CPU, no refining model (unless asked)."""
     items = {"data.path": str(data), "data.image_size": 32, "model.features": "[4,8]",
              "train.epochs": 2, "train.batch_size": 4, "train.lr": 1e-3, "train.checkpoint_every": 1,
-             "scaling.cpus_per_worker": 1, "storage.path": str(storage), **extra}
+             "scaling.cpus_per_worker": 1, "storage.path": str(storage), "refine.image_size": "null", **extra}
     return [f"{k}={v}" for k, v in items.items()]
 
 

@@ -55,10 +55,14 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
 def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_dir, tmp_path, capsys):
     # One trial at a time: ASHA's cut depends on the order results reach a rung, and with
     # concurrent trials that order (and so whether any trial is stopped) varies from run to run.
-    assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1})]) == 0
+    # The final retrain trains its refining model too (briefly).
+    two_stage = {"tune.max_concurrent_trials": 1, "refine.image_size": 32, "refine.epochs": 2, "refine.per_photo": 1}
+    assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **two_stage)]) == 0
     exp = tmp_path / "sw"
     out = capsys.readouterr().out
     assert "best config:" in out and f"tensorboard --logdir {exp}" in out
+    assert f"refined by {exp / 'final' / 'refine' / 'model.pt'}" in out
+    assert [r["epoch"] for r in read_metrics(exp / "final" / "refine" / "metrics.csv")] == [1.0, 2.0]
 
     table = pd.read_parquet(exp / "trials.parquet")
     assert len(table) == 5 and table["trial_id"].is_unique
@@ -118,11 +122,13 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     final_ckpts = sorted(p.name for p in (exp / "final").glob("checkpoint_epoch_*"))
     (exp / "final" / "model.pt").unlink()
     # --resume refuses a changed key, naming it, and accepts the sweep's own command (up-arrow, add --resume)
-    assert cli.tune(["--resume", "--name", "sw", *_args(synth_dir, tmp_path, **{"tune.num_samples": 6})]) == 2
+    changed = {**two_stage, "tune.num_samples": 6}
+    assert cli.tune(["--resume", "--name", "sw", *_args(synth_dir, tmp_path, **changed)]) == 2
     assert "--resume: tune.num_samples is 6 in this command but 5 in" in error_line(capsys)
-    assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **{"tune.max_concurrent_trials": 1}),
-                      "--resume"]) == 0
+    refiner = (exp / "final" / "refine" / "model.pt").read_bytes()
+    assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **two_stage), "--resume"]) == 0
     assert (exp / "final" / "model.pt").is_file()
+    assert (exp / "final" / "refine" / "model.pt").read_bytes() == refiner  # done already: not trained again
     assert {p: p.read_text() for p in exp.glob("trial_*/result.json")} == trial_logs
     assert sorted(p.name for p in (exp / "final").glob("checkpoint_epoch_*")) == final_ckpts
     assert len(pd.read_csv(exp / "final" / "metrics.csv")) == len(final_rows)
