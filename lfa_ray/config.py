@@ -150,6 +150,9 @@ class ReadoutConfig:
     tolerance: float = key(0.07, interval="(0, 0.25)")  # how far (share of the length) a line may sit from its place
     control_min: float = key(0.05, interval="(0, 1)")  # control line intensity below this: invalid
     test_min: float = key(0.02, interval="(0, 1)")  # test line intensity from this on: positive
+    # a three-line test's second test line (IgG/IgM, Pf/Pv, flu A/B): its place, as control_at; null: none.
+    # Positive when either test line reaches test_min
+    test2_at: Optional[float] = key(None, interval="(0, 1)")
 
 
 @dataclass
@@ -320,7 +323,14 @@ def check_relations(cfg: Config, where: str) -> None:
                         f"needs a whole GPU per worker of one run; use fractions for trials sharing a GPU "
                         f"(num_workers: 1) or set scaling.gpus_per_worker=1")
     r = cfg.readout
-    for other, seen in ((r.test_at, "the test line's"), (1 - r.test_at, "the test line's, seen from the other end,")):
+    if r.test2_at is not None and abs(r.test2_at - r.test_at) <= r.tolerance:
+        raise UserError(f"{where}: readout.test2_at ({r.test2_at}) is within readout.tolerance ({r.tolerance}) of "
+                        f"readout.test_at ({r.test_at}), so the two test lines cannot be told apart; fix the places")
+    others = [(r.test_at, "the test line's"), (1 - r.test_at, "the test line's, seen from the other end,")]
+    if r.test2_at is not None:
+        others += [(r.test2_at, "the second test line's"), (1 - r.test2_at, "the second test line's, seen from the "
+                                                                          "other end,")]
+    for other, seen in others:
         if abs(r.control_at - other) <= r.tolerance:
             raise UserError(f"{where}: readout.control_at ({r.control_at}) is within readout.tolerance "
                             f"({r.tolerance}) of {seen} place ({other:.3g}), so the lines cannot be told apart; "

@@ -87,10 +87,14 @@ class Reading:
     flipped: bool = False  # the sample-well end was the mask's far end
     well: bool = False  # the sample end read from is the one the sample well shows (step 4)
     strip: np.ndarray | None = None  # the rectified window, sample end left, lines marked (RGB)
+    test2: float | None = None  # a three-line test's second test line (readout.test2_at), its intensity
 
     def row(self) -> dict:
-        return {"call": self.call, "status": self.status, "control": self.control, "test": self.test,
-                "tc_ratio": self.ratio}
+        row = {"call": self.call, "status": self.status, "control": self.control, "test": self.test,
+               "tc_ratio": self.ratio}
+        if self.test2 is not None:
+            row.update(test2=self.test2, t2c_ratio=round(self.test2 / self.control, 4) if self.control else None)
+        return row
 
 
 def regions(mask: np.ndarray, share: float) -> list[np.ndarray]:
@@ -434,19 +438,12 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
     well = end is not None and flipped == bool(end)
     p = profile[::-1] if flipped else profile
     valid = control >= layout.control_min
-    # The test line is looked for where the control line found puts it (a predicted window's ends
-    # are less exact than the lines' distance): at that distance, and where it would be were only
-    # the sample end, or only the far end, exact and the length wrong; the strongest place counts.
-    # Without a control line, at its own place.
-    places = ([(c_at / len(p) + layout.test_at - layout.control_at, layout.tolerance / 2)] if valid
-              else [(layout.test_at, reach)])
-    if valid:
-        c = c_at / len(p)
-        places += [(c * layout.test_at / layout.control_at, layout.tolerance / 2),
-                   (1 - (1 - c) * (1 - layout.test_at) / (1 - layout.control_at), layout.tolerance / 2)]
-        places = [place for place in places if 0 < place[0] < 1] or places[:1]  # not beyond the window
-    (test, t_at), test_place = max(((_peak(p, *place), place) for place in places), key=lambda f: f[0][0])
-    call = "invalid" if not valid else "positive" if test >= layout.test_min else "negative"
+    (test, t_at), test_place = _test_line(p, c_at, valid, reach, layout.test_at, layout)
+    test2 = None
+    if layout.test2_at is not None:  # a three-line test: its second test line, found the same way
+        (test2, t2_at), _ = _test_line(p, c_at, valid, reach, layout.test2_at, layout)
+    strongest = max(test, test2 or 0.0)
+    call = "invalid" if not valid else "positive" if strongest >= layout.test_min else "negative"
     strip = strip[:, ::-1] if flipped else strip
     # Where no line was found, a washed-out place (glare, overexposure) hides whether one is there.
     absent = (("control", (layout.control_at, reach)) if not valid
@@ -455,18 +452,37 @@ def read(image: np.ndarray, mask: np.ndarray, layout) -> Reading:
         return Reading("no read", f"the {absent[0]} line's place is washed out (glare or overexposure); "
                        f"retake the photo out of direct light", round(control, 4), round(test, 4), None, flipped,
                        well, mark(strip, c_at, t_at, valid, call == "positive"))
+    more = () if test2 is None else ((t2_at, test2 >= layout.test_min, "T2"),)
+    marked = mark(strip, c_at, t_at, valid, test >= layout.test_min, more=more)
     return Reading(call, "ok", round(control, 4), round(test, 4), round(test / control, 4) if valid else None,
-                   flipped, well, mark(strip, c_at, t_at, valid, test >= layout.test_min))
+                   flipped, well, marked, None if test2 is None else round(test2, 4))
 
 
-def mark(strip: np.ndarray, c_at: int, t_at: int, control: bool, test: bool, height: int = 48) -> np.ndarray:
+def _test_line(p: np.ndarray, c_at: int, valid: bool, reach: float, at: float, layout
+               ) -> tuple[tuple[float, int], tuple[float, float]]:
+    """A test line whose place is ``at`` (share of the window's length from the sample end), looked
+    for where the control line found puts it (a predicted window's ends are less exact than the
+    lines' distance): at that distance, and where it would be were only the sample end, or only the
+    far end, exact and the length wrong; the strongest place counts. Without a control line, at its
+    own place. ((intensity, index), the place searched)."""
+    places = ([(c_at / len(p) + at - layout.control_at, layout.tolerance / 2)] if valid else [(at, reach)])
+    if valid:
+        c = c_at / len(p)
+        places += [(c * at / layout.control_at, layout.tolerance / 2),
+                   (1 - (1 - c) * (1 - at) / (1 - layout.control_at), layout.tolerance / 2)]
+        places = [place for place in places if 0 < place[0] < 1] or places[:1]  # not beyond the window
+    return max(((_peak(p, *place), place) for place in places), key=lambda f: f[0][0])
+
+
+def mark(strip: np.ndarray, c_at: int, t_at: int, control: bool, test: bool, height: int = 48,
+         more: tuple = ()) -> np.ndarray:
     """The strip scaled to ``height`` px with ticks above and below each line's place: green where
-    a line was found, grey where not; C and T labels."""
+    a line was found, grey where not; C and T labels (``more``: other lines, (place, found, label))."""
     scale = height / strip.shape[0]
     body = cv2.resize(strip, (max(1, round(strip.shape[1] * scale)), height), interpolation=cv2.INTER_LINEAR)
     out = np.full((height + 28, body.shape[1], 3), 255, np.uint8)
     out[14:14 + height] = body
-    for x, found, label in ((c_at, control, "C"), (t_at, test, "T")):
+    for x, found, label in ((c_at, control, "C"), (t_at, test, "T"), *more):
         x = int(round((x + 0.5) * scale))
         colour = (0, 170, 0) if found else (150, 150, 150)
         cv2.line(out, (x, 0), (x, 11), colour, 2)

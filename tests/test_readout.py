@@ -417,3 +417,24 @@ def test_bad_readout_settings_exit_2_with_one_line(tmp_path, capsys, args, fragm
     assert cli.predict(["--checkpoint", str(model), *args, str(root / "train_images"), "--out",
                         str(tmp_path / "p")]) == 2
     assert fragment in error_line(capsys)
+
+
+def test_a_three_line_tests_second_test_line_is_read_and_makes_it_positive():
+    """IgG/IgM, Pf/Pv: with ``readout.test2_at`` the read-out also reads a second test line, reports
+    its intensity, and calls the test positive when either test line reaches ``test_min``."""
+    image = np.full((120, 240, 3), 120, np.uint8)
+    image[40:80, 20:220] = 235  # the membrane, its sample end on the left
+    mask = np.zeros((120, 240), np.uint8)
+    mask[40:80, 20:220] = 1
+    for at, strength in ((0.72, 0.6), (0.2, 0.3)):  # control line, second test line; no first test line
+        x = int(20 + 200 * at)
+        image[40:80, x - 2:x + 2] = (image[40:80, x - 2:x + 2] * (1 - strength) + np.array([140, 20, 80]) * strength)
+    two = readout.read(image, mask, LAYOUT)
+    assert two.call == "negative" and "test2" not in two.row()  # a two-line layout does not look there
+    layout = load_config(None, ["readout.test2_at=0.2"]).readout
+    three = readout.read(image, mask, layout)
+    assert three.call == "positive" and three.test < layout.test_min <= three.test2
+    row = three.row()
+    assert row["test2"] == three.test2 and row["t2c_ratio"] == pytest.approx(three.test2 / three.control, abs=1e-3)
+    with pytest.raises(UserError, match="readout.test2_at"):  # too near the first test line to tell apart
+        load_config(None, ["readout.test2_at=0.4"])
