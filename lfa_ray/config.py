@@ -48,7 +48,7 @@ def _fraction_or_whole(g: float) -> Optional[str]:
 @dataclass
 class DataConfig:
     path: Optional[str] = key(None)  # null: synthetic cassettes, generated once into a cache
-    image_size: int = key(64, minimum=1)
+    image_size: int = key(96, minimum=1)
     val_fraction: float = key(0.2, interval="(0, 1)")
     test_fraction: float = key(0.1, interval="[0, 1)")  # held out, never used for selection; scored once
     split_seed: int = key(42)
@@ -112,7 +112,7 @@ METRICS = ("train_loss", "val_loss", "val_accuracy", "val_dice", "val_iou")
 
 @dataclass
 class TuneConfig:
-    num_samples: int = key(10, minimum=1)
+    num_samples: int = key(8, minimum=1)
     max_concurrent_trials: Optional[int] = key(None, minimum=1)
     metric: str = key("val_dice", choices=METRICS)
     mode: str = key("max", choices=("max", "min"))
