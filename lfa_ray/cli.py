@@ -191,6 +191,13 @@ def export(argv: list[str] | None = None) -> None:
     print(f"wrote {out} ({args.format}): input image uint8 (N, {size}, {size}, 3) RGB, the photo resized to "
           f"{size}x{size}; output logits (N, 1, {size}, {size}), mask = logits > 0; "
           f"masks agree with PyTorch on {same:.4%} of pixels")
+    from lfa_ray.predict import find_model
+    from lfa_ray.refine import own_refiner
+
+    refiner = own_refiner(find_model(args.checkpoint))
+    if refiner is not None:
+        print(f"note: this is the window model; its refining model (the second stage) exports with "
+              f"--checkpoint {refiner}")
 
 
 @cli_entry

@@ -1,5 +1,7 @@
 """Exported models (ONNX through ONNX Runtime, TorchScript) against PyTorch on real photos."""
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -56,6 +58,14 @@ def test_export_command_and_bad_input(model_file, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"wrote {tmp_path / 'phone.onnx'} (onnx): input image uint8 (N, 48, 48, 3)" in out
     assert "masks agree with PyTorch on 100" in out or "masks agree with PyTorch on 99.9" in out
+    assert "refining model" not in out  # a model without one
+    run = tmp_path / "run"  # a run with a refining model: the export says it is the window model's
+    (run / "refine").mkdir(parents=True)
+    shutil.copy(model_file, run / "model.pt")
+    shutil.copy(model_file, run / "refine" / "model.pt")
+    assert cli.export(["--checkpoint", str(run), "--format", "torchscript", "--out", str(tmp_path / "w")]) == 0
+    assert f"its refining model (the second stage) exports with --checkpoint {run / 'refine' / 'model.pt'}" in \
+        capsys.readouterr().out
     assert cli.export(["--checkpoint", str(tmp_path / "nothing"), "--format", "torchscript",
                        "--out", str(tmp_path / "x")]) == 2
     assert "no model here" in error_line(capsys)
