@@ -1,10 +1,11 @@
 """Read-out accuracy on held-out synthetic cassettes: calls and T/C ratios against the drawing's truth.
 
     python benchmarks/readout.py --checkpoint results/train-default [--n 400] [--seed 202] [--tta]
-                                 [--refine results/window-refine]
+                                 [--refine results/window-refine] [--family classic|all|plain|bold]
 
 Draws ``--n`` photos (``--seed``; the default sweep trains on seed 0 and the read-out's thresholds
-were chosen on seed 101) with 15 % invalid cassettes (no control line) and the usual third each of
+were chosen on seed 101; ``--family``, by default the classic cassette's close-ups the figures of
+docs/PERFORMANCE.md were measured on) with 15 % invalid cassettes (no control line) and the usual third each of
 absent, faint and strong test lines, written as JPEGs like any synthetic set. Each photo is read
 within its true window (the read-out alone) and within the window the model predicts (the product),
 and that a second time without snapping its sides onto the membrane's edges (``readout.snap``) and
@@ -35,7 +36,7 @@ from lfa_ray import evaluate, readout  # noqa: E402
 from lfa_ray.data import decode_pair, discover  # noqa: E402
 from lfa_ray.predict import READ_SIDE, load_model, load_refiner, readout_layout  # noqa: E402
 from lfa_ray.storage import locate  # noqa: E402
-from lfa_ray.synth import write_synthetic  # noqa: E402
+from lfa_ray.synth import FAMILIES, write_synthetic  # noqa: E402
 
 INVALID_SHARE = 0.15
 QUALITY_BANDS = ((55, 69), (70, 84), (85, 95))  # JPEG qualities: recompressed ... saved by a phone camera
@@ -63,6 +64,8 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="the window model (any lfa_ray --checkpoint form)")
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--seed", type=int, default=202)
+    p.add_argument("--family", default="classic", choices=FAMILIES,
+                   help="the photos' styles (default classic: the photos the read-out's figures were measured on)")
     p.add_argument("--out", type=Path, help="keep the set and the tables here (default: a temporary folder)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="readout.KEY=VALUE",
                    help="change a read-out key of the model's profile (repeatable)")
@@ -74,10 +77,11 @@ def main(argv=None) -> int:
     model, size, trained_with = load_model(args.checkpoint, device)
     layout = readout_layout(trained_with, args.overrides)
     t0 = time.time()
-    root = write_synthetic(out / "heldout", args.n, seed=args.seed, invalid_share=INVALID_SHARE)
+    root = write_synthetic(out / "heldout", args.n, seed=args.seed, invalid_share=INVALID_SHARE, family=args.family)
     pairs = discover(root).pairs
     unreadable = sum(not evaluate._truth(pair)["readable"] for pair in pairs)
-    print(f"{len(pairs)} held-out photos (seed {args.seed}, {INVALID_SHARE:.0%} invalid, {unreadable} not readable) "
+    print(f"{len(pairs)} held-out photos ({args.family} family, seed {args.seed}, {INVALID_SHARE:.0%} invalid, "
+          f"{unreadable} not readable) "
           f"in {time.time() - t0:.0f} s")
     t0 = time.time()
     tables = {"true window": ("true", true_windows(pairs, layout))}
