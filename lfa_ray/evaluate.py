@@ -77,6 +77,7 @@ class Evaluation:
     table: pd.DataFrame  # one row per photo: name, width, height, true/predicted area, dice, iou, boundary_f1
     tiles: dict[str, np.ndarray] = field(default_factory=dict)  # name -> overlay thumbnail
     strips: dict[str, np.ndarray] = field(default_factory=dict)  # name -> read-out strip (with --readout)
+    skipped: list[str] = field(default_factory=list)  # why each photo left out (it did not decode) was
 
     def summary(self) -> dict:
         d = self.table["dice"]
@@ -109,18 +110,20 @@ def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch
     from lfa_ray.predict import READ_SIDE, PhotoWork, segment
 
     reduce_to = size if layout is None and refiner is None else max(size, READ_SIDE)
+    names = []
     with PhotoWork(batch_size) as work:  # decoding and scoring beside the model
-        # decode_pair's UserError names a broken file
+        # a pair decode_pair refuses (its UserError names the file) is left out: work.skipped
         for chunk, decoded in work.decoded(pairs, partial(decode_pair, reduce_to=reduce_to)):
             preds = segment(model, size, [ph.pixels for ph, _ in decoded], device,
                             out_sizes=[ph.size for ph, _ in decoded], tta=tta, refiner=refiner)
             for pair, (photo, truth), pred in zip(chunk, decoded, preds, strict=True):
                 work.submit(_score, pair, photo, truth, pred, layout)
+                names.append(pair.name)
         scored = work.results()  # per photo, in order: (row, tile, strip or None)
-    names = [pair.name for pair in pairs]
     return Evaluation(pd.DataFrame([row for row, _, _ in scored]),
                       {name: tile for name, (_, tile, _) in zip(names, scored, strict=True)},
-                      {name: strip for name, (_, _, strip) in zip(names, scored, strict=True) if strip is not None})
+                      {name: strip for name, (_, _, strip) in zip(names, scored, strict=True) if strip is not None},
+                      work.skipped)
 
 
 def _score(pair: Pair, photo, truth: np.ndarray, pred: np.ndarray,
@@ -250,6 +253,8 @@ def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, 
     device = _device()
     model, size, _ = load_model(model_file, device)
     ev = evaluate(model, size, test, device, refiner=load_refiner(own_refiner(model_file), device))
+    if ev.skipped:
+        raise UserError(ev.skipped[0])
     s = write(ev, run_dir / "test", f"Test split of {run_dir.name}")
     rows = read_metrics(run_dir / "metrics.csv")
     scalars = {f"test_{m}": s[f"{m}_mean"] for m in METRICS}
@@ -297,8 +302,14 @@ def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None
     print(f"scoring {len(pairs)} photos ({split} of {root}) with {find_model(checkpoint)}"
           + (f", refined by {refine}" if refine else ""))
     ev = evaluate(model, size, pairs, dev, batch_size, layout, tta, refiner)
-    return write(ev, locate(out), f"{split} of {root}" + (", flip TTA" if tta else "")
-                 + (", windows refined in a crop" if refine else ""), worst)
+    if ev.table.empty:
+        raise UserError(f"none of the {len(pairs)} photos ({split} of {root}) could be decoded (named above)")
+    s = write(ev, locate(out), f"{split} of {root}" + (", flip TTA" if tta else "")
+              + (", windows refined in a crop" if refine else ""), worst)
+    if ev.skipped:
+        raise UserError(f"{len(ev.table)} of {len(pairs)} photos scored, written to {out}; "
+                        f"{len(ev.skipped)} could not be decoded (named above): replace or remove them")
+    return s
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
@@ -132,6 +133,7 @@ class PhotoWork:
         self.pool = ThreadPoolExecutor(max(2, min(16, os.cpu_count() or 1)))
         self.queued: list[Future] = []
         self.waited = 0  # queued[:waited] are done
+        self.skipped: list[str] = []  # decode errors of the photos :meth:`decoded` left out
 
     def __enter__(self) -> "PhotoWork":
         return self
@@ -141,13 +143,22 @@ class PhotoWork:
 
     def decoded(self, items: list, decode: Callable) -> Iterator[tuple[list, list]]:
         """``(chunk, [decode(item) ...])`` for consecutive chunks of ``items``, the next chunk
-        decoded while the caller works on this one; a decode's error is raised at its chunk."""
+        decoded while the caller works on this one. An item whose decode raises a UserError (a
+        photo that does not decode) is left out of its chunk, its message printed (``skipped: ...``)
+        and kept in :attr:`skipped`; the rest go on."""
         chunks = [items[i:i + self.batch_size] for i in range(0, len(items), self.batch_size)]
         ahead = [self.pool.submit(decode, item) for item in chunks[0]] if chunks else []
         for k, chunk in enumerate(chunks):
-            done = [f.result() for f in ahead]
+            kept = []
+            for item, future in zip(chunk, ahead, strict=True):
+                try:
+                    kept.append((item, future.result()))
+                except UserError as exc:
+                    print(f"skipped: {exc}", file=sys.stderr)
+                    self.skipped.append(str(exc))
             ahead = [self.pool.submit(decode, item) for item in chunks[k + 1]] if k + 1 < len(chunks) else []
-            yield chunk, done
+            if kept:
+                yield [item for item, _ in kept], [done for _, done in kept]
 
     def submit(self, fn: Callable, *args) -> None:
         """Queue one photo's work, first waiting while two chunks' work is already queued."""
@@ -225,10 +236,13 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
                 work.submit(_write, out_dir, f, photo, mask, layout)
         done = work.results()  # per photo, in order: (mask file, read-out row or None)
     written, readings = [w for w, _ in done], [r for _, r in done]
-    if layout is not None:
+    if layout is not None and written:
         import pandas as pd
 
         pd.DataFrame(readings).to_csv(out_dir / "readout.csv", index=False, float_format="%.4f")
+    if work.skipped:
+        raise UserError(f"{len(written)} of {len(files)} photos written to {out_dir}; "
+                        f"{len(work.skipped)} could not be decoded (named above): remove or fix them")
     return written
 
 
@@ -252,7 +266,7 @@ def _decode(path: Location, reduce_to: int) -> Photo:
     try:
         return read_photo(path, reduce_to)
     except Exception:  # noqa: BLE001 - name the file, whatever PIL raised
-        raise UserError(f"{path}: cannot be decoded as an image; remove it or fix it") from None
+        raise UserError(f"{path}: cannot be decoded as an image") from None
 
 
 if __name__ == "__main__":

@@ -107,20 +107,34 @@ def test_bad_input_exits_2_with_one_line(small_dir, tmp_path, capsys, args, frag
     assert not (tmp_path / "ev").exists()
 
 
-def test_a_broken_test_photo_is_named(small_dir, tmp_path, capsys):
+def test_a_broken_test_photo_is_named_and_skipped(small_dir, tmp_path, capsys):
+    """A photo that does not decode is named on a line of its own and left out; the others are
+    scored and written, and the command fails saying how many were scored."""
     root = tmp_path / "d"
-    (root / "test_images").mkdir(parents=True)
-    (root / "test_masks").mkdir()
+    for sub in ("train_images", "train_masks", "test_images", "test_masks"):
+        (root / sub).mkdir(parents=True)
+    pairs = data.discover(small_dir).pairs
+    for sub, some in (("train", pairs[:3]), ("test", pairs[3:8])):
+        for p in some:
+            (root / f"{sub}_images" / p.image.name).write_bytes(p.image.read_bytes())
+            (root / f"{sub}_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
     (root / "test_images" / "bad.jpg").write_bytes(b"not a jpeg")
     Image.new("L", (10, 10)).save(root / "test_masks" / "bad_mask.gif")
-    for sub in ("train_images", "train_masks"):
-        (root / sub).mkdir()
-    for p in data.discover(small_dir).pairs[:3]:
-        (root / "train_images" / p.image.name).write_bytes(p.image.read_bytes())
-        (root / "train_masks" / p.mask.name).write_bytes(p.mask.read_bytes())
     model, _ = tiny_model(tmp_path, small_dir)
-    assert cli.evaluate(["--checkpoint", str(model), "--data", str(root), "--out", str(tmp_path / "ev")]) == 2
-    assert "bad.jpg: cannot be decoded as an image" in error_line(capsys)
+    argv = ["--checkpoint", str(model), "--data", str(root), "--out", str(tmp_path / "ev"), "--batch-size", "2"]
+    assert cli.evaluate(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("skipped: ")] == [
+        f"skipped: {root / 'test_images' / 'bad.jpg'}: cannot be decoded as an image; replace or remove it"]
+    assert f"error: 5 of 6 photos scored, written to {tmp_path / 'ev'}; 1 could not be decoded" in err
+    scored = pd.read_csv(tmp_path / "ev" / "per_image.csv")
+    assert sorted(scored["name"]) == sorted(p.name for p in pairs[3:8])
+    assert "5 photos" in (tmp_path / "ev" / "summary.md").read_text()
+    for p in pairs[3:8]:  # none decodes: nothing to score, nothing written
+        (root / "test_images" / p.image.name).write_bytes(b"not a jpeg either")
+    assert cli.evaluate(argv[:-4] + ["--out", str(tmp_path / "ev2")]) == 2
+    assert "none of the 6 photos (test of" in error_line(capsys) and not (tmp_path / "ev2").exists()
 
 
 def test_predict_and_evaluate_print_the_models_profile(small_dir, tmp_path, capsys):
@@ -130,7 +144,7 @@ def test_predict_and_evaluate_print_the_models_profile(small_dir, tmp_path, caps
         assert yaml.safe_load(capsys.readouterr().out)["train"]["lr"] == 0.0025
 
 
-def test_predict_in_chunks_matches_one_by_one_in_order_and_names_a_broken_photo(small_dir, tmp_path, capsys):
+def test_predict_in_chunks_matches_one_by_one_in_order_and_skips_a_broken_photo(small_dir, tmp_path, capsys):
     """Photos are decoded and written on threads beside the model, two chunks at a time: the files
     and the read-out rows must be those of each photo alone, in the folder's order."""
     model, _ = tiny_model(tmp_path, small_dir)
@@ -152,7 +166,17 @@ def test_predict_in_chunks_matches_one_by_one_in_order_and_names_a_broken_photo(
                                   np.asarray(Image.open(tmp_path / "all" / f"{stem}_{kind}.png")))
         pd.testing.assert_frame_equal(pd.read_csv(alone / "readout.csv"),
                                       table[table["name"] == name].reset_index(drop=True), check_dtype=False)
-    (photos / "zz_broken.jpg").write_bytes(b"not a jpeg")
+    # a photo that does not decode, among the first chunk's: named, left out, the rest written
+    (photos / "a_broken.jpg").write_bytes(b"not a jpeg")
     assert cli.predict(["--checkpoint", str(model), str(photos), "--out", str(tmp_path / "again"),
-                        "--batch-size", "2"]) == 2
-    assert "zz_broken.jpg: cannot be decoded as an image" in error_line(capsys)
+                        "--batch-size", "2", "--readout"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if line.startswith("skipped: ")] == [
+        f"skipped: {photos / 'a_broken.jpg'}: cannot be decoded as an image"]
+    assert f"error: 9 of 10 photos written to {tmp_path / 'again'}; 1 could not be decoded" in err
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "readout.csv"), table)
+    for name in table["name"]:
+        stem = name.rsplit(".", 1)[0]
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / f"{stem}_mask.png")),
+                              np.asarray(Image.open(tmp_path / "all" / f"{stem}_mask.png")))
