@@ -25,7 +25,7 @@ from lfa_ray.checkpoint import checkpoint_dir_name, load_state, save_state
 from lfa_ray.config import Config, config_from_dict
 from lfa_ray.console import VERBOSE, verbose
 from lfa_ray.data import DecodedDataset, build_datasets, load_for
-from lfa_ray.errors import UserError
+from lfa_ray.errors import UserError, stop_on_sigterm
 from lfa_ray.loop import EpochResult, build, evaluated, fit, format_metrics, loader_workers, log, make_loaders, unwrap
 from lfa_ray.runlog import RunLog
 from lfa_ray.storage import Location
@@ -181,6 +181,7 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
     if address:
         _check_answers(address)
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=env)
+        stop_on_sigterm()
         source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "recorded by ray start"
         print(f"cluster: joined the Ray cluster at {address} ({source})")
         return
@@ -199,6 +200,7 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
     env["env_vars"].update(RAY_API_SERVER_ADDRESS=url, RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0")
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=port,
              logging_level=logging.WARNING, log_to_driver=True, runtime_env=env)
+    stop_on_sigterm()
 
 
 def _gpu_word(n: float) -> str:
