@@ -349,6 +349,7 @@ def fit(cfg: Config, parts: TrainingSetup, train_loader, val_loader, device: tor
             "best_val_dice": progress.best_val_dice,
             "epoch_seconds": time.perf_counter() - start,
             "images_per_second": tr["train_images"] / max(tr["train_seconds"], 1e-9),
+            "train_images": tr["train_images"],  # trained on this epoch, by all workers together
             "time": time.time(),  # wall clock at the epoch's end: epoch-to-epoch gaps show reporting costs
             "run_finished": int(last),  # 1 when the run ends by itself (epochs done or early stopping)
         }

@@ -20,7 +20,7 @@ from lfa_ray.images import HALF
 from lfa_ray.storage import Location, locate
 
 SCALARS = [*METRICS, "best_val_dice", "lr", "epoch_seconds", "images_per_second"]  # also in TensorBoard
-COLUMNS = ["epoch", *SCALARS, "time", "run_finished"]
+COLUMNS = ["epoch", *SCALARS, "train_images", "time", "run_finished"]  # train_images: of all workers together
 N_OVERLAYS = 4
 STAGING_PREFIX = "lfa_ray-log-"  # + the writing process's id: a local copy of a remote run's logs
 
@@ -59,7 +59,8 @@ def read_metrics(path: str | Path | Location) -> list[dict]:
     loc = locate(path)
     if not loc.is_file():
         return []
-    return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(loc.read_text()))]
+    # an empty cell: a column the run's earlier epochs were written without (train_images)
+    return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(io.StringIO(loc.read_text()))]
 
 
 class RunLog:

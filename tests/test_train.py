@@ -15,7 +15,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from lfa_ray import cli
+from lfa_ray import cli, data
 from lfa_ray.checkpoint import latest_checkpoint, load_state
 from lfa_ray.config import load_config
 from lfa_ray.errors import UserError
@@ -114,8 +114,11 @@ def test_two_worker_cpu_run(ray_cluster, small_dir, tmp_path, capsys):
     assert cli.train(_args(small_dir, tmp_path, "--name", "ddp", **{"scaling.num_workers": 2})) == 0
     assert len(train_worker_ids() - before) == 2  # the run had two training workers
     rows = read_metrics(tmp_path / "ddp" / "metrics.csv")
-    assert len(rows) == 2
-    # 19 training images split over 2 workers: 10 + 10 (DistributedSampler pads one), all counted
+    # the run's training photos split over 2 workers (DistributedSampler pads an odd count by one),
+    # every one counted once: unsharded, each worker would train on all of them (twice the count)
+    d = load_config(tmp_path / "ddp" / "config.yaml").data
+    n = len(data.resolve_splits(small_dir, d.val_fraction, d.split_seed, d.test_fraction).train)
+    assert n == 17 and [r["train_images"] for r in rows] == [18, 18]
     assert load_state(tmp_path / "ddp" / "checkpoint_epoch_0002")["progress"]["epoch"] == 2
 
 
