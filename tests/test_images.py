@@ -99,13 +99,19 @@ def test_16_bit_grayscale_and_colour_pngs_keep_their_tones(tmp_path):
     assert (abs(int(r) - 233) <= 1, abs(int(g) - 78) <= 1, int(b) <= 4) == (True, True, True)
 
 
-@pytest.mark.parametrize("mode, color", [("L", 128), ("CMYK", (0, 255, 255, 0)), ("P", 3), ("LA", (200, 255)),
-                                         ("RGBA", (10, 20, 30, 255))])
-def test_other_modes_become_rgb(tmp_path, mode, color):
+@pytest.mark.parametrize("mode, color, rgb", [
+    ("L", 128, (128, 128, 128)), ("CMYK", (0, 255, 255, 0), (255, 0, 0)), ("P", 3, (40, 90, 200)),
+    ("LA", (200, 255), (200, 200, 200)), ("RGBA", (10, 20, 30, 255), (10, 20, 30))])
+def test_other_modes_become_rgb(tmp_path, mode, color, rgb):
     path = tmp_path / ("p.jpg" if mode == "CMYK" else "p.png")
-    Image.new(mode, (16, 12), color).save(path)
+    image = Image.new(mode, (16, 12), color)
+    if mode == "P":  # index 3 of a palette whose other entries are black
+        image.putpalette([0, 0, 0] * 3 + [40, 90, 200] + [0, 0, 0] * 252)
+    image.save(path)
     pixels = read_photo(locate(path)).pixels
     assert pixels.shape == (12, 16, 3) and pixels.dtype == np.uint8
+    tolerance = 3 if mode == "CMYK" else 0  # a JPEG: lossy
+    assert np.abs(pixels.astype(int) - np.array(rgb)).max() <= tolerance, pixels[0, 0]
 
 
 def test_mask_with_its_own_exif_orientation_is_applied(tmp_path):

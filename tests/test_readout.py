@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from lfa_ray import cli, data, readout, synth
+from lfa_ray import cli, data, evaluate, readout, synth
 from lfa_ray.config import ReadoutConfig, load_config
 from lfa_ray.errors import UserError
 
@@ -404,7 +404,8 @@ def test_predict_and_evaluate_read_out_every_photo(tmp_path, capsys):
     per_image = pd.read_csv(ev / "per_image.csv")
     assert {"call", "true_call", "control", "test", "tc_ratio"} <= set(per_image.columns)
     assert "## Read-out" in (ev / "summary.md").read_text() and "call accuracy" in capsys.readouterr().out
-    assert Image.open(ev / "worst.png").size[0] > 0
+    # the gallery: all 6 photos (fewer than --worst's 12), 4 tiles a row, each under its label
+    assert Image.open(ev / "worst.png").size == (4 * evaluate.TILE, 2 * (evaluate.TILE + 24))
 
 
 @pytest.mark.parametrize("args, fragment", [
