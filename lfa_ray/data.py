@@ -20,6 +20,11 @@ Command line: ``python -m lfa_ray.data check DIR | synth OUT [--n N] [--seed S] 
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m lfa_ray.data: the command, run before this copy defines anything,
+    from lfa_ray.cli import data  # so the module's state exists once (as lfa_ray.data)
+
+    raise SystemExit(data())
+
 import io
 import random
 from dataclasses import dataclass
@@ -440,8 +445,3 @@ def pack(src: str | Location, out: str | Location) -> dict:
     return {"pairs": len(rows), "val": len(found.val or []), "test": len(found.test or []), "bytes": buf.tell(),
             "out": out.uri}
 
-
-if __name__ == "__main__":
-    from lfa_ray.cli import data
-
-    raise SystemExit(data())

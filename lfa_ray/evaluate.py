@@ -14,6 +14,11 @@ The final model of every sweep and training run is scored on its test split this
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m lfa_ray.evaluate: the command, run before this copy defines anything,
+    from lfa_ray.cli import evaluate  # so the module's state exists once (as lfa_ray.evaluate)
+
+    raise SystemExit(evaluate())
+
 import io
 import json
 import math
@@ -311,8 +316,3 @@ def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None
                         f"{len(ev.skipped)} could not be decoded (named above): replace or remove them")
     return s
 
-
-if __name__ == "__main__":
-    from lfa_ray.cli import evaluate as main
-
-    raise SystemExit(main())

@@ -9,6 +9,11 @@ with area interpolation, as :func:`lfa_ray.augment.resize` does) and returns ``l
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m lfa_ray.export: the command, run before this copy defines anything,
+    from lfa_ray.cli import export  # so the module's state exists once (as lfa_ray.export)
+
+    raise SystemExit(export())
+
 import contextlib
 import io
 import logging
@@ -117,8 +122,3 @@ def _onnx(wrapped: nn.Module, example: torch.Tensor, path: Path) -> None:
         exporter.setLevel(level)
     program.save(str(path))
 
-
-if __name__ == "__main__":
-    from lfa_ray.cli import export as main
-
-    raise SystemExit(main())

@@ -14,6 +14,11 @@ a refining model in a crop around it (:mod:`lfa_ray.refine`).
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m lfa_ray.predict: the command, run before this copy defines anything,
+    from lfa_ray.cli import predict  # so the module's state exists once (as lfa_ray.predict)
+
+    raise SystemExit(predict())
+
 import io
 import os
 import sys
@@ -268,8 +273,3 @@ def _decode(path: Location, reduce_to: int) -> Photo:
     except Exception:  # noqa: BLE001 - name the file, whatever PIL raised
         raise UserError(f"{path}: cannot be decoded as an image") from None
 
-
-if __name__ == "__main__":
-    from lfa_ray.cli import predict
-
-    raise SystemExit(predict())

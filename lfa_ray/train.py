@@ -13,6 +13,11 @@ starts a new run from a saved state, ``--reset`` deletes the run and starts agai
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m lfa_ray.train: the command, run before this copy defines anything,
+    from lfa_ray.cli import train  # so the module's state exists once (as lfa_ray.train)
+
+    raise SystemExit(train())
+
 import dataclasses
 from dataclasses import dataclass
 from typing import Optional
@@ -225,8 +230,3 @@ def train_refiner(cfg: Config, run_dir: Location, gpus: float, resume_hint: str)
                         f"{resume_hint}") from None
     return export_model(best_checkpoint(result), out / "model.pt")
 
-
-if __name__ == "__main__":
-    from lfa_ray.cli import train
-
-    raise SystemExit(train())

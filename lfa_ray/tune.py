@@ -9,6 +9,11 @@ continues an interrupted sweep (and/or its final retrain) from there.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m lfa_ray.tune: the command, run before this copy defines anything,
+    from lfa_ray.cli import tune  # so the module's state exists once (as lfa_ray.tune)
+
+    raise SystemExit(tune())
+
 import json
 import math
 import time
@@ -460,8 +465,3 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
     print(f"  tensorboard --logdir {exp_dir}")
     return exp_dir
 
-
-if __name__ == "__main__":
-    from lfa_ray.cli import tune
-
-    raise SystemExit(tune())
