@@ -6,16 +6,13 @@ import io
 import math
 import re
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure  # figures drawn to files without pyplot: no backend chosen, no global state
 
-matplotlib.use("Agg")  # files only; no display on servers
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from lfa_ray.config import Config  # noqa: E402
-from lfa_ray.runlog import read_metrics  # noqa: E402
-from lfa_ray.storage import Location  # noqa: E402
+from lfa_ray.config import Config
+from lfa_ray.runlog import read_metrics
+from lfa_ray.storage import Location
 
 CURVE_COLUMNS = ["trial_id", "epoch", "val_dice", "val_loss"]
 
@@ -92,7 +89,6 @@ def write_trials(table: pd.DataFrame, exp_dir: Location) -> None:
 def _save(fig, out: Location) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     out.write_bytes(buf.getvalue())
 
 
@@ -103,7 +99,8 @@ def final_metrics(final_dir: Location) -> dict:
 
 def _plots(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame) -> list[str]:
     metric = cfg.tune.metric
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.subplots()
     for trial_id, c in curves.groupby("trial_id"):
         stopped = bool(table.loc[table.trial_id == trial_id, "stopped_early"].iloc[0])
         ax.plot(c["epoch"], c["val_dice"], marker="o", ms=3, ls="--" if stopped else "-",
@@ -114,7 +111,8 @@ def _plots(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataF
     _save(fig, exp_dir / "trials_val_dice.png")
 
     keys = list(cfg.tune.search_space)
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.6), squeeze=False)
+    fig = Figure(figsize=(4 * len(keys), 3.6))
+    axes = fig.subplots(1, len(keys), squeeze=False)
     for ax, key in zip(axes[0], keys, strict=True):
         x = table[key].map(lambda v: str(list(v)) if isinstance(v, (list, np.ndarray)) else v)
         ax.scatter(x, table[f"best_{metric}"], c=table["stopped_early"].map({True: "tab:gray", False: "tab:blue"}))
