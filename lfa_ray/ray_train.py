@@ -10,6 +10,7 @@ import os
 import socket
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -27,7 +28,7 @@ from lfa_ray.console import VERBOSE, verbose
 from lfa_ray.data import DecodedDataset, build_datasets, load_for
 from lfa_ray.errors import UserError, stop_on_sigterm
 from lfa_ray.loop import EpochResult, build, evaluated, fit, format_metrics, loader_workers, log, make_loaders, unwrap
-from lfa_ray.runlog import RunLog
+from lfa_ray.runlog import RunLog, read_metrics
 from lfa_ray.storage import Location
 
 # Ray Train's controller collects each report on its poll interval (2 s by default),
@@ -114,7 +115,7 @@ def train_func_per_worker(config: dict) -> None:
             run_log.log(m)
             if result.checkpoint is not None and (result.last or m["epoch"] % cfg.train.checkpoint_every == 0):
                 run_log.log_overlays(evaluated(parts), val_ds, m["epoch"], device)
-        if rank == 0 and config.get("echo", True):
+        if rank == 0 and config.get("echo", False):  # --verbose; the driver prints its own line (EpochLines)
             log.info(format_metrics(m, cfg.train.epochs))
         # [4] Report every epoch (ASHA counts epochs); rank 0 attaches the checkpoint when due.
         if result.checkpoint is None:
@@ -276,21 +277,23 @@ def alone(cfg: Config) -> Config:
 
 def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str, gpus_per_worker: float = 0.0,
                  run_dir: Optional[str] = None, resume_from: Optional[str] = None,
-                 init: Optional[ray.ObjectRef] = None, callbacks: Optional[list] = None, echo: bool = True
+                 init: Optional[ray.ObjectRef] = None, callbacks: Optional[list] = None, trial: bool = False
                  ) -> TorchTrainer:
     """A TorchTrainer for one training run of ``cfg`` on ``data``, stored at ``storage/name``
     (a local folder or object storage); ``run_dir`` (metrics.csv and TensorBoard) and ``resume_from``
     are paths or URIs.
     ``gpus_per_worker`` is what :func:`check_resources` decided (0: CPU workers); ``init`` the
-    weights of ``train.init_from`` in the object store (``ray.put(read_init(cfg))``); ``echo=False``:
-    the workers print no line per epoch (a sweep's :class:`lfa_ray.progress.Progress` does)."""
+    weights of ``train.init_from`` in the object store (``ray.put(read_init(cfg))``); ``trial``: a
+    sweep's trial (Train's warnings about a run ASHA stopped are off). The workers print their line
+    per epoch only with ``--verbose``: the driver prints one (:class:`EpochLines`; in a sweep
+    :class:`lfa_ray.progress.Progress`)."""
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
                            "resume_from": resume_from, "init": init,
-                           "echo": echo},
+                           "echo": verbose()},
         # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),
@@ -303,15 +306,45 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
                                                checkpoint_score_order="max"),
             # A trial that ASHA stops ends its Train run abruptly, and Train warns (with a traceback)
             # that the workers' shutdown failed: quiet in a sweep, unless --verbose.
-            logging_config=LoggingConfig(log_level="WARNING" if echo or verbose() else "ERROR"),
+            logging_config=LoggingConfig(log_level="ERROR" if trial and not verbose() else "WARNING"),
         ),
     )
 
 
-def run_trainer(trainer: TorchTrainer):
+class EpochLines:
+    """The driver's line per epoch of a run (``final epoch 3/23: val_dice 0.6120 (best 0.6120), ...``),
+    read from the run's ``metrics.csv`` as its rank-0 worker writes it; only the epochs this attempt
+    trains (rows written after it started)."""
+
+    def __init__(self, run_dir: Location, epochs: int, label: str = ""):
+        self.metrics, self.epochs, self.label = run_dir / "metrics.csv", epochs, label
+        self.since = time.time()
+        self.every = 1.0 if run_dir.is_local else 5.0  # object storage: a GET per look
+        self.looked = 0.0
+        self.printed: set[int] = set()
+
+    def poll(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.looked < self.every:
+            return
+        self.looked = time.monotonic()
+        try:
+            rows = read_metrics(self.metrics)
+        except (OSError, ValueError, KeyError):  # not there yet, or caught mid-write: the next look
+            return
+        for r in rows:
+            e = int(r["epoch"])
+            if r.get("time", 0) >= self.since and e not in self.printed:
+                self.printed.add(e)
+                print(f"{self.label}epoch {e}/{self.epochs}: val_dice {r['val_dice']:.4f} (best "
+                      f"{r['best_val_dice']:.4f}), train_loss {r['train_loss']:.4f}, {r['epoch_seconds']:.1f}s, "
+                      f"{r['images_per_second']:.0f} img/s", flush=True)
+
+
+def run_trainer(trainer: TorchTrainer, lines: Optional[EpochLines] = None):
     """``trainer.fit()``, stoppable with Ctrl-C: it runs in a helper thread (so Ray Train's own
     SIGINT handler, which exits without a word, stays out); on Ctrl-C Ray is shut down, which
-    stops the workers at once and keeps every checkpoint, and KeyboardInterrupt is raised."""
+    stops the workers at once and keeps every checkpoint, and KeyboardInterrupt is raised.
+    ``lines``: print each epoch meanwhile."""
     box: dict = {}
 
     def target() -> None:
@@ -325,9 +358,13 @@ def run_trainer(trainer: TorchTrainer):
     try:
         while thread.is_alive():
             thread.join(0.2)
+            if lines is not None:
+                lines.poll()
     except KeyboardInterrupt:
         ray.shutdown()
         raise
+    if lines is not None:
+        lines.poll(force=True)
     if "error" in box:
         raise box["error"]
     return box["result"]

@@ -145,7 +145,7 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
                                      resume_from=p.checkpoint.uri if p.checkpoint else None,
                                      init=None if weights is None else ray.put(weights))
     try:
-        result = ray_train.run_trainer(trainer)
+        result = ray_train.run_trainer(trainer, ray_train.EpochLines(p.run_dir, p.cfg.train.epochs))
     except BaseException as exc:
         kept = latest_checkpoint(p.run_dir)
         if created and kept is None:
@@ -220,7 +220,7 @@ def train_refiner(cfg: Config, run_dir: Location, gpus: float, resume_hint: str)
                                      run_dir=out.uri, gpus_per_worker=gpus,
                                      init=None if weights is None else ray.put(weights))
     try:
-        result = ray_train.run_trainer(trainer)
+        result = ray_train.run_trainer(trainer, ray_train.EpochLines(out, rcfg.train.epochs, "refining model "))
     except KeyboardInterrupt:
         raise Stopped(f"the refining model's training stopped; continue it with: {resume_hint}") from None
     except Exception as exc:  # noqa: BLE001 - one line, whatever the workers raised

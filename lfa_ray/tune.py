@@ -70,7 +70,7 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
         return  # it had finished before the sweep's driver was lost: its results, not a re-run
     trainer = make_trainer(cfg, data=data, storage=exp_dir / trial_name, name="train", run_dir=run.uri,
                            gpus_per_worker=gpus_per_worker, init=init,
-                           callbacks=[TuneReportCallback()], echo=False)
+                           callbacks=[TuneReportCallback()], trial=True)
     try:
         trainer.fit()
     except Exception as exc:  # the trial's error keeps the cause in one line (trials.csv, summary.md)
@@ -351,7 +351,7 @@ def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0
     trainer = ray_train.make_trainer(cfg, data=data, storage=exp_dir, name=FINAL, run_dir=final_dir.uri,
                                      gpus_per_worker=gpus_per_worker, init=init)
     try:
-        result = ray_train.run_trainer(trainer)
+        result = ray_train.run_trainer(trainer, ray_train.EpochLines(final_dir, cfg.train.epochs, "final "))
     except KeyboardInterrupt:
         raise Stopped(f"the final retrain stopped; continue it with: {resume_command(cfg, exp_dir)}") from None
     return export_model(best_checkpoint(result), final_dir / "model.pt")

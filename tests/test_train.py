@@ -56,6 +56,10 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
     assert events.Images("val/overlay")  # prediction overlays of validation images
     out = capsys.readouterr().out
     assert "tensorboard --logdir" in out and "test split:" in out
+    # a line per epoch, printed by lfa_ray from the run's metrics (the workers' own lines: --verbose)
+    assert [f"epoch {e}/2: val_dice {r['val_dice']:.4f} (best {r['best_val_dice']:.4f})" in out
+            for e, r in enumerate(rows, 1)] == [True, True]
+    assert "RayTrainWorker" not in out and "train_loss" in out.split("epoch 1/2: ")[1].splitlines()[0]
     # the run had the 2-CPU test cluster to itself: its worker took both CPUs (two torch threads)
     assert "devices: CPU, 2 per training worker" in out
     assert load_config(run / "config.yaml").scaling.cpus_per_worker == 2

@@ -63,6 +63,9 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     out = capsys.readouterr().out
     assert "best config:" in out and f"tensorboard --logdir {exp}" in out
     assert f"refined by {exp / 'final' / 'refine' / 'model.pt'}" in out
+    # the final retrain's epochs and its refining model's, as lfa_ray prints them (not Ray's worker lines)
+    assert "final epoch 14/14: val_dice " in out and "refining model epoch 2/2: val_dice " in out
+    assert "RayTrainWorker" not in out
     assert [r["epoch"] for r in read_metrics(exp / "final" / "refine" / "metrics.csv")] == [1.0, 2.0]
 
     table = pd.read_parquet(exp / "trials.parquet")
