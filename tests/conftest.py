@@ -39,6 +39,13 @@ def ray_cluster():
     os.environ.pop("RAY_API_SERVER_ADDRESS", None)
 
 
+def pytest_collection_modifyitems(items):
+    """An e2e test (a whole sweep or cluster) is slow too: ``-m "not slow"`` is the fast tier."""
+    for item in items:
+        if item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.slow)
+
+
 def pytest_sessionfinish(session, exitstatus):
     """A run that collected no tests is a failure, not a pass (pytest's exit code 5)."""
     if exitstatus == 5:

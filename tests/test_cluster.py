@@ -114,7 +114,7 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_dir, tmp_path):
     port, dash, client, agent, agent2 = _free_ports(5)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
@@ -296,7 +296,7 @@ def _local_twin(cluster: dict, name: str, key: Path, proxy: str) -> dict:
             "auth": {"ssh_user": getpass.getuser(), "ssh_private_key": str(key), "ssh_proxy_command": proxy}}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 @pytest.mark.skipif(bool(_can_make_a_node()), reason=_can_make_a_node())
 def test_ray_up_exec_down_runs_a_sweep_on_the_local_twin_of_cluster_yaml():
     import hashlib

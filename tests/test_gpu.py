@@ -89,7 +89,7 @@ def test_auto_falls_back_to_cpu_and_gpu_settings_without_gpus_are_refused(ray_cl
     assert "waits for the cluster's autoscaler" in capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_the_gpu_suite_runs_every_part_on_cpu_in_smoke_mode(tmp_path):
     """The suite spends scarce GPU time: every part must run end to end before it gets there."""
     out = tmp_path / "suite"

@@ -26,6 +26,7 @@ def _run(cfg, data_dir, state=None):
     return parts, results
 
 
+@pytest.mark.slow
 def test_loop_learns_the_read_window(synth_dir, tmp_path):
     cfg = tiny_config(synth_dir, tmp_path, **{"data.image_size": 64, "model.features": "[16,32,64,128]",
                                               "train.epochs": 30, "train.batch_size": 8, "train.loss": "bce+dice"})

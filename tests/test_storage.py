@@ -130,7 +130,7 @@ def test_bad_pack_and_packed_input(small_dir, tmp_path, capsys):
         data.discover(tmp_path / "other.parquet")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s3):
     """Results, checkpoints and TensorBoard logs in the bucket, none locally; SIGINT, --resume, predict."""
     data.pack(small_dir, f"{s3}/data/small.parquet")

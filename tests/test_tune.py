@@ -52,7 +52,7 @@ def _dice(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if both == 0 else 2 * float((pred & truth).sum()) / both
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_dir, tmp_path, capsys):
     # One trial at a time: ASHA's cut depends on the order results reach a rung, and with
     # concurrent trials that order (and so whether any trial is stopped) varies from run to run.
@@ -151,7 +151,7 @@ def _wait_for(found, what: str, timeout: float = 300):
     raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_finished_trials(small_dir, tmp_path):
     """Two interruptions of one sweep. The driver is killed (a lost machine) just after trial 001 finished:
     Tune saves its state every few seconds and records results after Train reports them, so its record
