@@ -82,7 +82,7 @@ class Evaluation:
     table: pd.DataFrame  # one row per photo: name, width, height, true/predicted area, dice, iou, boundary_f1
     tiles: dict[str, np.ndarray] = field(default_factory=dict)  # name -> overlay thumbnail
     strips: dict[str, np.ndarray] = field(default_factory=dict)  # name -> read-out strip (with --readout)
-    skipped: list[str] = field(default_factory=list)  # why each photo left out (it did not decode) was
+    skipped: list[str] = field(default_factory=list)  # photos left out (they did not decode): why, one line each
 
     def summary(self) -> dict:
         d = self.table["dice"]

@@ -226,11 +226,12 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
     Photos are decoded, and their files written, beside the model (:class:`PhotoWork`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, size, trained_with = load_model(checkpoint, dev)
-    refiner = load_refiner(refiner_path(refine, checkpoint), dev)
+    refine_path = refiner_path(refine, checkpoint)
+    refiner = load_refiner(refine_path, dev)
     layout = None if readout_sets is None else readout_layout(trained_with, readout_sets)
     files = find_images(inputs)
     print(f"segmenting {len(files)} photos with {find_model(checkpoint)}"
-          + (f", refined by {refiner_path(refine, checkpoint)}" if refiner else ""))
+          + (f", refined by {refine_path}" if refiner else ""))
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with PhotoWork(batch_size) as work:
