@@ -190,7 +190,10 @@ def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_f
     code = proc.wait(timeout=120)
     kill_session(proc.pid)
     second = (tmp_path / "second.log").read_text()
-    assert code == 143 and "Traceback" not in second and "Fatal Python error" not in second, second[-4000:]
+    # no traceback of the driver's and no native dump (a trial's worker cut short mid-report may print its
+    # own, prefixed "(RayTrainWorker pid=...)", as with Ctrl-C)
+    driver_traceback = any(line.startswith("Traceback") for line in second.splitlines())
+    assert code == 143 and not driver_traceback and "Fatal Python error" not in second, second[-4000:]
     last = next(line for line in second.splitlines() if line.startswith("stopped: "))
     assert last.startswith("stopped: sweep stopped before all 2 trials finished; continue it with: ")
     printed = last.split("continue it with: ")[1]
