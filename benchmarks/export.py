@@ -25,10 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lfa_ray import export  # noqa: E402
-from lfa_ray.checkpoint import state_bytes  # noqa: E402
+from lfa_ray.checkpoint import (
+    load_model,  # noqa: E402
+    state_bytes,  # noqa: E402
+)
 from lfa_ray.config import Config  # noqa: E402
 from lfa_ray.model import UNet  # noqa: E402
-from lfa_ray.predict import load_model  # noqa: E402
 
 
 def rate(fn, images: np.ndarray, repeat: int) -> float:

@@ -33,8 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lfa_ray import evaluate, readout  # noqa: E402
+from lfa_ray.checkpoint import load_model  # noqa: E402
 from lfa_ray.data import decode_pair, discover  # noqa: E402
-from lfa_ray.predict import READ_SIDE, load_model, load_refiner, readout_layout  # noqa: E402
+from lfa_ray.infer import READ_SIDE, load_refiner, readout_layout  # noqa: E402
 from lfa_ray.storage import locate  # noqa: E402
 from lfa_ray.synth import FAMILIES, write_synthetic  # noqa: E402
 

@@ -50,8 +50,9 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lfa_ray import evaluate  # noqa: E402
+from lfa_ray.checkpoint import load_model  # noqa: E402
 from lfa_ray.data import discover  # noqa: E402
-from lfa_ray.predict import load_model, load_refiner, readout_layout, refiner_path  # noqa: E402
+from lfa_ray.infer import load_refiner, readout_layout, refiner_path  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 FOUND_IOU = 0.5  # a window counts as found from this IoU with the annotated one

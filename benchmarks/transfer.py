@@ -30,11 +30,10 @@ from pathlib import Path
 import torch
 
 from lfa_ray import loop
-from lfa_ray.checkpoint import state_bytes
+from lfa_ray.checkpoint import init_weights, state_bytes
 from lfa_ray.config import load_config
 from lfa_ray.data import build_datasets, discover, load
 from lfa_ray.evaluate import evaluate
-from lfa_ray.predict import init_weights
 from lfa_ray.synth import write_synthetic
 
 CPU = torch.device("cpu")

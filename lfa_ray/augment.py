@@ -14,18 +14,20 @@ loader processes, pinned memory and the host-to-GPU copy move a quarter of the b
 from __future__ import annotations
 
 import os
+from unittest import mock
 
-# albumentations asks PyPI for a newer version at every import, in every Ray worker; an offline
-# cluster node waits for the name lookup to fail. lfa_ray pins its version: no check.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+import cv2
+import numpy as np
+import torch
 
-import albumentations as A  # noqa: E402
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from albumentations.pytorch import ToTensorV2  # noqa: E402
+from lfa_ray.images import coverage
 
-from lfa_ray.images import coverage  # noqa: E402
+# albumentations asks PyPI for a newer version at its import, in every Ray worker; an offline
+# cluster node waits for the name lookup to fail. lfa_ray pins its version: no check. Its switch
+# is set for the import alone, so importing lfa_ray leaves the environment as it was.
+with mock.patch.dict(os.environ, {"NO_ALBUMENTATIONS_UPDATE": "1"}):
+    import albumentations as A
+    from albumentations.pytorch import ToTensorV2
 
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,9 +1,15 @@
-"""Checkpoints of a training run: writing and reading ``state.pt``, finding the one to continue
-from, the best one, and the inference model exported from it. No Ray here.
+"""Model files, in one place: a run's checkpoints (``state.pt``) and its inference model
+(``model.pt``): writing them atomically, reading them as data only (``weights_only``), finding the
+checkpoint to continue from and the best one, exporting the inference model, finding a model from
+any ``--checkpoint`` form (sweep, run, checkpoint folder, file; local or a URI), ``train.init_from``
+and the finite-weights check. No Ray here.
 
 A run folder holds ``config.yaml``, ``checkpoint_epoch_NNNN/state.pt`` (model, optimizer,
-scheduler, scaler, progress, config) and Ray's record of them,
-``checkpoint_manager_snapshot.json``. How a ``train`` command starts is one :class:`Start`.
+scheduler, scaler, progress, config: what :func:`lfa_ray.loop.training_state` saves and
+:func:`lfa_ray.loop.restore` loads), Ray's record of them (``checkpoint_manager_snapshot.json``),
+``model.pt`` (the best checkpoint's weights, config and epoch) and ``refine/``, the run's refining
+model, a run of its own. A sweep's model is its final retrain's, in ``final/``. How a ``train``
+command starts is one :class:`Start`.
 """
 
 from __future__ import annotations
@@ -11,15 +17,19 @@ from __future__ import annotations
 import io
 import json
 from enum import Enum
+from pathlib import Path
 from typing import Optional
 
 import torch
 
 from lfa_ray.errors import UserError
-from lfa_ray.loop import nonfinite
+from lfa_ray.model import UNet
 from lfa_ray.storage import Location, locate, on_filesystem
 
 STATE_FILE = "state.pt"
+MODEL_FILE = "model.pt"  # a run's inference model (export_model)
+FINAL = "final"  # a sweep's final retrain: a run inside the sweep's folder
+REFINE_DIR = "refine"  # a run's refining model: a training run of its own inside the run folder
 SNAPSHOT = "checkpoint_manager_snapshot.json"
 
 
@@ -164,3 +174,56 @@ def export_model(checkpoint: Location, out: Location) -> Location:
         raise UserError(f"{checkpoint}: weights {bad} are not finite (the run diverged); no model exported")
     return out.write_bytes(state_bytes({"model": state["model"], "config": state["config"],
                                         "progress": state["progress"], "checkpoint": checkpoint.uri}))
+
+
+# -- inference models (model.pt) ------------------------------------------------------------------
+
+def nonfinite(weights: dict) -> Optional[str]:
+    """The name of the first floating-point tensor in ``weights`` holding a NaN or inf, or None."""
+    return next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+
+
+def find_model(path: str | Path | Location) -> Location:
+    """The weights file behind any of the accepted ``--checkpoint`` forms."""
+    path = locate(path)
+    for candidate in (path / FINAL / MODEL_FILE, path / MODEL_FILE, path / STATE_FILE, path):
+        if candidate.is_file():
+            return candidate
+    raise UserError(f"--checkpoint {path}: no model here; pass a sweep or run folder (with model.pt), "
+                    f"a model.pt file or a checkpoint_epoch_* folder")
+
+
+def load_model(path: str | Path | Location, device: torch.device) -> tuple[UNet, int, dict]:
+    """The UNET, its training image size and the profile it was trained with (``Config.to_dict()``)."""
+    file = find_model(path)
+    try:
+        # weights_only: tensors and plain values; a file that would run code when unpickled is refused
+        state = torch.load(io.BytesIO(file.read_bytes()), map_location=device, weights_only=True)
+        cfg = state["config"]
+        model = UNet(features=cfg["model"]["features"])
+        model.load_state_dict(state["model"])
+    except Exception as exc:  # noqa: BLE001 - torch.load raises many types (struct.error for junk bytes)
+        raise UserError(f"{file}: not an lfa_ray model ({type(exc).__name__}); pass a model.pt or checkpoint "
+                        f"written by lfa_ray (only tensors and plain values are read, never code)") from None
+    bad = nonfinite(state["model"])
+    if bad:
+        raise UserError(f"{file}: weights {bad} are not finite (saved by a run that diverged); pick another model")
+    return model.to(device).eval(), int(cfg["data"]["image_size"]), cfg
+
+
+def init_weights(path: str, features: list[int]) -> dict:
+    """``train.init_from``: the weights of the model at ``path`` (any ``--checkpoint`` form, local or a
+    URI) for a UNET of ``features``; another architecture is refused."""
+    file = find_model(path)
+    model, _, trained = load_model(file, torch.device("cpu"))
+    if list(trained["model"]["features"]) != list(features):
+        raise UserError(f"train.init_from {file}: that UNET has model.features {trained['model']['features']} but "
+                        f"this profile has {list(features)}; set model.features to match or drop train.init_from")
+    return model.state_dict()
+
+
+def own_refiner(model: Location) -> Optional[Location]:
+    """The refining model trained beside a window model file (``RUN/refine/model.pt`` for
+    ``RUN/model.pt``), if there is one."""
+    candidate = model.parent / REFINE_DIR / MODEL_FILE
+    return candidate if candidate.is_file() else None

@@ -78,7 +78,7 @@ def print_model_config(args: argparse.Namespace) -> bool:
         return False
     import torch
 
-    from lfa_ray.predict import load_model
+    from lfa_ray.checkpoint import load_model
 
     print_config(load_model(args.checkpoint, torch.device("cpu"))[2])
     return True
@@ -191,8 +191,7 @@ def export(argv: list[str] | None = None) -> None:
     print(f"wrote {out} ({args.format}): input image uint8 (N, {size}, {size}, 3) RGB, the photo resized to "
           f"{size}x{size}; output logits (N, 1, {size}, {size}), mask = logits > 0; "
           f"masks agree with PyTorch on {same:.4%} of pixels")
-    from lfa_ray.predict import find_model
-    from lfa_ray.refine import own_refiner
+    from lfa_ray.checkpoint import find_model, own_refiner
 
     refiner = own_refiner(find_model(args.checkpoint))
     if refiner is not None:

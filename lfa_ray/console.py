@@ -36,12 +36,6 @@ def _not_expected(record: logging.LogRecord) -> bool:
 
 
 def setup_worker() -> None:
-    logging.getLogger("ray.train.v2._internal.util").addFilter(_not_expected)
-    if verbose():
-        return
-    import ray
+    from lfa_ray.ray_internals import quiet_worker
 
-    # Train's logger for reports is named after its file
-    context = os.path.join(os.path.dirname(ray.__file__), "train", "v2", "_internal", "execution", "context.py")
-    logging.getLogger(context).setLevel(logging.WARNING)
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
+    quiet_worker(_not_expected, verbose())

@@ -109,10 +109,10 @@ def evaluate(model: torch.nn.Module, size: int, pairs: list[Pair], device: torch
              batch_size: int = 16, layout: Optional[ReadoutConfig] = None, tta: bool = False,
              refiner: Optional[tuple] = None) -> Evaluation:
     """Score ``model`` (trained at ``size`` px; with ``refiner``, its windows segmented again in a
-    crop: :func:`lfa_ray.predict.segment`) on ``pairs``, each at its photo's size as displayed;
+    crop: :func:`lfa_ray.infer.segment`) on ``pairs``, each at its photo's size as displayed;
     with ``layout``, also read each test (:mod:`lfa_ray.readout`) and compare with the truth the
     pairs carry (synthetic cassettes)."""
-    from lfa_ray.predict import READ_SIDE, PhotoWork, segment
+    from lfa_ray.infer import READ_SIDE, PhotoWork, segment
 
     reduce_to = size if layout is None and refiner is None else max(size, READ_SIDE)
     names = []
@@ -244,8 +244,8 @@ def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, 
     worst photos (``test/worst``) and an HParams entry (the searched keys' values, measured by best
     val Dice and test Dice); read back when already there unless ``again`` (a new model); None
     without a test split."""
-    from lfa_ray.predict import load_model, load_refiner
-    from lfa_ray.refine import own_refiner
+    from lfa_ray.checkpoint import load_model, own_refiner
+    from lfa_ray.infer import load_refiner
     from lfa_ray.runlog import read_metrics, write_events
     from lfa_ray.search import value_of
 
@@ -292,9 +292,10 @@ def run(checkpoint: str, data: Optional[str] = None, split: Optional[str] = None
     own data's test split; another dataset's test folder, else all of it); writes ``out``; the summary.
     ``readout_sets`` (a list, maybe empty: ``--readout`` with its ``--set readout.KEY=VALUE`` items):
     also read each test with the model's read-out profile and those changes. ``tta``: masks from the
-    photo and its flips (:func:`lfa_ray.predict.predict`). ``refine``: a refining model's checkpoint or
+    photo and its flips (:func:`lfa_ray.infer.predict`). ``refine``: a refining model's checkpoint or
     ``none`` (default: the model's own; :func:`lfa_ray.predict.refiner_path`)."""
-    from lfa_ray.predict import find_model, load_model, load_refiner, readout_layout, refiner_path
+    from lfa_ray.checkpoint import find_model, load_model
+    from lfa_ray.infer import load_refiner, readout_layout, refiner_path
 
     if worst < 1 or batch_size < 1:
         raise UserError("--worst and --batch-size must be at least 1")

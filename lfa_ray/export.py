@@ -48,7 +48,7 @@ class WithPreprocessing(nn.Module):
 def export(checkpoint: str, out: str | Path, fmt: str, size: int | None = None) -> tuple[Path, int]:
     """Write the model of ``checkpoint`` (any ``--checkpoint`` form) as ``fmt`` to ``out`` for input
     ``size`` x ``size`` (default: its training size); returns the file written and the size."""
-    from lfa_ray.predict import load_model
+    from lfa_ray.checkpoint import load_model
 
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: use one of {', '.join(FORMATS)}")
@@ -97,7 +97,7 @@ def run_exported(path: str | Path, images: np.ndarray) -> np.ndarray:
 
 def agreement(checkpoint: str, exported: str | Path, images: np.ndarray) -> float:
     """The share of pixels whose mask (logits > 0) the exported model and PyTorch agree on."""
-    from lfa_ray.predict import load_model
+    from lfa_ray.checkpoint import load_model
 
     model, _, _ = load_model(checkpoint, torch.device("cpu"))
     with torch.no_grad():

@@ -361,11 +361,6 @@ def fit(cfg: Config, parts: TrainingSetup, train_loader, val_loader, device: tor
     return progress
 
 
-def nonfinite(weights: dict) -> Optional[str]:
-    """The name of the first floating-point tensor in ``weights`` holding a NaN or inf, or None."""
-    return next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-
-
 class Diverged(UserError):
     """Training produced a non-finite loss or metric: the weights are no longer usable."""
 

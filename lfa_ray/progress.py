@@ -77,11 +77,12 @@ class Progress(Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         from ray import cloudpickle
 
+        from lfa_ray.ray_internals import trial_error_file
         from lfa_ray.report import error_line
 
         cause = "see its error.txt"
         try:  # the error as Tune just pickled it in its staging folder (storage gets it later)
-            with open(trial.pickled_error_file, "rb") as f:
+            with open(trial_error_file(trial), "rb") as f:
                 cause = error_line(cloudpickle.load(f)) or cause
         except Exception:  # noqa: BLE001 - no pickle (an actor's death): the text trace is in error.txt
             pass

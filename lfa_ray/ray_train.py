@@ -9,10 +9,7 @@ import logging
 import os
 import socket
 import tempfile
-import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Optional
 
 import ray
@@ -22,19 +19,16 @@ import torch
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
+from lfa_ray import ray_internals
 from lfa_ray.checkpoint import checkpoint_dir_name, load_state, save_state
 from lfa_ray.config import Config, config_from_dict
 from lfa_ray.console import VERBOSE, verbose
 from lfa_ray.data import DecodedDataset, build_datasets, load_for
 from lfa_ray.errors import UserError, stop_on_sigterm
 from lfa_ray.loop import EpochResult, build, evaluated, fit, format_metrics, loader_workers, log, make_loaders, unwrap
-from lfa_ray.runlog import RunLog, read_metrics
+from lfa_ray.runlog import RunLog
 from lfa_ray.storage import Location
 
-# Ray Train's controller collects each report on its poll interval (2 s by default),
-# and ray.train.report blocks until then: with short epochs that is most of an epoch.
-# 0.1 s keeps a report at a few ms (docs/PERFORMANCE.md). Propagated to the controller.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
 SETUP_WORKER = "lfa_ray.console.setup_worker"  # Ray's logging set up in every worker process of the job
 
 
@@ -53,7 +47,7 @@ def share(data: DecodedDataset) -> SharedData:
 def read_init(cfg: Config) -> Optional[dict]:
     """The weights of ``train.init_from`` (checked against ``model.features``), or None; read by the
     driver before Ray starts, then shared through the object store, so workers need no access to the file."""
-    from lfa_ray.predict import init_weights
+    from lfa_ray.checkpoint import init_weights
 
     return init_weights(cfg.train.init_from, cfg.model.features) if cfg.train.init_from else None
 
@@ -115,7 +109,7 @@ def train_func_per_worker(config: dict) -> None:
             run_log.log(m)
             if result.checkpoint is not None and (result.last or m["epoch"] % cfg.train.checkpoint_every == 0):
                 run_log.log_overlays(evaluated(parts), val_ds, m["epoch"], device)
-        if rank == 0 and config.get("echo", False):  # --verbose; the driver prints its own line (EpochLines)
+        if rank == 0 and config.get("echo", False):  # --verbose; the driver prints its own line (runs.EpochLines)
             log.info(format_metrics(m, cfg.train.epochs))
         # [4] Report every epoch (ASHA counts epochs); rank 0 attaches the checkpoint when due.
         if result.checkpoint is None:
@@ -138,15 +132,10 @@ def cluster_address() -> Optional[str]:
     """The Ray cluster this process joins: RAY_ADDRESS, else the one ``ray start`` recorded on this
     machine (e.g. the head of cluster.yaml, for commands run there); None: start a local one
     (also with ``RAY_ADDRESS=local``)."""
-    from ray._common.utils import get_ray_address_file
-
     env = os.environ.get("RAY_ADDRESS")
     if env:
         return None if env == "local" else env
-    try:
-        return Path(get_ray_address_file(None)).read_text().strip() or None
-    except OSError:
-        return None
+    return ray_internals.recorded_address()
 
 
 def _check_answers(address: str) -> None:
@@ -172,12 +161,7 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
         return
     env = {"env_vars": {VERBOSE: "1" if verbose() else "0"}, "worker_process_setup_hook": SETUP_WORKER}
     if not verbose():
-        # a default Ray states at every start, not a problem: lfa_ray keeps token auth on
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-        # Tune's newer console prints its experiment table, a TensorBoard hint (naming a staging folder,
-        # not the experiment) and trial errors even when silenced; the classic one at verbose 0 prints
-        # nothing, and lfa_ray.progress says what happens. Trial errors are still logged in full.
-        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+        ray_internals.quiet_driver()
     address = cluster_address()
     if address:
         _check_answers(address)
@@ -186,19 +170,11 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
         source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "recorded by ray start"
         print(f"cluster: joined the Ray cluster at {address} ({source})")
         return
-    # Train V2's placement-group cleaner finds the dashboard by auto-detection, which fails
-    # ("Found multiple active Ray instances") when another Ray runs on this machine; the
-    # placement groups of trials ASHA stops are then never freed and later trials wait forever.
-    # So the local cluster gets a known dashboard port and every process of this job is told it.
+    # a known dashboard port, told to every process of the job (ray_internals.API_SERVER says why)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    os.environ["RAY_API_SERVER_ADDRESS"] = url
-    # No node of a cluster on this machine is preempted: Train's preemption watcher (an actor per run,
-    # for spot nodes of a cloud cluster) would only log Ray's warning about its restart arguments.
-    os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
-    env["env_vars"].update(RAY_API_SERVER_ADDRESS=url, RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0")
+    env["env_vars"].update(ray_internals.local_cluster_env(f"http://127.0.0.1:{port}"))
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, dashboard_port=port,
              logging_level=logging.WARNING, log_to_driver=True, runtime_env=env)
     stop_on_sigterm()
@@ -285,10 +261,11 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
     ``gpus_per_worker`` is what :func:`check_resources` decided (0: CPU workers); ``init`` the
     weights of ``train.init_from`` in the object store (``ray.put(read_init(cfg))``); ``trial``: a
     sweep's trial (Train's warnings about a run ASHA stopped are off). The workers print their line
-    per epoch only with ``--verbose``: the driver prints one (:class:`EpochLines`; in a sweep
+    per epoch only with ``--verbose``: the driver prints one (:class:`lfa_ray.runs.EpochLines`; in a sweep
     :class:`lfa_ray.progress.Progress`)."""
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    ray_internals.fast_reports()
     return TorchTrainer(
         train_func_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
@@ -309,84 +286,3 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
             logging_config=LoggingConfig(log_level="ERROR" if trial and not verbose() else "WARNING"),
         ),
     )
-
-
-class EpochLines:
-    """The driver's line per epoch of a run (``final epoch 3/23: val_dice 0.6120 (best 0.6120), ...``),
-    read from the run's ``metrics.csv`` as its rank-0 worker writes it; only the epochs this attempt
-    trains (rows written after it started)."""
-
-    def __init__(self, run_dir: Location, epochs: int, label: str = ""):
-        self.metrics, self.epochs, self.label = run_dir / "metrics.csv", epochs, label
-        self.since = time.time()
-        self.every = 1.0 if run_dir.is_local else 5.0  # object storage: a GET per look
-        self.looked = 0.0
-        self.printed: set[int] = set()
-
-    def poll(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.looked < self.every:
-            return
-        self.looked = time.monotonic()
-        try:
-            rows = read_metrics(self.metrics)
-        except (OSError, ValueError, KeyError):  # not there yet, or caught mid-write: the next look
-            return
-        for r in rows:
-            e = int(r["epoch"])
-            if r.get("time", 0) >= self.since and e not in self.printed:
-                self.printed.add(e)
-                print(f"{self.label}epoch {e}/{self.epochs}: val_dice {r['val_dice']:.4f} (best "
-                      f"{r['best_val_dice']:.4f}), train_loss {r['train_loss']:.4f}, {r['epoch_seconds']:.1f}s, "
-                      f"{r['images_per_second']:.0f} img/s", flush=True)
-
-
-def run_trainer(trainer: TorchTrainer, lines: Optional[EpochLines] = None):
-    """``trainer.fit()``, stoppable with Ctrl-C: it runs in a helper thread (so Ray Train's own
-    SIGINT handler, which exits without a word, stays out); on Ctrl-C Ray is shut down, which
-    stops the workers at once and keeps every checkpoint, and KeyboardInterrupt is raised.
-    ``lines``: print each epoch meanwhile."""
-    box: dict = {}
-
-    def target() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="lfa_ray-fit", daemon=True)
-    thread.start()
-    try:
-        while thread.is_alive():
-            thread.join(0.2)
-            if lines is not None:
-                lines.poll()
-    except KeyboardInterrupt:
-        ray.shutdown()
-        raise
-    if lines is not None:
-        lines.poll(force=True)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
-
-
-def user_error(exc: BaseException) -> Optional[UserError]:
-    """The UserError a training worker raised (e.g. divergence), if that is why the run failed."""
-    return next((e for e in (getattr(exc, "worker_failures", None) or {}).values() if isinstance(e, UserError)), None)
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether a run failed for want of disk space (ENOSPC, wherever in the workers or Ray it arose)."""
-    texts = [str(exc), *(str(e) for e in (getattr(exc, "worker_failures", None) or {}).values())]
-    return any("No space left on device" in t or "[Errno 28]" in t for t in texts)
-
-
-def failure_line(exc: BaseException) -> str:
-    """One line for a failed TorchTrainer run: a worker's own UserError as raised, else the first
-    line of what failed (a dead worker, a crash)."""
-    if (cause := user_error(exc)) is not None:
-        return str(cause)
-    failures = list((getattr(exc, "worker_failures", None) or {}).values())
-    err = failures[0] if failures else exc
-    text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__

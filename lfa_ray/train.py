@@ -22,30 +22,26 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
+from lfa_ray import runs
 from lfa_ray.checkpoint import (
+    MODEL_FILE,
+    REFINE_DIR,
     SNAPSHOT,
     STATE_FILE,
     Start,
-    best_checkpoint,
-    drop_partial,
-    export_model,
     is_run_dir,
-    latest_checkpoint,
     load_state,
     ray_restores,
     restorable,
 )
 from lfa_ray.config import Config, ProfileChoice, dump_config, profile_stem, resolve
-from lfa_ray.errors import Stopped, UserError
+from lfa_ray.errors import UserError
 from lfa_ray.lock import RunLock
-from lfa_ray.refine import REFINE_DIR
 from lfa_ray.storage import Location, locate
 
 
 def refuse_existing(run_dir: Location) -> None:
-    if run_dir.exists() and run_dir.children():
-        raise UserError(f"{run_dir} already exists; continue it with --resume-from {run_dir}, "
-                        f"start it again with --reset, or pick another --name")
+    runs.refuse_existing(run_dir, f"continue it with --resume-from {run_dir}, start it again with --reset")
 
 
 @dataclass
@@ -84,7 +80,7 @@ def plan(choice: ProfileChoice, name: Optional[str] = None, resume_from: Optiona
     else:
         cfg = resolve(choice)
     if (continuing_dir is not None and not name and cfg.refine.image_size is not None
-            and (continuing_dir / "model.pt").is_file() and not (continuing_dir / REFINE_DIR / "model.pt").is_file()):
+            and (continuing_dir / MODEL_FILE).is_file() and not (continuing_dir / REFINE_DIR / MODEL_FILE).is_file()):
         return Plan(cfg, continuing_dir, Start.CONTINUE, refine_only=True)  # cut short in its refining model
     if state is not None and state["progress"]["epoch"] >= cfg.train.epochs:
         raise UserError(f"--resume-from {source}: already trained {state['progress']['epoch']} epochs and "
@@ -110,29 +106,22 @@ def plan(choice: ProfileChoice, name: Optional[str] = None, resume_from: Optiona
 
 def run(p: Plan) -> Location:
     """Validate the data, start Ray, take the run's lock, train; returns the run folder."""
-    from lfa_ray import ray_train
-    from lfa_ray.data import load_for, resolve_root
-
-    data = load_for(p.cfg, resolve_root(p.cfg))
-    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val, {data.summary['test']} test)")
-    weights = ray_train.read_init(p.cfg)
-    ray_train.init_ray()
-    p = dataclasses.replace(p, cfg=ray_train.alone(p.cfg))  # the run has the cluster to itself
-    gpus = ray_train.check_resources(p.cfg)
+    cfg, setup = runs.prepare(p.cfg, alone=True)  # the run has the cluster to itself
+    p = dataclasses.replace(p, cfg=cfg)
     with RunLock(p.run_dir):
         if p.start in (Start.NEW, Start.FROM_CHECKPOINT):
             refuse_existing(p.run_dir)  # again: another command may have made it since plan()
         if p.refine_only:
-            _refine_and_report(p, p.run_dir / "model.pt", gpus)
+            _refine_and_report(p, p.run_dir / "model.pt", setup.gpus)
             return p.run_dir
-        return _train(p, data, weights, gpus)
+        return _train(p, setup)
 
 
-def _train(p: Plan, data, weights, gpus: float) -> Location:
-    import ray
+def continue_command(run_dir: Location) -> str:
+    return f"python -m lfa_ray.train --resume-from {run_dir}"
 
-    from lfa_ray import ray_train
 
+def _train(p: Plan, setup: runs.Setup) -> Location:
     if p.start is Start.RESET:
         p.run_dir.rmtree()
     created = not p.run_dir.exists()
@@ -140,36 +129,9 @@ def _train(p: Plan, data, weights, gpus: float) -> Location:
     dump_config(p.cfg, p.run_dir / "config.yaml")
     if p.start is Start.CONTINUE and p.checkpoint is not None and (p.run_dir / SNAPSHOT).exists():
         (p.run_dir / SNAPSHOT).unlink()  # not restorable: Ray starts a new record, from p.checkpoint
-    trainer = ray_train.make_trainer(p.cfg, data=ray_train.share(data), storage=p.run_dir.parent,
-                                     name=p.run_dir.name, gpus_per_worker=gpus, run_dir=p.run_dir.uri,
-                                     resume_from=p.checkpoint.uri if p.checkpoint else None,
-                                     init=None if weights is None else ray.put(weights))
-    try:
-        result = ray_train.run_trainer(trainer, ray_train.EpochLines(p.run_dir, p.cfg.train.epochs))
-    except BaseException as exc:
-        kept = latest_checkpoint(p.run_dir)
-        if created and kept is None:
-            p.run_dir.rmtree()  # nothing worth keeping; don't block a retry
-        if isinstance(exc, KeyboardInterrupt):
-            raise Stopped(f"training stopped; continue it with: python -m lfa_ray.train --resume-from {p.run_dir}"
-                          if kept is not None else "training stopped before its first checkpoint; nothing was "
-                          "kept, run the same command again") from None
-        if (cause := ray_train.user_error(exc)) is not None:
-            raise UserError(str(cause)) from None
-        if ray_train.disk_full(exc):
-            drop_partial(p.run_dir, kept)
-            raise UserError(f"disk full: no space left writing {p.run_dir}; free space there, then "
-                            + (f"continue with --resume-from {p.run_dir}" if kept is not None
-                               else "run the same command again")) from None
-        if isinstance(exc, Exception) and not isinstance(exc, UserError):
-            then = (f"; continue from its latest checkpoint with --resume-from {p.run_dir}"
-                    + ("" if p.cfg.scaling.max_failures else " (scaling.max_failures > 0 restarts by itself)")
-                    if kept is not None else "")
-            raise UserError(f"training failed: {ray_train.failure_line(exc)}{then}") from None
-        raise
-    best = best_checkpoint(result)
-    model = export_model(best, p.run_dir / "model.pt")
-    _refine_and_report(p, model, gpus, best)
+    model, best = runs.fit(p.cfg, setup, p.run_dir, what="training", continue_with=continue_command(p.run_dir),
+                           fresh=created, resume_from=p.checkpoint)
+    _refine_and_report(p, model, setup.gpus, best)
     return p.run_dir
 
 
@@ -178,7 +140,7 @@ def _refine_and_report(p: Plan, model: Location, gpus: float, best: Optional[Loc
     from lfa_ray.evaluate import format_summary, score_test
     from lfa_ray.runlog import read_metrics
 
-    refiner = train_refiner(p.cfg, p.run_dir, gpus, f"python -m lfa_ray.train --resume-from {p.run_dir}")
+    refiner = runs.train_refiner(p.cfg, p.run_dir, gpus, continue_command(p.run_dir))
     rows = read_metrics(p.run_dir / "metrics.csv")
     m = rows[-1] if rows else {}
     test = score_test(model, p.cfg, p.run_dir, int(m.get("epoch", 0)), again=True)
@@ -190,43 +152,3 @@ def _refine_and_report(p: Plan, model: Location, gpus: float, best: Optional[Loc
     print(f"  inference model: {model}" + (f", refined by {refiner}" if refiner else ""))
     print(f"  metrics:         {p.run_dir / 'metrics.csv'}")
     print(f"  tensorboard --logdir {p.run_dir}")
-
-
-def train_refiner(cfg: Config, run_dir: Location, gpus: float, resume_hint: str) -> Optional[Location]:
-    """Train the refining model of a run of ``cfg`` into ``run_dir/refine/`` (:mod:`lfa_ray.refine`):
-    the run's settings on crops around its photos' windows (:func:`lfa_ray.refine.refiner_config`),
-    continuing its own checkpoints where it was cut short. Its ``model.pt``; None where the profile
-    trains none (``refine.image_size`` null)."""
-    import ray
-
-    from lfa_ray import ray_train
-    from lfa_ray.data import load_for, resolve_root
-    from lfa_ray.refine import crops_for, refiner_config
-
-    if cfg.refine.image_size is None:
-        return None
-    out = run_dir / REFINE_DIR
-    if (out / "model.pt").is_file():
-        return out / "model.pt"
-    rcfg = refiner_config(cfg, crops_for(cfg, resolve_root(cfg)))
-    data = load_for(rcfg, rcfg.data.path)
-    weights = ray_train.read_init(rcfg)
-    print(f"\ntraining the refining model ({rcfg.data.image_size} px, {rcfg.train.epochs} epochs on "
-          f"{data.summary['train']} crops around the windows, {data.summary['val']} to validate) into {out}"
-          + (f", starting from {rcfg.train.init_from}" if rcfg.train.init_from else ""))
-    out.mkdir()
-    dump_config(rcfg, out / "config.yaml")
-    trainer = ray_train.make_trainer(rcfg, data=ray_train.share(data), storage=run_dir, name=REFINE_DIR,
-                                     run_dir=out.uri, gpus_per_worker=gpus,
-                                     init=None if weights is None else ray.put(weights))
-    try:
-        result = ray_train.run_trainer(trainer, ray_train.EpochLines(out, rcfg.train.epochs, "refining model "))
-    except KeyboardInterrupt:
-        raise Stopped(f"the refining model's training stopped; continue it with: {resume_hint}") from None
-    except Exception as exc:  # noqa: BLE001 - one line, whatever the workers raised
-        if isinstance(exc, UserError):
-            raise
-        raise UserError(f"training the refining model failed: {ray_train.failure_line(exc)}; continue it with: "
-                        f"{resume_hint}") from None
-    return export_model(best_checkpoint(result), out / "model.pt")
-

@@ -17,12 +17,12 @@ if __name__ == "__main__":  # python -m lfa_ray.tune: the command, run before th
 import json
 import math
 import time
-from pathlib import Path
 from typing import Callable, Optional
 
 from ray.tune import Callback, Stopper
 
-from lfa_ray.checkpoint import best_checkpoint, export_model
+from lfa_ray import runs
+from lfa_ray.checkpoint import FINAL
 from lfa_ray.config import (
     Config,
     ProfileChoice,
@@ -39,9 +39,7 @@ from lfa_ray.evaluate import format_summary, score_test
 from lfa_ray.lock import RunLock
 from lfa_ray.search import apply_params, reference_point, to_tune, validate_space
 from lfa_ray.storage import Location, locate
-from lfa_ray.train import train_refiner
 
-FINAL = "final"
 # What a trial's own process holds: no CPU, so that N trials of W workers fit exactly on N*W CPUs
 # (with the usual 0.01 CPU, two 1-CPU trials do not fit on 2 CPUs and the second one's worker
 # group times out). Tune refuses an empty resource request, so the trial holds a little memory.
@@ -58,7 +56,7 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from lfa_ray.ray_train import failure_line, make_trainer
+    from lfa_ray.ray_train import make_trainer
 
     cfg = apply_params(config_from_dict(base), params)
     trial_name = tune.get_context().get_trial_name()
@@ -74,7 +72,7 @@ def trial_fn(params: dict, *, base: dict, data, exp_dir: Location, gpus_per_work
     try:
         trainer.fit()
     except Exception as exc:  # the trial's error keeps the cause in one line (trials.csv, summary.md)
-        raise TrialFailed(failure_line(exc)) from None
+        raise TrialFailed(runs.failure_line(exc)) from None
     handed_over()
 
 
@@ -88,15 +86,14 @@ def handed_over(quiet: float = 0.5, limit: float = 120.0) -> None:
     closing result and the trial (and the sweep) waits forever. So the function returns only once
     both queues have stayed empty for ``quiet`` seconds (``limit`` at most).
     """
-    from ray.train._internal.session import get_session
+    from lfa_ray.ray_internals import trial_result_queues
 
-    session = get_session()
-    handoff = getattr(session, "_inter_actor_queue", None) if session else None
-    if handoff is None:
+    queues = trial_result_queues()
+    if queues is None:
         return
     deadline, empty_since = time.monotonic() + limit, None
     while time.monotonic() < deadline:
-        if handoff.empty() and session.result_queue.empty():
+        if all(q.empty() for q in queues):
             empty_since = empty_since or time.monotonic()
             if time.monotonic() - empty_since >= quiet:
                 return
@@ -139,17 +136,9 @@ class KeepTrialLogs(Callback):
     FILES = ("result.json", "progress.csv")
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        import pyarrow.fs
+        from lfa_ray.ray_internals import fetch_stored_trial_files
 
-        trial.init_local_path()
-        for name in self.FILES:
-            local = Path(trial.local_path, name)
-            if not local.exists():
-                try:
-                    pyarrow.fs.copy_files(f"{trial.storage.trial_fs_path}/{name}", local.as_posix(),
-                                          source_filesystem=trial.storage.storage_filesystem)
-                except OSError:  # a trial's first start: nothing stored yet
-                    pass
+        fetch_stored_trial_files(trial, self.FILES)
 
 
 class Unfinished(Callback):
@@ -341,40 +330,12 @@ def final_config(cfg: Config, best_params: dict) -> Config:
     return config_from_dict(raw)
 
 
-def run_final(cfg: Config, exp_dir: Location, data, gpus_per_worker: float = 0.0, init=None) -> Location:
-    """Retrain the best config into ``final/`` (continuing its own checkpoints if it was interrupted)."""
-    from lfa_ray import ray_train
-
-    final_dir = exp_dir / FINAL
-    final_dir.mkdir()
-    dump_config(cfg, final_dir / "config.yaml")
-    trainer = ray_train.make_trainer(cfg, data=data, storage=exp_dir, name=FINAL, run_dir=final_dir.uri,
-                                     gpus_per_worker=gpus_per_worker, init=init)
-    try:
-        result = ray_train.run_trainer(trainer, ray_train.EpochLines(final_dir, cfg.train.epochs, "final "))
-    except KeyboardInterrupt:
-        raise Stopped(f"the final retrain stopped; continue it with: {resume_command(cfg, exp_dir)}") from None
-    return export_model(best_checkpoint(result), final_dir / "model.pt")
-
-
 def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
-    import ray
-
-    from lfa_ray import ray_train
-    from lfa_ray.data import load_for, resolve_root
-
-    data = load_for(cfg, resolve_root(cfg))
-    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val, {data.summary['test']} test)")
-    weights = ray_train.read_init(cfg)
-    ray_train.init_ray()
-    gpus = ray_train.check_resources(cfg)
-    data = ray_train.share(data)  # decoded once for the whole sweep
-    init = None if weights is None else ray.put(weights)
-
+    cfg, setup = runs.prepare(cfg)  # the dataset decoded once for the whole sweep
     with RunLock(exp_dir):
         if not resume:
             refuse_existing(exp_dir)  # again: another command may have made it since plan()
-        return _sweep(cfg, exp_dir, data, gpus, init, resume=resume, restart_errored=restart_errored)
+        return _sweep(cfg, exp_dir, setup, resume=resume, restart_errored=restart_errored)
 
 
 def refuse_changes(choice: ProfileChoice, cfg: Config, exp_dir: Location) -> None:
@@ -401,21 +362,18 @@ def resume_command(cfg: Config, exp_dir: Location) -> str:
 
 
 def refuse_existing(exp_dir: Location) -> None:
-    if exp_dir.exists() and exp_dir.children():
-        raise UserError(f"{exp_dir} already exists; continue it with --resume --name {exp_dir.name}, "
-                        f"or pick another --name")
+    runs.refuse_existing(exp_dir, f"continue it with --resume --name {exp_dir.name}")
 
 
-def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: bool, restart_errored: bool
-           ) -> Location:
-    from lfa_ray import report
+def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, restart_errored: bool) -> Location:
+    from lfa_ray import ray_train, report
 
     created = not exp_dir.exists()
     if not resume:
         exp_dir.mkdir()
         dump_config(cfg, exp_dir / "config.yaml")
     try:
-        tuner = make_tuner(cfg, exp_dir, data, gpus_per_worker=gpus, init=init, restore=resume,
+        tuner = make_tuner(cfg, exp_dir, setup.data, gpus_per_worker=setup.gpus, init=setup.init, restore=resume,
                            restart_errored=restart_errored)
         started = time.monotonic()
         STARTED.clear()
@@ -437,18 +395,20 @@ def _sweep(cfg: Config, exp_dir: Location, data, gpus: float, init, *, resume: b
                         f"retry with {resume_command(cfg, exp_dir)} --restart-errored")
     best_row = report.best_row(table, cfg)
     best_params = {k: report.param_value(best_row, k) for k in cfg.tune.search_space}
-    from lfa_ray import ray_train
-
     final_cfg = ray_train.alone(final_config(cfg, best_params))  # it runs alone: all of a local cluster's CPUs
     dump_config(final_cfg, exp_dir / "best_config.yaml")
     report.write_trials(table, exp_dir)
 
-    model = exp_dir / FINAL / "model.pt"
+    final_dir, again = exp_dir / FINAL, resume_command(cfg, exp_dir)
+    model = final_dir / "model.pt"
     if not model.exists():
-        print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {exp_dir / FINAL} "
+        print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {final_dir} "
               f"({final_cfg.scaling.cpus_per_worker} CPUs per worker)")
-        model = run_final(final_cfg, exp_dir, data, gpus, init)
-    refiner = train_refiner(final_cfg, exp_dir / FINAL, gpus, resume_command(cfg, exp_dir))
+        final_dir.mkdir()
+        dump_config(final_cfg, final_dir / "config.yaml")
+        model, _ = runs.fit(final_cfg, setup, final_dir, what="the final retrain", continue_with=again,
+                            label="final ")
+    refiner = runs.train_refiner(final_cfg, final_dir, setup.gpus, again)
     final_metrics = report.final_metrics(exp_dir / FINAL)
     test = score_test(model, final_cfg, exp_dir / FINAL, int(final_metrics.get("epoch", 0)))
     report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early)

@@ -7,7 +7,8 @@ import torch
 import yaml
 from PIL import Image
 
-from lfa_ray import cli, data, evaluate, predict
+from lfa_ray import cli, data, evaluate, infer, predict
+from lfa_ray.checkpoint import load_model
 from lfa_ray.images import read_mask
 
 from helpers import error_line, tiny_model
@@ -52,16 +53,16 @@ def test_evaluate_scores_the_models_own_test_split_at_each_photos_size(small_dir
 
 def test_flip_tta_masks_do_not_depend_on_how_the_photo_was_flipped(small_dir, tmp_path, capsys):
     model_file, cfg = tiny_model(tmp_path, small_dir)
-    model, size, _ = predict.load_model(model_file, torch.device("cpu"))
+    model, size, _ = load_model(model_file, torch.device("cpu"))
     image = np.asarray(Image.open(next((small_dir / "train_images").iterdir())).convert("RGB"))
     cpu = torch.device("cpu")
     with torch.no_grad():  # centre the untrained model's logits on 0, so its mask has edges to differ at
-        logits = model(predict.model_input([image], size).to(memory_format=torch.channels_last))
+        logits = model(infer.model_input([image], size).to(memory_format=torch.channels_last))
         model.final_conv.bias -= logits.median()
-    plain, tta = (predict.predict(model, [image], size, cpu, tta=t)[0] for t in (False, True))
+    plain, tta = (infer.predict(model, [image], size, cpu, tta=t)[0] for t in (False, True))
     assert 0.1 < tta.mean() < 0.9
-    mirrored = predict.predict(model, [image[:, ::-1].copy()], size, cpu, tta=True)[0]
-    upside_down = predict.predict(model, [image[::-1].copy()], size, cpu, tta=True)[0]
+    mirrored = infer.predict(model, [image[:, ::-1].copy()], size, cpu, tta=True)[0]
+    upside_down = infer.predict(model, [image[::-1].copy()], size, cpu, tta=True)[0]
     # averaged over the four flips (each undone), the mask of a flipped photo is the flipped mask
     assert (mirrored[:, ::-1] == tta).mean() > 0.999 and (upside_down[::-1] == tta).mean() > 0.999
     assert (plain != tta).any()  # an untrained model is far from flip-symmetric: TTA changes its mask

@@ -8,11 +8,11 @@ import torch
 
 from lfa_ray import cli, export
 from lfa_ray.augment import resize
-from lfa_ray.checkpoint import state_bytes
+from lfa_ray.checkpoint import load_model, state_bytes
 from lfa_ray.config import load_config
 from lfa_ray.data import discover
 from lfa_ray.images import read_photo
-from lfa_ray.predict import load_model, predict
+from lfa_ray.infer import predict
 
 from helpers import error_line
 

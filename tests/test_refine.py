@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lfa_ray import cli, data, readout, refine
+from lfa_ray import cli, data, infer, readout
 from lfa_ray.config import load_config
 from lfa_ray.images import read_mask, read_photo
 from lfa_ray.runlog import read_metrics
@@ -48,14 +48,14 @@ def test_a_window_cut_short_and_off_is_found_again_in_its_crop():
     part[[2, 3]] = corners[[1, 0]] + 0.55 * (corners[[2, 3]] - corners[[1, 0]])
     cv2.fillPoly(rough, [np.round(part + 2).astype(np.int32)], 1)
     assert _dice(rough, truth) < 0.7
-    [refined] = refine.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
+    [refined] = infer.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
     assert refined.shape == truth.shape and _dice(refined, truth) > 0.95
     # the first crop (1.5 x the mask's long side) cannot hold all of it: the second, around what the first found, does
-    refine.PASSES, passes = 1, refine.PASSES
+    infer.PASSES, passes = 1, infer.PASSES
     try:
-        [once] = refine.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
+        [once] = infer.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
     finally:
-        refine.PASSES = passes
+        infer.PASSES = passes
     assert _dice(rough, truth) < _dice(once, truth) < _dice(refined, truth)
 
 
@@ -68,15 +68,15 @@ def test_of_a_masks_regions_the_one_refined_most_like_a_window_is_kept():
     part = corners.copy()
     part[[2, 3]] = corners[[1, 0]] + 0.6 * (corners[[2, 3]] - corners[[1, 0]])
     cv2.fillPoly(rough, [np.round(part).astype(np.int32)], 1)
-    assert len(readout.regions(rough, refine.REGION_SHARE)) == 2
-    [refined] = refine.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
+    assert len(readout.regions(rough, infer.REGION_SHARE)) == 2
+    [refined] = infer.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
     assert _dice(refined, truth) > 0.95 and not (refined & blob).any()
-    share = refine.REGION_SHARE
-    refine.REGION_SHARE = 1.0  # only the largest region: the blob, refined into a square
+    share = infer.REGION_SHARE
+    infer.REGION_SHARE = 1.0  # only the largest region: the blob, refined into a square
     try:
-        [largest_only] = refine.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
+        [largest_only] = infer.refine(Bright(), 64, [image], [rough], torch.device("cpu"))
     finally:
-        refine.REGION_SHARE = share
+        infer.REGION_SHARE = share
     assert _dice(largest_only, blob) > 0.95 and not (largest_only & truth).any()
 
 
@@ -85,7 +85,7 @@ def test_a_photo_decoded_reduced_keeps_its_mask_at_the_displayed_size():
     small = cv2.resize(image, (320, 240), interpolation=cv2.INTER_AREA)  # decoded at half size
     rough = cv2.erode(truth, np.ones((15, 15), np.uint8))
     empty = np.zeros_like(truth)
-    refined, still_empty = refine.refine(Bright(), 64, [small, small], [rough, empty], torch.device("cpu"))
+    refined, still_empty = infer.refine(Bright(), 64, [small, small], [rough, empty], torch.device("cpu"))
     assert refined.shape == truth.shape and _dice(refined, truth) > 0.95 > _dice(rough, truth)
     assert not still_empty.any()  # no window found: nothing to crop around
 

@@ -37,20 +37,28 @@ def test_the_code_passes_the_linter():
 
 
 _NO_NETWORK = """
-import socket, sys
+import logging, os, socket, sys
 def refuse(*args, **kwargs):
     raise SystemExit(f"network: {args[:1]!r}")
 socket.getaddrinfo = refuse
 socket.socket.connect = refuse
+for name in sys.argv[1:]:  # the libraries lfa_ray uses first: some set variables of their own at import
+    if name.startswith("+"):
+        __import__(name[1:])
+before = dict(os.environ), logging.getLogger().level, len(logging.getLogger().handlers)
 for name in sys.argv[1:]:
-    __import__(name)
-print("ok")
+    if not name.startswith("+"):
+        __import__(name)
+changed = sorted(set(os.environ.items()) ^ set(before[0].items()))
+print("ok" if not changed and before[1:] == (logging.getLogger().level, len(logging.getLogger().handlers))
+      else f"changed: {changed}")
 """
 
 
-def test_importing_lfa_ray_reaches_for_no_network():
+def test_importing_lfa_ray_reaches_for_no_network_and_changes_no_global_state():
     """Every Ray worker imports these; albumentations alone asks PyPI for updates at import, which an
-    offline GPU node answers only after its name lookup fails."""
+    offline GPU node answers only after its name lookup fails. Importing them leaves the process's
+    environment variables and root logger as they were (Ray's settings are made when Ray starts)."""
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
 
     def imports(*modules: str) -> subprocess.CompletedProcess:
@@ -59,7 +67,10 @@ def test_importing_lfa_ray_reaches_for_no_network():
 
     bare = imports("albumentations")
     assert bare.returncode != 0 and "network: ('pypi.org'" in bare.stderr  # what lfa_ray turns off
-    ours = imports("lfa_ray.data", "lfa_ray.ray_train", "lfa_ray.tune", "lfa_ray.predict", "lfa_ray.evaluate")
+    libraries = ["+ray.train.torch", "+ray.tune", "+cv2", "+torch", "+pyarrow.fs", "+pandas", "+optuna",
+                 "+tensorboardX"]
+    modules = [f"lfa_ray.{p.stem}" for p in sorted((REPO / "lfa_ray").glob("*.py")) if p.stem != "__main__"]
+    ours = imports(*libraries, *modules)
     assert ours.returncode == 0 and ours.stdout.strip() == "ok", ours.stderr[-2000:]
 
 
@@ -95,6 +106,55 @@ def test_library_modules_reach_the_cli_only_from_their_main_entry_and_before_def
             else:
                 assert not _imports_cli(node), f"{path.name} imports lfa_ray.cli outside its __main__ entry"
     assert entries == ["data", "evaluate", "export", "predict", "train", "tune"]
+
+
+def _library_imports() -> dict[str, set[str]]:
+    """Which lfa_ray modules each library module imports, at its top or inside a function (its
+    ``__main__`` entry left out; cli and __main__ are the commands, not the library)."""
+    graph = {}
+    for path in sorted((REPO / "lfa_ray").glob("*.py")):
+        if path.name in ("cli.py", "__main__.py", "__init__.py"):
+            continue
+        found = set()
+        for node in ast.parse(path.read_text()).body:
+            if _main_guard(node):
+                continue
+            for n in ast.walk(node):
+                if isinstance(n, ast.ImportFrom) and n.module == "lfa_ray":
+                    found |= {a.name for a in n.names}
+                elif isinstance(n, ast.ImportFrom) and (n.module or "").startswith("lfa_ray."):
+                    found.add(n.module.split(".")[1])
+                elif isinstance(n, ast.Import):
+                    found |= {a.name.split(".")[1] for a in n.names if a.name.startswith("lfa_ray.")}
+        graph[path.stem] = found - {path.stem}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """A cycle of imports (its modules, the first repeated at the end), or [] where there is none."""
+    done: set[str] = set()
+
+    def visit(m: str, path: list[str]) -> list[str]:
+        if m in path:
+            return path[path.index(m):] + [m]
+        if m in done:
+            return []
+        for n in sorted(graph.get(m, ())):
+            if found := visit(n, path + [m]):
+                return found
+        done.add(m)
+        return []
+
+    return next((c for m in sorted(graph) if (c := visit(m, []))), [])
+
+
+def test_the_library_has_no_circle_of_imports():
+    """Each module can be read with only the ones below it in mind: no two library modules import
+    each other, directly or round a circle, not even inside a function."""
+    graph = _library_imports()
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself finds one
+    assert {"infer", "checkpoint", "runs", "refine"} <= set(graph) and "refine" in graph["infer"] | graph["runs"]
+    assert _cycle(graph) == [], " -> ".join(_cycle(graph))
 
 
 def test_python_dash_m_lfa_ray_runs_each_command(capsys):

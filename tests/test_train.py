@@ -436,8 +436,8 @@ def test_a_full_disk_says_so_and_the_run_continues_once_space_is_freed(small_dir
     _, err = proc.communicate(timeout=240)
     kill_session(proc.pid)
     assert proc.returncode == 2, err[-3000:]
-    assert err.strip().splitlines()[-1] == (f"error: disk full: no space left writing {run}; free space "
-                                            f"there, then continue with --resume-from {run}")
+    assert err.strip().splitlines()[-1] == (f"error: disk full: no space left writing {run}; free space there, "
+                                            f"then continue it with: python -m lfa_ray.train --resume-from {run}")
     registered = latest_checkpoint(run)
     assert all(c.name <= registered.name for c in run.glob("checkpoint_epoch_*"))  # no cut-short copies
     filler.unlink()

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lfa_ray import cli, predict
 from lfa_ray import evaluate as evaluation
+from lfa_ray.checkpoint import latest_checkpoint
 from lfa_ray.config import load_config
 from lfa_ray.data import discover
 from lfa_ray.images import read_mask
@@ -134,6 +135,17 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     assert cli.tune(["--resume", "--name", "sw", *_args(synth_dir, tmp_path, **changed)]) == 2
     assert "--resume: tune.num_samples is 6 in this command but 5 in" in error_line(capsys)
     refiner = (exp / "final" / "refine" / "model.pt").read_bytes()
+    # the final retrain fails as train fails: one line, naming the command that continues it
+    state = latest_checkpoint(exp / "final") / "state.pt"
+    good = Path(state.path).read_bytes()
+    Path(state.path).write_bytes(b"not a checkpoint")
+    assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **two_stage), "--resume"]) == 2
+    # (Ray forwards its controller's log of the worker's error, prefixed "(TrainController pid=…)")
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error: ")]
+    assert line.startswith(f"error: the final retrain failed: {state}: not a checkpoint lfa_ray can load"), line
+    assert line.endswith(f"; continue it with: python -m lfa_ray.tune --resume --name sw "
+                         f"--set storage.path={tmp_path}"), line
+    Path(state.path).write_bytes(good)
     assert cli.tune(["--name", "sw", *_args(synth_dir, tmp_path, **two_stage), "--resume"]) == 0
     assert (exp / "final" / "model.pt").is_file()
     assert (exp / "final" / "refine" / "model.pt").read_bytes() == refiner  # done already: not trained again

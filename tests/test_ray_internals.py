@@ -1,0 +1,28 @@
+"""Ray's private parts that lfa_ray uses (lfa_ray.ray_internals) are all in the installed Ray; when
+one is gone, the check names the entry to adapt."""
+
+from __future__ import annotations
+
+import importlib
+
+from lfa_ray import ray_internals
+
+
+def test_every_private_part_of_ray_lfa_ray_uses_is_in_the_installed_ray():
+    assert ray_internals.missing() == []
+
+
+def test_a_part_gone_from_ray_is_named_with_the_entry_to_adapt(monkeypatch):
+    """Ray renaming what lfa_ray reads, as a new Ray might: the check says which entry, not a
+    sweep that hangs or a console full of tables later."""
+    from ray.tune.experiment import Trial
+
+    constants = importlib.import_module("ray.train.v2._internal.constants")
+    monkeypatch.setattr(constants, "HEALTH_CHECK_INTERVAL_S_ENV_VAR", "RAY_TRAIN_POLL_S")
+    monkeypatch.delattr(Trial, "pickled_error_file")
+    monkeypatch.setattr(ray_internals, "PG_CLEANER_LOGGER", "ray.train.v3.no_such_module")
+    problems = ray_internals.missing()
+    assert [p.split(":")[0] for p in problems] == ["lfa_ray.ray_internals.REPORT_POLL",
+                                                   "lfa_ray.ray_internals.fetch_stored_trial_files",
+                                                   "lfa_ray.ray_internals.PG_CLEANER_LOGGER"], problems
+    assert all("is not in the installed Ray" in p and "adapt it" in p and "\n" not in p for p in problems)
