@@ -178,7 +178,7 @@ def discover(root: str | Location) -> Found:
     train_layout = _find_layout(root / "train") if (root / "train").is_dir() else _find_layout(root)
     if train_layout is None:
         raise UserError(f"{root}: no images found; expected train_images/ + train_masks/ "
-                        f"or images/ + masks/ (see README, 'Data layouts')")
+                        f"or images/ + masks/ (see docs/data.md)")
     pairs, errors = _pair_folder(*train_layout)
     found = Found(pairs)
     for name, what in (("val", "validation"), ("test", "test")):

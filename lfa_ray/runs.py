@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import NoReturn, Optional
 
-from lfa_ray.checkpoint import REFINE_DIR, best_checkpoint, drop_partial, export_model, latest_checkpoint
+from lfa_ray.checkpoint import MODEL_FILE, REFINE_DIR, best_checkpoint, drop_partial, export_model, latest_checkpoint
 from lfa_ray.config import Config, dump_config
 from lfa_ray.errors import Stopped, UserError
 from lfa_ray.storage import Location
@@ -95,7 +95,7 @@ def fit(cfg: Config, setup: Setup, run_dir: Location, *, what: str, continue_wit
     except BaseException as exc:  # noqa: BLE001 - one line for the user, whatever it was (failed())
         failed(exc, run_dir, what=what, continue_with=continue_with, fresh=fresh, retries=cfg.scaling.max_failures)
     best = best_checkpoint(result)
-    return export_model(best, run_dir / "model.pt"), best
+    return export_model(best, run_dir / MODEL_FILE), best
 
 
 def failed(exc: BaseException, run_dir: Location, *, what: str, continue_with: str, fresh: bool,
@@ -150,17 +150,15 @@ def train_refiner(cfg: Config, run_dir: Location, gpus: float, continue_with: st
     the run's settings on crops around its photos' windows (:func:`lfa_ray.refine.refiner_config`),
     continuing its own checkpoints where it was cut short. Its ``model.pt``; None where the profile
     trains none (``refine.image_size`` null)."""
-    from lfa_ray.data import load_for
+    from lfa_ray.data import load_for, resolve_root
     from lfa_ray.ray_train import read_init
     from lfa_ray.refine import crops_for, refiner_config
 
     if cfg.refine.image_size is None:
         return None
     out = run_dir / REFINE_DIR
-    if (out / "model.pt").is_file():
-        return out / "model.pt"
-    from lfa_ray.data import resolve_root
-
+    if (out / MODEL_FILE).is_file():
+        return out / MODEL_FILE
     rcfg = refiner_config(cfg, crops_for(cfg, resolve_root(cfg)))
     data = load_for(rcfg, rcfg.data.path)
     setup = _share(data, read_init(rcfg), gpus)

@@ -112,7 +112,7 @@ def run(p: Plan) -> Location:
         if p.start in (Start.NEW, Start.FROM_CHECKPOINT):
             refuse_existing(p.run_dir)  # again: another command may have made it since plan()
         if p.refine_only:
-            _refine_and_report(p, p.run_dir / "model.pt", setup.gpus)
+            _refine_and_report(p, p.run_dir / MODEL_FILE, setup.gpus)
             return p.run_dir
         return _train(p, setup)
 

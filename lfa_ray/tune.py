@@ -22,7 +22,7 @@ from typing import Callable, Optional
 from ray.tune import Callback, Stopper
 
 from lfa_ray import runs
-from lfa_ray.checkpoint import FINAL
+from lfa_ray.checkpoint import FINAL, MODEL_FILE
 from lfa_ray.config import (
     Config,
     ProfileChoice,
@@ -398,9 +398,18 @@ def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, r
     final_cfg = ray_train.alone(final_config(cfg, best_params))  # it runs alone: all of a local cluster's CPUs
     dump_config(final_cfg, exp_dir / "best_config.yaml")
     report.write_trials(table, exp_dir)
+    _final(cfg, final_cfg, exp_dir, setup, table, curves, best_row, best_params, ended_early)
+    return exp_dir
+
+
+def _final(cfg: Config, final_cfg: Config, exp_dir: Location, setup: runs.Setup, table, curves, best_row,
+           best_params: dict, ended_early: Optional[str]) -> None:
+    """The best config retrained (unless done already), its refining model, its test score, the
+    summary; the sweep's closing lines."""
+    from lfa_ray import report
 
     final_dir, again = exp_dir / FINAL, resume_command(cfg, exp_dir)
-    model = final_dir / "model.pt"
+    model = final_dir / MODEL_FILE
     if not model.exists():
         print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {final_dir} "
               f"({final_cfg.scaling.cpus_per_worker} CPUs per worker)")
@@ -409,8 +418,8 @@ def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, r
         model, _ = runs.fit(final_cfg, setup, final_dir, what="the final retrain", continue_with=again,
                             label="final ")
     refiner = runs.train_refiner(final_cfg, final_dir, setup.gpus, again)
-    final_metrics = report.final_metrics(exp_dir / FINAL)
-    test = score_test(model, final_cfg, exp_dir / FINAL, int(final_metrics.get("epoch", 0)))
+    final_metrics = report.final_metrics(final_dir)
+    test = score_test(model, final_cfg, final_dir, int(final_metrics.get("epoch", 0)))
     report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early)
     print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early"
           + (f" (by ASHA, or as the sweep ended: {ended_early})" if ended_early else " by ASHA"))
@@ -423,5 +432,4 @@ def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, r
         print(f"  test split:   {format_summary(test)}, never used to choose")
     print(f"  summary:      {exp_dir / 'summary.md'}")
     print(f"  tensorboard --logdir {exp_dir}")
-    return exp_dir
 
