@@ -323,7 +323,7 @@ def test_ray_up_exec_down_runs_a_sweep_on_the_local_twin_of_cluster_yaml():
                 assert twin[same] == cluster[same]
             (root / "local-tmp").mkdir(parents=True)
             (root / "twin.yaml").write_text(yaml.safe_dump(twin))
-            ray("get-auth-token", "--generate")  # the README's first step: ~/.ray/auth_token, mounted on the node
+            ray("get-auth-token", "--generate")  # docs/cloud.md's first step: ~/.ray/auth_token, mounted on the node
             ray("up", "-y", "--no-config-cache", str(root / "twin.yaml"), timeout=600)
 
             node = root / "node"
