@@ -50,6 +50,9 @@ def bare_trial(params: dict, *, base: dict, data, exp_dir, **_) -> None:
             ray.train.report({"epoch": epoch, "time": time.time(), "epoch_seconds": 0.0, "val_dice": 0.0,
                               "run_finished": int(epoch == config["epochs"])})
 
+    from lfa_ray.ray_internals import fast_reports
+
+    fast_reports()  # the controller's report polling lfa_ray's trials have (ray_train.make_trainer)
     TorchTrainer(train, train_loop_config={"epochs": base["train"]["epochs"]},
                  scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
                  run_config=RunConfig(name="train",

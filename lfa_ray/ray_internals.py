@@ -154,6 +154,32 @@ def quiet_worker(keep, verbose: bool) -> None:
         logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
 
 
+# Each trial's actors are new Python processes, so a sweep starts dozens of them on purpose; the
+# raylet then warns ("N PYTHON worker processes have been started on node ..., which is 4x the
+# maximum expected startup concurrency") in the middle of the sweep's lines. It reaches the driver
+# as an error message that ray._private.worker.listen_error_messages prints through the module's
+# print_to_stdstream. If either is renamed, the warning is back: noisier, not wrong.
+WORKER_START_WARNING = "PYTHON worker processes have been started"
+
+
+def quiet_worker_start_warning() -> None:
+    """Drop the raylet's :data:`WORKER_START_WARNING` from what the driver prints (every other
+    message of Ray's passes)."""
+    from ray._private import worker
+
+    original = worker.print_to_stdstream
+    if getattr(original, "lfa_ray_quiet", False):
+        return
+
+    def printer(data: dict, ignore_prefix: bool):
+        if data.get("pid") == "raylet" and any(WORKER_START_WARNING in line for line in data.get("lines", ())):
+            return None
+        return original(data, ignore_prefix)
+
+    printer.lfa_ray_quiet = True
+    worker.print_to_stdstream = printer
+
+
 # -- the check ---------------------------------------------------------------------------------
 
 def _source(module: str) -> str:
@@ -215,4 +241,7 @@ def missing() -> list[str]:
                         ("PG_CLEANER_LOGGER", PG_CLEANER_LOGGER)):
         need(lambda name=name: importlib.util.find_spec(name) is not None, entry, f"the module {name}")
     need(lambda: Path(report_logger()).is_file(), "REPORT_LOGGER_FILE", "ray/" + "/".join(REPORT_LOGGER_FILE))
+    need(lambda: callable(importlib.import_module("ray._private.worker").print_to_stdstream)
+         and '"pid": "raylet"' in _source("ray._private.worker"), "quiet_worker_start_warning",
+         "ray._private.worker.print_to_stdstream, printing the raylet's messages")
     return problems

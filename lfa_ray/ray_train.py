@@ -162,6 +162,7 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
     env = {"env_vars": {VERBOSE: "1" if verbose() else "0"}, "worker_process_setup_hook": SETUP_WORKER}
     if not verbose():
         ray_internals.quiet_driver()
+        ray_internals.quiet_worker_start_warning()
     address = cluster_address()
     if address:
         _check_answers(address)

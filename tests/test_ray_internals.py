@@ -26,3 +26,18 @@ def test_a_part_gone_from_ray_is_named_with_the_entry_to_adapt(monkeypatch):
                                                    "lfa_ray.ray_internals.fetch_stored_trial_files",
                                                    "lfa_ray.ray_internals.PG_CLEANER_LOGGER"], problems
     assert all("is not in the installed Ray" in p and "adapt it" in p and "\n" not in p for p in problems)
+
+
+def test_the_raylets_worker_start_warning_is_dropped_and_its_other_messages_pass(monkeypatch, capsys):
+    from ray._private import worker
+
+    monkeypatch.setattr(worker, "print_to_stdstream", worker.print_to_stdstream)  # put back afterwards
+    ray_internals.quiet_worker_start_warning()
+    ray_internals.quiet_worker_start_warning()  # a second init_ray wraps nothing twice
+    warning = ("WARNING: 8 PYTHON worker processes have been started on node: 86230 with address: 192.0.2.2, "
+               "which is 4x the maximum expected startup concurrency (2).")
+    died = "A worker died or was killed while executing a task by an unexpected system error."
+    for line in (warning, died):
+        worker.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr().out
+    assert "PYTHON worker processes" not in out and died in out
