@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import re
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -78,6 +79,73 @@ def param_value(row: pd.Series, key: str):
     return v.item() if hasattr(v, "item") else v
 
 
+def _distribution(spec: dict):
+    """The Optuna distribution of a ``tune.search_space`` entry (lfa_ray.search's four kinds)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    (kind, args), = spec.items()
+    if kind == "choice":
+        return CategoricalDistribution([str(a) if isinstance(a, list) else a for a in args])  # [8, 16] as "[8, 16]"
+    if kind == "randint":
+        return IntDistribution(int(args[0]), int(args[1]) - 1)  # Tune's randint excludes its high end
+    return FloatDistribution(float(args[0]), float(args[1]), log=kind == "loguniform")
+
+
+class Mattered(NamedTuple):
+    """:func:`importances`: each searched key's share, largest first (empty: ``why`` says why)."""
+    shares: dict
+    trials: int
+    why: str = ""
+
+
+def importances(table: pd.DataFrame, cfg: Config) -> Mattered:
+    """What mattered in a sweep: each searched key's share of the variance of the trials' best
+    ``tune.metric``, by Optuna's fANOVA (a random forest over the trials, seeded with ``train.seed``),
+    and the number of trials it rests on (those that reported the metric, ASHA-stopped ones included,
+    at the epoch they reached). Nothing with fewer than two such trials, or without scikit-learn
+    (pinned in the package; a bare environment such as the GPU box's bundle may lack it), or where
+    every trial scored the same (or fANOVA fails): ``why`` says which."""
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    col = f"best_{cfg.tune.metric}"
+    done = table.dropna(subset=[col])
+    if len(done) < 2:
+        return Mattered({}, len(done), f"too few trials reported {cfg.tune.metric}")
+    if done[col].nunique() < 2:
+        return Mattered({}, len(done), f"every trial scored the same {cfg.tune.metric}")
+    try:
+        import sklearn  # noqa: F401 - fANOVA's random forest
+    except ImportError:
+        return Mattered({}, len(done), "scikit-learn is not installed (pip install scikit-learn==1.9.1)")
+    space = {k: _distribution(spec) for k, spec in cfg.tune.search_space.items()}
+
+    def value(row: pd.Series, key: str):
+        v = param_value(row, key)
+        return str(v) if isinstance(v, list) else v
+
+    trials = [optuna.trial.create_trial(params={k: value(row, k) for k in space}, distributions=space,
+                                        value=float(row[col])) for _, row in done.iterrows()]
+    was = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
+    try:
+        study = optuna.create_study(direction="maximize" if cfg.tune.mode == "max" else "minimize")
+        study.add_trials(trials)
+        found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=cfg.train.seed))
+    except Exception as exc:  # noqa: BLE001 - a report line, never the end of a sweep that has trained
+        return Mattered({}, len(done), f"fANOVA failed ({type(exc).__name__}: {exc})")
+    finally:
+        optuna.logging.set_verbosity(was)
+    return Mattered({k: float(v) for k, v in found.items()}, len(done))
+
+
+def importance_line(found: Mattered, metric: str) -> str:
+    if not found.shares:
+        return f"not worked out: {found.why}"
+    return (", ".join(f"{k} {v:.2f}" for k, v in found.shares.items())
+            + f" (share of the variance of the best {metric}, Optuna's fANOVA over {found.trials} trials)")
+
+
 def write_trials(table: pd.DataFrame, exp_dir: Location) -> None:
     for name, write in (("trials.parquet", lambda f: table.to_parquet(f, index=False)),
                         ("trials.csv", lambda f: f.write(table.to_csv(index=False).encode()))):
@@ -125,6 +193,30 @@ def _plots(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataF
     return ["trials_val_dice.png", "params_vs_metric.png"]
 
 
+def _plot_top_two(exp_dir: Location, cfg: Config, table: pd.DataFrame, shares: dict[str, float]) -> list[str]:
+    """The trials' best metric over the two most important searched keys (none with one key)."""
+    if len(shares) < 2:
+        return []
+    metric = f"best_{cfg.tune.metric}"
+    (kx, sx), (ky, sy) = list(shares.items())[:2]
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
+
+    def values(key: str):
+        return table[key].map(lambda v: str(list(v)) if isinstance(v, (list, np.ndarray)) else v)
+
+    dots = ax.scatter(values(kx), values(ky), c=table[metric], cmap="viridis", s=60, edgecolors="k")
+    for key, setter in ((kx, ax.set_xscale), (ky, ax.set_yscale)):
+        if "loguniform" in cfg.tune.search_space[key]:
+            setter("log")
+    fig.colorbar(dots, ax=ax, label=metric)
+    ax.set(xlabel=f"{kx} (importance {sx:.2f})", ylabel=f"{ky} (importance {sy:.2f})",
+           title=f"{metric} over the two parameters that mattered most")
+    fig.tight_layout()
+    _save(fig, exp_dir / "top_params.png")
+    return ["top_params.png"]
+
+
 def _md_table(df: pd.DataFrame) -> str:
     def fmt(v):
         if isinstance(v, float):
@@ -137,11 +229,20 @@ def _md_table(df: pd.DataFrame) -> str:
 
 
 def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: pd.DataFrame, best_params: dict,
-                  final: dict, model: Location, test: dict | None = None, ended_early: str | None = None) -> None:
+                  final: dict, model: Location, test: dict | None = None, ended_early: str | None = None,
+                  mattered: Mattered | None = None) -> None:
     """``summary.md``; ``test``: the final model's scores on the test split (lfa_ray.evaluate);
-    ``ended_early``: why the sweep ended before all its trials ran."""
+    ``ended_early``: why the sweep ended before all its trials ran; ``mattered``: :func:`importances`
+    (also written to the sweep's TensorBoard text tab, ``what_mattered``)."""
+    from lfa_ray.runlog import write_events
+
     metric = cfg.tune.metric
-    plots = _plots(exp_dir, cfg, table, curves)
+    mattered = mattered or importances(table, cfg)
+    plots = _plots(exp_dir, cfg, table, curves) + _plot_top_two(exp_dir, cfg, table, mattered.shares)
+    what_mattered = (f"What mattered: {importance_line(mattered, metric)}."
+                     + (" With a few trials this is a hint, not a measurement: each trial is one training run, "
+                        "and ASHA-stopped ones count at the epoch they reached." if mattered.shares else ""))
+    write_events(exp_dir, len(table), {}, texts={"what_mattered": what_mattered})
     shown = ["trial_id", *cfg.tune.search_space, f"best_{metric}", f"last_{metric}", "epochs", "stopped_early",
              "status"]
     text = [
@@ -155,6 +256,8 @@ def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: p
            else ""),
         "",
         "Best config: " + ", ".join(f"`{k}={v}`" for k, v in best_params.items()) + " (`best_config.yaml`).",
+        "",
+        what_mattered,
         "",
         f"Final retrain ({cfg.final.epochs} epochs max): best val_dice {final.get('best_val_dice', math.nan):.4f}, "
         f"last {final.get('val_dice', math.nan):.4f} after {int(final.get('epoch', 0))} epochs; model `{model}`.",

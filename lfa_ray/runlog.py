@@ -119,9 +119,10 @@ class RunLog:
 
 
 def write_events(run_dir: str | Path | Location, step: int, scalars: dict, *, images: dict | None = None,
-                 hparams: dict | None = None) -> None:
+                 hparams: dict | None = None, texts: dict | None = None) -> None:
     """Add to a run's TensorBoard logs at ``step`` (a new events file beside the run's own): scalars,
-    RGB ``images`` by tag, and an HParams entry of ``hparams`` measured by ``scalars``."""
+    RGB ``images`` by tag, an HParams entry of ``hparams`` measured by ``scalars``, markdown ``texts``
+    by tag (TensorBoard's text tab)."""
     from tensorboardX.summary import hparams as hparams_summary
 
     run_dir = locate(run_dir)
@@ -136,6 +137,8 @@ def write_events(run_dir: str | Path | Location, step: int, scalars: dict, *, im
                 writer.add_scalar(key, value, step)
             for tag, image in (images or {}).items():
                 writer.add_image(tag, image, step, dataformats="HWC")
+            for tag, text in (texts or {}).items():
+                writer.add_text(tag, text, step)
         if not run_dir.is_local:
             run_dir.upload(staging)
     finally:

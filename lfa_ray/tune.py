@@ -420,12 +420,14 @@ def _final(cfg: Config, final_cfg: Config, exp_dir: Location, setup: runs.Setup,
     refiner = runs.train_refiner(final_cfg, final_dir, setup.gpus, again)
     final_metrics = report.final_metrics(final_dir)
     test = score_test(model, final_cfg, final_dir, int(final_metrics.get("epoch", 0)))
-    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early)
+    mattered = report.importances(table, cfg)
+    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early, mattered)
     print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early"
           + (f" (by ASHA, or as the sweep ended: {ended_early})" if ended_early else " by ASHA"))
     print("  best config:  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                          for k, v in best_params.items()))
     print(f"  best trial {cfg.tune.metric}: {best_row['best_' + cfg.tune.metric]:.4f}")
+    print(f"  what mattered: {report.importance_line(mattered, cfg.tune.metric)}")
     print(f"  final model:  {model} (best val_dice {final_metrics.get('best_val_dice', math.nan):.4f})"
           + (f",\n                refined by {refiner}" if refiner else ""))
     if test:

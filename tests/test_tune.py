@@ -92,6 +92,8 @@ def test_sweep_asha_final_tensorboard_and_predict(ray_cluster, synth_dir, small_
     summary = (exp / "summary.md").read_text()
     assert "trials_val_dice.png" in summary and (exp / "trials_val_dice.png").stat().st_size > 0
     assert (exp / "params_vs_metric.png").stat().st_size > 0
+    assert "What mattered: train." in summary and "fANOVA over 5 trials" in summary  # (test_report: which one)
+    assert "  what mattered: train." in out
     # the final model scored once on the held-out test split (data.test_fraction), beside val
     test = json.loads((exp / "final" / "test" / "summary.json").read_text())
     assert test["images"] == len(pd.read_csv(exp / "final" / "test" / "per_image.csv")) > 0
@@ -319,6 +321,53 @@ def test_a_trial_stopped_before_its_first_result_is_a_row_without_scores(tmp_pat
     assert np.isnan(table.loc[1, "best_val_dice"]) and table.loc[1, "epochs"] == 0
     assert table.loc[1, "train.lr"] is None or np.isnan(table.loc[1, "train.lr"])
     assert len(curves) == 2
+
+
+def test_what_mattered_is_the_parameter_the_score_follows(tmp_path, monkeypatch):
+    """fANOVA over a sweep's trials names the searched key its best val_dice follows, first and with
+    most of the variance; summary.md, the TensorBoard text tab and the plot over the top two say so."""
+    from lfa_ray.config import load_config
+    from lfa_ray.report import importance_line, importances, write_summary
+    from lfa_ray.storage import locate
+
+    cfg = load_config(None, ["tune.search_space={train.lr: {loguniform: [1.0e-5, 1.0e-2]}, "
+                             "train.batch_size: {choice: [4, 8, 16]}, model.features: {choice: [[8, 16], [16, 32]]}, "
+                             "train.aug_strength: {uniform: [0.0, 1.0]}}"])
+    rng = np.random.default_rng(0)
+    n = 30
+    lr = 10 ** rng.uniform(-5, -2, n)
+    table = pd.DataFrame({"trial_id": [f"{i:03d}_x" for i in range(n)], "train.lr": lr,
+                          "train.batch_size": rng.choice([4, 8, 16], n),
+                          "model.features": [[8, 16] if i % 2 else [16, 32] for i in range(n)],
+                          "train.aug_strength": rng.uniform(0, 1, n),
+                          # the score follows lr alone: best near 1e-3.5, falling off either side
+                          "best_val_dice": 0.9 - 0.2 * np.abs(np.log10(lr) + 3.5) + rng.normal(0, 0.005, n),
+                          "last_val_dice": 0.5, "epochs": 4, "stopped_early": False, "status": "TERMINATED"})
+    shares, used, _ = found = importances(table, cfg)
+    assert used == n and set(shares) == set(cfg.tune.search_space)
+    assert next(iter(shares)) == "train.lr" and shares["train.lr"] > 0.5, shares  # the others are noise
+    assert importances(table.head(1), cfg).shares == {}  # one trial says nothing, and says so
+    assert importance_line(importances(table.head(1), cfg), "val_dice") == (
+        "not worked out: too few trials reported val_dice")
+    alike = table.assign(best_val_dice=0.0042)  # trials that all learnt nothing (the GPU suite's smoke sweep)
+    assert importances(alike, cfg).why == "every trial scored the same val_dice"
+    with monkeypatch.context() as m:  # an environment without scikit-learn (the GPU box's bundle): a line, no crash
+        m.setitem(sys.modules, "sklearn", None)
+        assert importances(table, cfg).why.startswith("scikit-learn is not installed")
+
+    exp = locate(tmp_path / "sw")
+    exp.mkdir()
+    curves = pd.DataFrame({"trial_id": table["trial_id"], "epoch": 1, "val_dice": table["best_val_dice"],
+                           "val_loss": 0.5})
+    write_summary(exp, cfg, table, curves,
+                  {"train.lr": 3e-4}, {"val_dice": 0.8, "epoch": 4}, exp / "final" / "model.pt",
+                  mattered=found)
+    summary = (exp / "summary.md").read_text()
+    assert f"What mattered: train.lr {shares['train.lr']:.2f}, " in summary and f"over {n} trials" in summary
+    assert "![top_params.png](top_params.png)" in summary and (tmp_path / "sw" / "top_params.png").stat().st_size
+    events = EventAccumulator(str(tmp_path / "sw"), size_guidance={"tensors": 0}).Reload()
+    [text] = events.Tensors("what_mattered/text_summary")
+    assert b"What mattered: train.lr" in text.tensor_proto.string_val[0]
 
 
 @pytest.mark.parametrize("space, fragment", [
