@@ -10,7 +10,7 @@ absent, faint and strong test lines, written as JPEGs like any synthetic set. Ea
 within its true window (the read-out alone) and within the window the model predicts (the product),
 and that a second time without snapping its sides onto the membrane's edges (``readout.snap``) and
 extending its ends (``readout.extend``), for comparison; with ``--refine``, also within the window
-segmented again by a refining model in a crop around it (``lfa_ray.refine``). A call is right when
+segmented again by a refining model in a crop around it (``lfa_ray.infer.refine``). A call is right when
 it is the true one, or "no read" on a photo that does not show the lines its call rests on (the
 truth's ``readable``: glare or overexposure washed a line's place out); "every no read wrong" is the
 strict figure. Accuracy is also given by the JPEG quality each photo was saved at (drawn from 55 to

@@ -56,7 +56,7 @@ def run(checkpoint: str, inputs: str, out: str, batch_size: int = 16, device: st
     ``--readout`` and its ``--set readout.KEY=VALUE`` items): also read each test
     (:mod:`lfa_ray.readout`): ``NAME_readout.png`` (the window straightened, lines marked) and one
     ``readout.csv`` for all photos. ``tta``: see :func:`predict`. ``refine``: a refining model's
-    checkpoint or ``none`` (default: the model's own, :func:`refiner_path`; :mod:`lfa_ray.refine`).
+    checkpoint or ``none`` (default: the model's own, :func:`lfa_ray.infer.refiner_path`; :func:`lfa_ray.infer.refine`).
     Photos are decoded, and their files written, beside the model (:class:`PhotoWork`)."""
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, size, trained_with = load_model(checkpoint, dev)
