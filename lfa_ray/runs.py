@@ -123,15 +123,20 @@ def failed(exc: BaseException, run_dir: Location, *, what: str, continue_with: s
     raise UserError(f"{what} failed: {failure_line(exc)}; {then}{hint}") from None
 
 
+def _worker_failures(exc: BaseException) -> list[BaseException]:
+    """What each training worker raised, where ``exc`` is Ray Train's error for a failed run."""
+    return list((getattr(exc, "worker_failures", None) or {}).values())
+
+
 def worker_error(exc: BaseException) -> Optional[UserError]:
     """The UserError a training worker raised (e.g. divergence), if that is why the run failed."""
-    return next((e for e in (getattr(exc, "worker_failures", None) or {}).values() if isinstance(e, UserError)), None)
+    return next((e for e in _worker_failures(exc) if isinstance(e, UserError)), None)
 
 
 def disk_full(exc: BaseException) -> bool:
     """Whether a run failed for want of disk space (ENOSPC, wherever in the workers or Ray it arose)."""
-    texts = [str(exc), *(str(e) for e in (getattr(exc, "worker_failures", None) or {}).values())]
-    return any("No space left on device" in t or "[Errno 28]" in t for t in texts)
+    return any("No space left on device" in t or "[Errno 28]" in t
+               for t in (str(exc), *map(str, _worker_failures(exc))))
 
 
 def failure_line(exc: BaseException) -> str:
@@ -139,7 +144,7 @@ def failure_line(exc: BaseException) -> str:
     line of what failed (a dead worker, a crash)."""
     if (cause := worker_error(exc)) is not None:
         return str(cause)
-    failures = list((getattr(exc, "worker_failures", None) or {}).values())
+    failures = _worker_failures(exc)
     err = failures[0] if failures else exc
     text = next((line.strip() for line in str(err).splitlines() if line.strip()), "")
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
@@ -150,8 +155,7 @@ def train_refiner(cfg: Config, run_dir: Location, gpus: float, continue_with: st
     the run's settings on crops around its photos' windows (:func:`lfa_ray.refine.refiner_config`),
     continuing its own checkpoints where it was cut short. Its ``model.pt``; None where the profile
     trains none (``refine.image_size`` null)."""
-    from lfa_ray.data import load_for, resolve_root
-    from lfa_ray.ray_train import read_init
+    from lfa_ray.data import resolve_root
     from lfa_ray.refine import crops_for, refiner_config
 
     if cfg.refine.image_size is None:
@@ -160,8 +164,8 @@ def train_refiner(cfg: Config, run_dir: Location, gpus: float, continue_with: st
     if (out / MODEL_FILE).is_file():
         return out / MODEL_FILE
     rcfg = refiner_config(cfg, crops_for(cfg, resolve_root(cfg)))
-    data = load_for(rcfg, rcfg.data.path)
-    setup = _share(data, read_init(rcfg), gpus)
+    data, weights = _load(rcfg)  # the crops, and the refining model of train.init_from's run
+    setup = _share(data, weights, gpus)
     print(f"\ntraining the refining model ({rcfg.data.image_size} px, {rcfg.train.epochs} epochs on "
           f"{data.summary['train']} crops around the windows, {data.summary['val']} to validate) into {out}"
           + (f", starting from {rcfg.train.init_from}" if rcfg.train.init_from else ""))
