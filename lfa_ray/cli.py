@@ -245,6 +245,8 @@ def data(argv: list[str] | None = None) -> None:
     p = sub.add_parser("pack", help="write a dataset (any layout) into one Parquet file, local or a URI")
     p.add_argument("dir")
     p.add_argument("out", help="OUT.parquet: a local path or a URI such as s3://bucket/data.parquet")
+    p.add_argument("--size", type=int, help="store the photos resized to SIZE x SIZE (the data.image_size training "
+                                            "uses, or more), so training decodes small PNGs, not the originals")
     p.set_defaults(func=_data_pack)
     args = top.parse_args(argv)
     args.func(args)
@@ -316,7 +318,8 @@ def _data_import(args: argparse.Namespace) -> None:
 def _data_pack(args: argparse.Namespace) -> None:
     from lfa_ray.data import pack
 
-    r = pack(args.dir, args.out)
+    r = pack(args.dir, args.out, args.size)
     explicit = [f"{r[k]} {what}" for k, what in (("val", "validation"), ("test", "test")) if r[k]]
     split_kind = f"explicit sets: {', '.join(explicit)}" if explicit else "split at training time"
-    print(f"packed {r['pairs']} pairs ({split_kind}) into {r['out']} ({r['bytes'] / 2**20:.1f} MiB)")
+    at = f" at {args.size} x {args.size} px" if args.size else ""
+    print(f"packed {r['pairs']} pairs{at} ({split_kind}) into {r['out']} ({r['bytes'] / 2**20:.1f} MiB)")

@@ -57,6 +57,9 @@ class DataConfig:
     # DataLoader processes per training worker; auto: 0 on CPU workers (the cores train the model),
     # scaling.cpus_per_worker on GPU workers (the training process mostly waits on the GPU)
     loader_workers: Union[int, str] = key("auto", choices=("auto",), minimum=0)
+    # stream the photos to the workers with Ray Data instead of decoding them all on the driver into Ray's
+    # object store; auto: when the decoded set is over a quarter of a node's object store (docs/data.md)
+    stream: Union[bool, str] = key("auto", choices=(True, False, "auto"))
 
 
 @dataclass

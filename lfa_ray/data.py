@@ -9,7 +9,10 @@ Layouts (``DIR`` is ``data.path``, a local folder or a URI such as ``s3://bucket
   ``DIR/train/``, ``DIR/val/`` and ``DIR/test/`` each holding a layout give an explicit split;
 - packed: ``FILE.parquet`` written by ``python -m lfa_ray.data pack DIR FILE.parquet`` (one row
   per pair: name, split, the image's and the mask's encoded bytes and file names, width, height),
-  so every node of a cluster reads one object instead of a folder of small files.
+  so every node of a cluster reads one object instead of a folder of small files. ``pack --size N``
+  stores each photo already resized to N x N (a PNG) with its mask's coverage at N (``coverage``,
+  N*N bytes, :func:`lfa_ray.augment.resize`) and ``size`` N: training at N (or less) decodes a small
+  PNG instead of the original photo.
 
 Without explicit sets, a seeded random split (``data.val_fraction``, ``data.test_fraction``,
 ``data.split_seed``) is taken. The test set is never used for selection. A mask pixel that is not zero is foreground.
@@ -29,13 +32,14 @@ import io
 import random
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 from PIL import UnidentifiedImageError
 
 from lfa_ray.augment import resize, train_transform, val_transform
 from lfa_ray.errors import UserError
-from lfa_ray.images import IMAGE_EXTS, Photo, read_mask, read_photo
+from lfa_ray.images import HALF, IMAGE_EXTS, Photo, read_mask, read_photo
 from lfa_ray.storage import Location, locate
 from lfa_ray.synth import TRUTH_SUFFIX
 
@@ -43,6 +47,7 @@ LAYOUTS = [("train_images", "train_masks"), ("images", "masks")]
 MAX_LISTED = 5
 PACKED_SUFFIX = ".parquet"
 PACKED_COLUMNS = ["name", "split", "image", "mask", "image_file", "mask_file", "width", "height"]
+SIZED_COLUMNS = ["coverage", "size"]  # a pack written with --size N
 
 
 # -- discovery -------------------------------------------------------------------------------
@@ -67,6 +72,7 @@ class Pair:
     image: Location | InMemoryFile
     mask: Location | InMemoryFile
     readout: Location | InMemoryFile | None = None  # the read-out's truth (JSON beside the mask), if any
+    coverage: bytes | None = None  # a sized pack's mask coverage at its size (N*N uint8; image is N x N)
 
 
 def _stem_suffix(name: str) -> tuple[str, str]:
@@ -113,34 +119,42 @@ def is_packed(root: Location) -> bool:
     return root.name.endswith(PACKED_SUFFIX)
 
 
-def _discover_packed(root: Location) -> tuple[list[Pair], list[Pair] | None]:
+def _discover_packed(root: Location, light: bool = False) -> "Found":
     import pyarrow.parquet as pq
 
     if not root.is_file():
         raise UserError(f"{root}: packed dataset not found; pass an existing .parquet file "
                         f"(python -m lfa_ray.data pack DIR {root.name} writes one)")
     try:
-        table = pq.read_table(root.path, filesystem=root.fs)
+        names = pq.read_schema(root.path, filesystem=root.fs).names
+        # light: the rows' names and splits, not their photos (a streamed set is read by Ray Data)
+        table = pq.read_table(root.path, filesystem=root.fs, columns=[
+            c for c in names if not light or c not in ("image", "mask", "coverage", "readout")])
     except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
         raise UserError(f"{root}: not a readable Parquet file ({str(exc).splitlines()[0]}); "
                         f"write it with python -m lfa_ray.data pack") from None
-    missing = [c for c in PACKED_COLUMNS if c not in table.column_names]
+    missing = [c for c in PACKED_COLUMNS if c not in names]
     if missing:
         raise UserError(f"{root}: not a packed lfa_ray dataset (no column {', '.join(missing)}); "
                         f"write it with python -m lfa_ray.data pack")
     pairs: dict[str, list[Pair]] = {"train": [], "val": [], "test": [], "": []}
-    columns = PACKED_COLUMNS[:6] + (["readout"] if "readout" in table.column_names else [])
+    columns = [c for c in PACKED_COLUMNS[:6] + ["readout", *SIZED_COLUMNS] if c in table.column_names]
+    sizes = set()
     for row in table.select(columns).to_pylist():
         truth = row.get("readout")
+        sizes.add(row.get("size"))
         pairs[row["split"]].append(Pair(
-            row["name"], InMemoryFile(f"{root}:{row['image_file']}", row["image_file"], row["image"]),
-            InMemoryFile(f"{root}:{row['mask_file']}", row["mask_file"], row["mask"]),
+            row["name"], InMemoryFile(f"{root}:{row['image_file']}", row["image_file"], row.get("image", b"")),
+            InMemoryFile(f"{root}:{row['mask_file']}", row["mask_file"], row.get("mask", b"")),
             None if truth is None else InMemoryFile(f"{root}:{row['name']}{TRUTH_SUFFIX}",
-                                                    f"{row['name']}{TRUTH_SUFFIX}", truth.encode())))
+                                                    f"{row['name']}{TRUTH_SUFFIX}", truth.encode()),
+            row.get("coverage")))
     if not (pairs["train"] or pairs[""]):
         raise UserError(f"{root}: packed dataset has no training images; pack a folder that has some")
+    if len(sizes) > 1:
+        raise UserError(f"{root}: rows packed at different sizes ({sorted(sizes, key=str)}); pack the dataset again")
     return Found(pairs["train"] + pairs[""] if pairs["val"] else pairs[""] + pairs["train"],
-                 pairs["val"] or None, pairs["test"] or None)
+                 pairs["val"] or None, pairs["test"] or None, root.uri, sizes.pop())
 
 
 @dataclass
@@ -149,6 +163,15 @@ class Found:
     pairs: list[Pair]
     val: list[Pair] | None = None
     test: list[Pair] | None = None
+    root: str = ""
+    packed_size: int | None = None  # a pack written with --size N: N
+
+    def check_size(self, size: int, key: str = "data.image_size") -> None:
+        """Refuse to train (or pack) a sized pack above the size its photos were stored at."""
+        if self.packed_size is not None and size > self.packed_size:
+            raise UserError(f"{self.root}: packed at {self.packed_size} px, but {key} is {size}; "
+                            f"pack the original photos again with --size {size}, or train at "
+                            f"{self.packed_size} px or less")
 
 
 def _split_folder(root: Location, name: str) -> tuple[Location, Location] | None:
@@ -165,11 +188,12 @@ def _split_folder(root: Location, name: str) -> tuple[Location, Location] | None
     return None
 
 
-def discover(root: str | Location) -> Found:
-    """Pair images with masks under ``root``, with its explicit validation and test sets if it has them."""
+def discover(root: str | Location, light: bool = False) -> Found:
+    """Pair images with masks under ``root``, with its explicit validation and test sets if it has them.
+    ``light``: a packed set's pairs without their bytes (names, files and splits only)."""
     root = locate(root)
     if is_packed(root):
-        return _discover_packed(root)
+        return _discover_packed(root, light)
     if root.is_file():
         raise UserError(f"{root}: a file, not a dataset; pass the folder that holds train_images/ + train_masks/ "
                         f"(or a packed {PACKED_SUFFIX}) to --data")
@@ -180,7 +204,7 @@ def discover(root: str | Location) -> Found:
         raise UserError(f"{root}: no images found; expected train_images/ + train_masks/ "
                         f"or images/ + masks/ (see docs/data.md)")
     pairs, errors = _pair_folder(*train_layout)
-    found = Found(pairs)
+    found = Found(pairs, root=root.uri)
     for name, what in (("val", "validation"), ("test", "test")):
         layout = _split_folder(root, name)
         if layout is None:
@@ -219,7 +243,7 @@ def split(found: Found, val_fraction: float, seed: int, test_fraction: float = 0
         raise UserError(f"{len(found.pairs)} image(s) cannot be split with data.val_fraction={val_fraction}"
                         + (f" and data.test_fraction={test_fraction}" if n_test else "")
                         + ": one side would be empty; add images or change the fractions")
-    return Splits(train, val, test, found.val is not None, found.test is not None)
+    return Splits(train, val, test, found.val is not None, found.test is not None, found)
 
 
 # -- decoding --------------------------------------------------------------------------------
@@ -252,18 +276,39 @@ def load_pairs(pairs: list[Pair], size: int | None) -> tuple[list[np.ndarray], l
     images, masks, stats, errors = [], [], [], []
     for pair in pairs:
         try:
-            # Only checking: the smallest reduced decode still reads (and so checks) the whole file.
-            photo, mask = decode_pair(pair, reduce_to=size or 1)
+            image, mask, stat = sized(pair, size)
         except UserError as exc:
             errors.append(str(exc))
             continue
-        stats.append((*photo.size, float(mask.mean())))
-        if size is not None:  # the original project resizes first, so resizing once up front is the same pipeline
-            image, mask = resize(photo.pixels, mask, size)
+        stats.append(stat)
+        if size is not None:
             images.append(image)
             masks.append(mask)
     _raise_all(errors)
     return images, masks, stats
+
+
+def sized(pair: Pair, size: int | None) -> tuple[np.ndarray | None, np.ndarray | None, tuple]:
+    """One pair decoded, checked and resized to ``size`` (None: only checked): the image (uint8
+    size x size x 3), its mask's coverage (uint8 size x size) and the photo's ``(width, height,
+    foreground fraction)`` as displayed. A sized pack's row is resized from its stored size."""
+    if pair.coverage is not None:
+        photo = decode_pair(pair)[0]  # the stored N x N photo; its PNG mask is the coverage at HALF
+        n = photo.pixels.shape[0]
+        cover = np.frombuffer(pair.coverage, np.uint8).reshape(n, n)
+        if size is None or size == n:
+            return photo.pixels, cover, (n, n, float(cover.mean() / 255))
+        # area-averaging coverage is the coverage of the area-averaged mask
+        share = cv2.resize(cover.astype(np.float32) / 255, (size, size), interpolation=cv2.INTER_AREA)
+        return (cv2.resize(photo.pixels, (size, size), interpolation=cv2.INTER_AREA),
+                np.round(share * 255).astype(np.uint8), (n, n, float(cover.mean() / 255)))
+    # Only checking: the smallest reduced decode still reads (and so checks) the whole file.
+    photo, mask = decode_pair(pair, reduce_to=size or 1)
+    stat = (*photo.size, float(mask.mean()))
+    if size is None:
+        return None, None, stat
+    # the original project resizes first, so resizing once up front is the same pipeline
+    return *resize(photo.pixels, mask, size), stat
 
 
 @dataclass
@@ -273,14 +318,36 @@ class Splits:
     test: list[Pair]  # never used for selection: scored once, by lfa_ray.evaluate, on the final model
     explicit_val: bool
     explicit_test: bool = False
+    found: Found | None = None  # what they were split from
 
 
-def resolve_splits(root: str | Location, val_fraction: float, seed: int, test_fraction: float = 0.0) -> Splits:
-    return split(discover(root), val_fraction, seed, test_fraction)
+def with_bytes(root: str | Location, pairs: list[Pair]) -> list[Pair]:
+    """``pairs`` of a light look at a pack (:func:`discover`) with their photos' bytes, read for
+    those rows alone (a filter on ``name``): a streamed run scores its test split without the
+    driver reading the rest of the pack."""
+    import pyarrow.parquet as pq
+
+    root = locate(root)
+    if not is_packed(root) or not pairs or pairs[0].image.read_bytes():
+        return pairs
+    names = pq.read_schema(root.path, filesystem=root.fs).names
+    table = pq.read_table(root.path, filesystem=root.fs, filters=[("name", "in", [p.name for p in pairs])],
+                          columns=[c for c in ("name", "image", "mask", "coverage", "readout") if c in names])
+    rows = {row["name"]: row for row in table.to_pylist()}
+    return [Pair(p.name, InMemoryFile(p.image.label, p.image.name, rows[p.name]["image"]),
+                 InMemoryFile(p.mask.label, p.mask.name, rows[p.name]["mask"]),
+                 None if rows[p.name].get("readout") is None else InMemoryFile(
+                     f"{root}:{p.name}{TRUTH_SUFFIX}", f"{p.name}{TRUTH_SUFFIX}", rows[p.name]["readout"].encode()),
+                 rows[p.name].get("coverage")) for p in pairs]
 
 
-def splits_for(cfg, root: str | Location) -> Splits:
-    return resolve_splits(root, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.test_fraction)
+def resolve_splits(root: str | Location, val_fraction: float, seed: int, test_fraction: float = 0.0,
+                   light: bool = False) -> Splits:
+    return split(discover(root, light), val_fraction, seed, test_fraction)
+
+
+def splits_for(cfg, root: str | Location, light: bool = False) -> Splits:
+    return resolve_splits(root, cfg.data.val_fraction, cfg.data.split_seed, cfg.data.test_fraction, light)
 
 
 def check_masks(root: str | Location, stats: list[tuple]) -> int:
@@ -341,6 +408,7 @@ def load(root: str | Location, size: int, val_fraction: float = 0.2, seed: int =
     """Validate the dataset at ``root`` fully (like :func:`check`) and load its training and
     validation sets resized to ``size`` (the test set is checked, not kept: training never sees it)."""
     splits = resolve_splits(root, val_fraction, seed, test_fraction)
+    splits.found.check_size(size)
     images, masks, stats = load_pairs(splits.train + splits.val + splits.test, size)
     check_masks(root, stats)
     n, m = len(splits.train), len(splits.train) + len(splits.val)
@@ -381,11 +449,18 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """(image 3xHxW, mask 1xHxW), both uint8 (the mask as coverage, 0-255: :func:`lfa_ray.augment.resize`):
         the loop makes them float on the device. ``key``: an index, or ``(epoch, index)``."""
         epoch, i = key if isinstance(key, tuple) else (0, key)
-        rng = np.random.default_rng([self.seed, epoch, i])  # one stream for all of the item's transforms
-        self.transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
-        # copies: the arrays may be read-only shared memory, and a tensor must not view them
-        out = self.transform(image=self.images[i].copy(), mask=self.masks[i].copy())
-        return out["image"], out["mask"].unsqueeze(0)
+        return augmented(self.transform, self.seed, epoch, i, self.images[i], self.masks[i])
+
+
+def augmented(transform, seed: int, epoch: int, index: int, image: np.ndarray, mask: np.ndarray
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One photo through ``transform`` seeded afresh by (seed, epoch, index): (image 3xHxW, mask
+    1xHxW), uint8. The in-memory and the streamed path (:mod:`lfa_ray.stream`) draw alike."""
+    rng = np.random.default_rng([seed, epoch, index])  # one stream for all of the item's transforms
+    transform.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+    # copies: the arrays may be read-only shared memory, and a tensor must not view them
+    out = transform(image=image.copy(), mask=mask.copy())
+    return out["image"], out["mask"].unsqueeze(0)
 
 
 def resolve_root(cfg) -> Location:
@@ -406,10 +481,13 @@ def build_datasets(cfg, data: DecodedDataset, rank: int = 0) -> tuple[Segmentati
 
 # -- packing ---------------------------------------------------------------------------------
 
-def pack(src: str | Location, out: str | Location) -> dict:
+def pack(src: str | Location, out: str | Location, size: int | None = None) -> dict:
     """Write the dataset at ``src`` (any layout) into one Parquet file ``out``, checked first.
 
     The encoded bytes are stored as they are, so decoding a packed image gives the same pixels.
+    ``size``: store each photo resized to ``size`` x ``size`` instead (a PNG, with its mask as a PNG
+    of the pixels at least half inside and the mask's coverage in ``coverage``), the pixels training
+    at that size gets from the original.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -419,7 +497,11 @@ def pack(src: str | Location, out: str | Location) -> dict:
         raise UserError(f"{out}: the packed dataset's name must end in {PACKED_SUFFIX}")
     if out.exists():
         raise UserError(f"{out}: already exists; choose a new OUT or delete it first")
+    if size is not None and size < 8:
+        raise UserError(f"--size {size}: too small; give the side training uses (data.image_size), e.g. --size 256")
     found = discover(src)
+    if size is not None:
+        found.check_size(size, "--size")
     labelled = ([(p, "" if found.val is None else "train") for p in found.pairs]
                 + [(p, "val") for p in found.val or []] + [(p, "test") for p in found.test or []])
     rows, errors = [], []
@@ -427,21 +509,31 @@ def pack(src: str | Location, out: str | Location) -> dict:
         # read once
         image_src, mask_src = (InMemoryFile(str(f), f.name, f.read_bytes()) for f in (pair.image, pair.mask))
         try:
-            photo, _ = decode_pair(Pair(pair.name, image_src, mask_src), reduce_to=1)  # checked, sizes known
+            image, cover, (width, height, _) = sized(Pair(pair.name, image_src, mask_src, None, pair.coverage), size)
         except UserError as exc:
             errors.append(str(exc))
             continue
-        rows.append({"name": pair.name, "split": split_name, "image": image_src.data, "mask": mask_src.data,
-                     "image_file": image_src.name, "mask_file": mask_src.name,
-                     "width": photo.size[0], "height": photo.size[1],
-                     "readout": pair.readout.read_bytes().decode() if pair.readout else None})
+        row = {"name": pair.name, "split": split_name, "image": image_src.data, "mask": mask_src.data,
+               "image_file": image_src.name, "mask_file": mask_src.name, "width": width, "height": height,
+               "readout": pair.readout.read_bytes().decode() if pair.readout else None}
+        if size is not None:
+            row.update(image=_png(image[..., ::-1]), mask=_png(np.where(cover >= HALF, 255, 0).astype(np.uint8)),
+                       image_file=f"{pair.name}.png", mask_file=f"{pair.name}_mask.png",
+                       coverage=cover.tobytes(), size=size)
+        rows.append(row)
     _raise_all(errors)
     schema = pa.schema([("name", pa.string()), ("split", pa.string()), ("image", pa.binary()), ("mask", pa.binary()),
                         ("image_file", pa.string()), ("mask_file", pa.string()), ("width", pa.int32()),
-                        ("height", pa.int32()), ("readout", pa.string())])
+                        ("height", pa.int32()), ("readout", pa.string())]
+                       + ([("coverage", pa.binary()), ("size", pa.int32())] if size is not None else []))
     buf = io.BytesIO()
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), buf, row_group_size=64)
     out.write_bytes(buf.getvalue())
     return {"pairs": len(rows), "val": len(found.val or []), "test": len(found.test or []), "bytes": buf.tell(),
             "out": out.uri}
 
+
+def _png(pixels: np.ndarray) -> bytes:
+    """A lossless PNG of uint8 pixels (BGR or gray, as OpenCV writes them)."""
+    ok, encoded = cv2.imencode(".png", np.ascontiguousarray(pixels), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return encoded.tobytes()

@@ -33,7 +33,7 @@ import torch
 
 from lfa_ray import readout
 from lfa_ray.config import Config, ReadoutConfig, config_from_dict
-from lfa_ray.data import Pair, decode_pair, discover, resolve_root, splits_for
+from lfa_ray.data import Pair, decode_pair, discover, resolve_root, splits_for, with_bytes
 from lfa_ray.errors import UserError
 from lfa_ray.images import scale_mask
 from lfa_ray.runlog import overlay
@@ -252,7 +252,8 @@ def score_test(model_file: Location, cfg: Config, run_dir: Location, step: int, 
     saved = run_dir / "test" / "summary.json"
     if saved.is_file() and not again:
         return json.loads(saved.read_text())
-    test = splits_for(cfg, resolve_root(cfg)).test
+    root = resolve_root(cfg)
+    test = with_bytes(root, splits_for(cfg, root, light=True).test)  # a pack's test rows alone
     if not test:
         return None
     device = _device()

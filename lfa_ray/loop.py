@@ -321,8 +321,9 @@ def fit(cfg: Config, parts: TrainingSetup, train_loader, val_loader, device: tor
     if state is not None:
         log.info("resuming after epoch %d (best val_dice %.4f)", progress.epoch, progress.best_val_dice)
     for epoch in range(progress.epoch + 1, t.epochs + 1):
-        if hasattr(train_loader.sampler, "set_epoch"):  # the shuffle and each photo's augmentation
-            train_loader.sampler.set_epoch(epoch)
+        epochal = getattr(train_loader, "sampler", train_loader)  # a DataLoader's sampler, or a stream
+        if hasattr(epochal, "set_epoch"):  # the shuffle and each photo's augmentation
+            epochal.set_epoch(epoch)
         start = time.perf_counter()
         tr = train_one_epoch(parts, train_loader, device, loss=t.loss, grad_clip=t.grad_clip)
         va = validate(parts, val_loader, device, loss=t.loss)

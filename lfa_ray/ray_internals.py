@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -45,10 +46,24 @@ API_SERVER = "RAY_API_SERVER_ADDRESS"
 # switch goes, that warning is back on the console.
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
+# Ray Data logs each dataset execution's start, plan and end at INFO on the console of every process
+# that streams a run's photos (lfa_ray.stream): several lines per epoch. Its switch (this variable,
+# read by ray.data._internal.logging) names a logging config to use instead of its default;
+# lfa_ray's copy of that default (DATA_LOGGING_FILE) keeps the console at WARNING and the full log
+# in ray-data.log. The copy names Ray Data's handler and filter classes: if they move, Ray Data
+# cannot set up its logging in a streamed run (missing() says so first).
+DATA_LOGGING = "RAY_DATA_LOGGING_CONFIG"
+DATA_LOGGING_FILE = Path(__file__).with_name("ray_data_logging.yaml")
+
 
 def fast_reports() -> None:
     """Set :data:`REPORT_POLL` for the runs this process starts (unless the user set it)."""
     os.environ.setdefault(REPORT_POLL, REPORT_POLL_S)
+
+
+def quiet_data_env() -> dict[str, str]:
+    """The job's variables that keep Ray Data's INFO lines off the console (:data:`DATA_LOGGING`)."""
+    return {DATA_LOGGING: str(DATA_LOGGING_FILE)}
 
 
 def local_cluster_env(dashboard_url: str) -> dict[str, str]:
@@ -139,17 +154,25 @@ def report_logger() -> str:
 def quiet_driver() -> None:
     """Ray's start-up note about token auth off the console (:data:`AUTH_LOGGER`; if the logger is
     renamed, the note is back: noisier, not wrong, as for every logger here), and Tune's classic
-    console (:data:`CLASSIC_TUNE_CONSOLE`). Trial errors are still logged in full."""
+    console (:data:`CLASSIC_TUNE_CONSOLE`), and Ray's deprecation warnings about its own calls (as in
+    :func:`quiet_worker`). Trial errors are still logged in full."""
     logging.getLogger(AUTH_LOGGER).setLevel(logging.ERROR)
     os.environ[CLASSIC_TUNE_CONSOLE] = "0"
+    _quiet_ray_deprecations()
+
+
+def _quiet_ray_deprecations() -> None:
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
 
 
 def quiet_worker(keep, verbose: bool) -> None:
     """In a process of the job: ``keep`` filters Ray Train's worker tracebacks
-    (:data:`TRAIN_UTIL_LOGGER`); unless ``verbose``, Train's line per report and the placement group
-    cleaner's notes are off."""
+    (:data:`TRAIN_UTIL_LOGGER`); unless ``verbose``, Train's line per report, the placement group
+    cleaner's notes and Ray's deprecation warnings about its own calls (Ray Train 2.60 hands Ray Data
+    an option Ray Data deprecates, in every streamed run) are off."""
     logging.getLogger(TRAIN_UTIL_LOGGER).addFilter(keep)
     if not verbose:
+        _quiet_ray_deprecations()
         logging.getLogger(report_logger()).setLevel(logging.WARNING)
         logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
 
@@ -244,4 +267,16 @@ def missing() -> list[str]:
     need(lambda: callable(importlib.import_module("ray._private.worker").print_to_stdstream)
          and '"pid": "raylet"' in _source("ray._private.worker"), "quiet_worker_start_warning",
          "ray._private.worker.print_to_stdstream, printing the raylet's messages")
+
+    def data_logging():
+        import yaml
+
+        config = yaml.safe_load(DATA_LOGGING_FILE.read_text())
+        classes = [h["class"] for h in config["handlers"].values()] + [
+            f["()"] for f in config["filters"].values() if not f["()"].startswith("lfa_ray.")]
+        return (f'"{DATA_LOGGING}"' in _source("ray.data._internal.logging")
+                and all(hasattr(importlib.import_module(c.rpartition(".")[0]), c.rpartition(".")[2]) for c in classes))
+
+    need(data_logging, "DATA_LOGGING", f"{DATA_LOGGING}, read by ray.data._internal.logging, with the handler and "
+         f"filter classes {DATA_LOGGING_FILE.name} names")
     return problems

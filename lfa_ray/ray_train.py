@@ -16,7 +16,7 @@ import ray
 import ray.train
 import ray.train.torch
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
 from lfa_ray import ray_internals
@@ -28,6 +28,7 @@ from lfa_ray.errors import UserError, stop_on_sigterm
 from lfa_ray.loop import EpochResult, build, evaluated, fit, format_metrics, loader_workers, log, make_loaders, unwrap
 from lfa_ray.runlog import RunLog
 from lfa_ray.storage import Location
+from lfa_ray.stream import Loader, Streamed, datasets, ingest_options
 
 SETUP_WORKER = "lfa_ray.console.setup_worker"  # Ray's logging set up in every worker process of the job
 
@@ -52,16 +53,23 @@ def read_init(cfg: Config) -> Optional[dict]:
     return init_weights(cfg.train.init_from, cfg.model.features) if cfg.train.init_from else None
 
 
-def data_for(cfg: Config, shared: SharedData) -> SharedData:
-    """``shared``, or, for a config with another ``data.image_size`` (a searched one), its own load."""
-    return shared if cfg.data.image_size == shared.size else share(load_for(cfg, shared.root))
+def data_for(cfg: Config, shared: SharedData | Streamed) -> SharedData | Streamed:
+    """``shared``, or, for a config with another ``data.image_size`` (a searched one), its own load
+    (or its own stream)."""
+    if cfg.data.image_size == shared.size:
+        return shared
+    if isinstance(shared, Streamed):
+        return shared.resized(cfg.data.image_size)
+    return share(load_for(cfg, shared.root))
 
 
 def train_func_per_worker(config: dict) -> None:
     """Run :func:`lfa_ray.loop.fit` on one Ray Train worker.
 
     ``config``: ``cfg`` (Config.to_dict()), ``data`` (an object-store reference to the
-    :class:`lfa_ray.data.DecodedDataset` the driver loaded), optional ``run_dir``
+    :class:`lfa_ray.data.DecodedDataset` the driver loaded; None: the photos stream as the Ray
+    Datasets ``train`` and ``val``, :mod:`lfa_ray.stream`), ``photos`` (streamed: the training and
+    validation photos), optional ``run_dir``
     (rank 0 writes metrics.csv and TensorBoard there) and ``resume_from`` (a
     checkpoint directory used when Ray has no checkpoint of this run yet).
     """
@@ -73,15 +81,17 @@ def train_func_per_worker(config: dict) -> None:
     # Ray sets OMP_NUM_THREADS from the CPUs an actor holds only where it was unset: say it outright.
     torch.set_num_threads(cfg.scaling.cpus_per_worker)
 
-    # [1] Data: decoded once by the driver; each worker maps it from the object store and reads its shard.
-    train_ds, val_ds = build_datasets(cfg, ray.get(config["data"]), rank)
-    workers = loader_workers(cfg.data.loader_workers, device, cfg.scaling.cpus_per_worker)
-    train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.train.batch_size,
-                                            seed=cfg.train.seed, rank=rank, world=world,
-                                            loader_workers=workers, pin_memory=device.type == "cuda")
-    # On a GPU, Ray copies each batch to the device on a side CUDA stream (from pinned memory).
-    train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
-    val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
+    if config["data"] is None:  # [1] Data streamed by Ray Data: this worker's shard, and all of validation
+        train_loader, val_loader = stream_loaders(cfg, config["photos"], rank, world)
+    else:  # [1] Data: decoded once by the driver; each worker maps it from the object store and reads its shard.
+        train_ds, val_ds = build_datasets(cfg, ray.get(config["data"]), rank)
+        workers = loader_workers(cfg.data.loader_workers, device, cfg.scaling.cpus_per_worker)
+        train_loader, val_loader = make_loaders(train_ds, val_ds, batch_size=cfg.train.batch_size,
+                                                seed=cfg.train.seed, rank=rank, world=world,
+                                                loader_workers=workers, pin_memory=device.type == "cuda")
+        # On a GPU, Ray copies each batch to the device on a side CUDA stream (from pinned memory).
+        train_loader = ray.train.torch.prepare_data_loader(train_loader, add_dist_sampler=False)
+        val_loader = ray.train.torch.prepare_data_loader(val_loader, add_dist_sampler=False)
 
     # [2] Model: DistributedDataParallel when there is more than one worker (then torch.compile, if asked).
     parts = build(cfg, device, wrap=ray.train.torch.prepare_model)
@@ -108,7 +118,8 @@ def train_func_per_worker(config: dict) -> None:
         if run_log is not None:
             run_log.log(m)
             if result.checkpoint is not None and (result.last or m["epoch"] % cfg.train.checkpoint_every == 0):
-                run_log.log_overlays(evaluated(parts), val_ds, m["epoch"], device)
+                shown = val_loader.shown() if config["data"] is None else val_ds
+                run_log.log_overlays(evaluated(parts), shown, m["epoch"], device)
         if rank == 0 and config.get("echo", False):  # --verbose; the driver prints its own line (runs.EpochLines)
             log.info(format_metrics(m, cfg.train.epochs))
         # [4] Report every epoch (ASHA counts epochs); rank 0 attaches the checkpoint when due.
@@ -126,6 +137,18 @@ def train_func_per_worker(config: dict) -> None:
     finally:
         if run_log is not None:
             run_log.close()
+
+
+def stream_loaders(cfg: Config, photos: tuple[int, int], rank: int, world: int) -> tuple[Loader, Loader]:
+    """A worker's loaders of streamed data: its split of the training stream, augmented here, and
+    every ``world``-th photo of validation (``photos``: how many each stream has)."""
+    from lfa_ray.augment import train_transform, val_transform
+
+    size = dict(size=cfg.data.image_size, batch_size=cfg.train.batch_size, seed=cfg.train.seed * 1000)
+    return (Loader(ray.train.get_dataset_shard("train"), train_transform(cfg.train.aug_strength),
+                   photos=photos[0] // world, shuffle=True, **size),
+            Loader(ray.train.get_dataset_shard("val"), val_transform(), photos=len(range(rank, photos[1], world)),
+                   shuffle=False, keep=(rank, world), **size))
 
 
 def cluster_address() -> Optional[str]:
@@ -163,6 +186,7 @@ def init_ray(num_cpus: Optional[int] = None, num_gpus: Optional[float] = None) -
     if not verbose():
         ray_internals.quiet_driver()
         ray_internals.quiet_worker_start_warning()
+        env["env_vars"].update(ray_internals.quiet_data_env())
     address = cluster_address()
     if address:
         _check_answers(address)
@@ -185,13 +209,14 @@ def _gpu_word(n: float) -> str:
     return f"{n:g} GPU" + ("" if n == 1 else "s")
 
 
-def check_resources(cfg: Config) -> float:
+def check_resources(cfg: Config, streams: bool = False) -> float:
     """Decide where the training workers run and refuse what the cluster can never satisfy
     (Ray would wait forever); returns the GPUs each worker holds (0: CPU) and prints one line saying which.
 
     ``scaling.use_gpu: auto`` uses GPUs when the cluster has them. A cluster lfa_ray started itself
     is all there is; a cluster it joined (:func:`cluster_address`, e.g. one from cluster.yaml) may have an
-    autoscaler that adds nodes on demand, so there a shortfall is only reported.
+    autoscaler that adds nodes on demand, so there a shortfall is only reported. ``streams``: Ray
+    Data's tasks need a CPU no training worker holds.
     """
     s = cfg.scaling
     total = ray.cluster_resources()
@@ -201,14 +226,15 @@ def check_resources(cfg: Config) -> float:
     biggest_gpu = max((n.get("GPU", 0) for n in alive), default=0)
     wants_gpu = s.use_gpu is True or s.gpus_per_worker is not None or (s.use_gpu == "auto" and gpus > 0)
     per_worker = (s.gpus_per_worker or 1.0) if wants_gpu else 0.0
-    need_cpus = s.num_workers * s.cpus_per_worker
+    need_cpus = s.num_workers * s.cpus_per_worker + streams
     need_gpus = s.num_workers * per_worker
     asked = ("scaling.use_gpu: true" if s.use_gpu is True else f"scaling.gpus_per_worker={s.gpus_per_worker:g}"
              if s.gpus_per_worker is not None else "scaling.use_gpu: auto")
     problem = None
     if need_cpus > cpus:
         problem = (f"scaling.num_workers={s.num_workers} x scaling.cpus_per_worker={s.cpus_per_worker} needs "
-                   f"{need_cpus} CPUs but the Ray cluster has {cpus:g}; lower them, e.g. "
+                   f"{need_cpus} CPUs" + (" (one for Ray Data's streaming)" if streams else "")
+                   + f" but the Ray cluster has {cpus:g}; lower them, e.g. "
                    f"--set scaling.num_workers={max(1, int(cpus // s.cpus_per_worker)) or 1} "
                    f"--set scaling.cpus_per_worker={max(1, min(s.cpus_per_worker, int(cpus)))}")
     elif wants_gpu and gpus == 0:
@@ -238,15 +264,15 @@ def check_resources(cfg: Config) -> float:
     return per_worker
 
 
-def alone(cfg: Config) -> Config:
+def alone(cfg: Config, streams: bool = False) -> Config:
     """``cfg`` for a run that has the cluster to itself (``train``, a sweep's final retrain): on a
     cluster lfa_ray started, each worker takes the cluster's CPUs shared by the workers (two torch
     threads train ~1.3x faster than one on a 2-core laptop; the profile's value is what each of the
     trials running side by side gets); on a joined cluster (its autoscaler sizes nodes by the profile)
-    the profile's value."""
+    the profile's value. ``streams``: one CPU is left to Ray Data's tasks (:mod:`lfa_ray.stream`)."""
     s = cfg.scaling
     cpus = s.cpus_per_worker if cluster_address() else max(
-        s.cpus_per_worker, int(ray.cluster_resources().get("CPU", 0) // s.num_workers))
+        s.cpus_per_worker, int((ray.cluster_resources().get("CPU", 0) - streams) // s.num_workers))
     raw = cfg.to_dict()
     raw["scaling"]["cpus_per_worker"] = cpus
     return config_from_dict(raw)
@@ -267,11 +293,17 @@ def make_trainer(cfg: Config, *, data: SharedData, storage: Location, name: str,
     s = cfg.scaling
     resources = {"CPU": s.cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
     ray_internals.fast_reports()
+    data = data_for(cfg, data)
+    streamed = isinstance(data, Streamed)
     return TorchTrainer(
         train_func_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "data": data_for(cfg, data).ref, "run_dir": run_dir,
-                           "resume_from": resume_from, "init": init,
-                           "echo": verbose()},
+        train_loop_config={"cfg": cfg.to_dict(), "data": None if streamed else data.ref, "run_dir": run_dir,
+                           "resume_from": resume_from, "init": init, "echo": verbose(),
+                           "photos": (len(data.train), len(data.val)) if streamed else None},
+        # Streamed: Ray Data reads and decodes; training's stream is split between the workers, validation's is not.
+        **({"datasets": datasets(data), "dataset_config": DataConfig(datasets_to_split=["train"],
+                                                                     execution_options=ingest_options())}
+           if streamed else {}),
         # [5] Scaling and storage: N workers (gloo on CPU, nccl on GPU); the best K checkpoints by val_dice.
         scaling_config=ScalingConfig(num_workers=s.num_workers, use_gpu=gpus_per_worker > 0,
                                      resources_per_worker=resources),

@@ -41,25 +41,37 @@ def refuse_existing(run_dir: Location, how_to_continue: str) -> None:
 
 @dataclass(frozen=True)
 class Setup:
-    """What every run of a command shares: the dataset in Ray's object store, the GPUs each worker
-    holds (0: CPU), the weights of ``train.init_from`` in the object store (or None)."""
-    data: object  # lfa_ray.ray_train.SharedData
+    """What every run of a command shares: the dataset (in Ray's object store, or streamed), the GPUs
+    each worker holds (0: CPU), the weights of ``train.init_from`` in the object store (or None)."""
+    data: object  # lfa_ray.ray_train.SharedData, or lfa_ray.stream.Streamed
     gpus: float
     init: object = None  # ray.ObjectRef
 
 
 def prepare(cfg: Config, *, alone: bool = False) -> tuple[Config, Setup]:
-    """Load and check the data and ``train.init_from`` (before Ray starts), start or join Ray, decide
-    the devices. ``alone``: the run has the cluster to itself (:func:`lfa_ray.ray_train.alone`);
+    """Pair and split the data and read ``train.init_from`` (before Ray starts), start or join Ray,
+    decide whether the photos stream (``data.stream``) and the devices; decode and check the data
+    unless it streams. ``alone``: the run has the cluster to itself (:func:`lfa_ray.ray_train.alone`);
     returns ``cfg`` so adjusted."""
-    from lfa_ray import ray_train
+    from lfa_ray import ray_train, stream
+    from lfa_ray.data import load_for, resolve_root, splits_for
 
-    data, weights = _load(cfg)
-    print(f"data: {data.root} ({data.summary['train']} train, {data.summary['val']} val, {data.summary['test']} test)")
+    root = resolve_root(cfg)
+    loaded = _load(cfg) if cfg.data.stream is False else None  # decoded and checked before Ray starts
+    splits = None if loaded else splits_for(cfg, root, light=True)  # pairs and splits, nothing decoded
+    weights = loaded[1] if loaded else ray_train.read_init(cfg)
+    counts = loaded[0].summary if loaded else {"train": len(splits.train), "val": len(splits.val),
+                                               "test": len(splits.test)}
+    print(f"data: {root} ({counts['train']} train, {counts['val']} val, {counts['test']} test)")
     ray_train.init_ray()
+    streams, line = stream.choose(cfg.data.stream, counts["train"] + counts["val"], cfg.data.image_size,
+                                  stream.smallest_store())
+    print(f"data: {line}")
+    data = stream.streamed(splits, root, cfg.data.image_size) if streams else (
+        loaded[0] if loaded else load_for(cfg, root))
     if alone:
-        cfg = ray_train.alone(cfg)
-    gpus = ray_train.check_resources(cfg)
+        cfg = ray_train.alone(cfg, streams)
+    gpus = ray_train.check_resources(cfg, streams)
     return cfg, _share(data, weights, gpus)
 
 
@@ -74,8 +86,10 @@ def _share(data, weights: Optional[dict], gpus: float) -> Setup:
     import ray
 
     from lfa_ray import ray_train
+    from lfa_ray.stream import Streamed
 
-    return Setup(ray_train.share(data), gpus, None if weights is None else ray.put(weights))
+    return Setup(data if isinstance(data, Streamed) else ray_train.share(data), gpus,
+                 None if weights is None else ray.put(weights))
 
 
 def fit(cfg: Config, setup: Setup, run_dir: Location, *, what: str, continue_with: str, fresh: bool = False,

@@ -39,6 +39,7 @@ from lfa_ray.evaluate import format_summary, score_test
 from lfa_ray.lock import RunLock
 from lfa_ray.search import apply_params, reference_point, to_tune, validate_space
 from lfa_ray.storage import Location, locate
+from lfa_ray.stream import Streamed
 
 # What a trial's own process holds: no CPU, so that N trials of W workers fit exactly on N*W CPUs
 # (with the usual 0.01 CPU, two 1-CPU trials do not fit on 2 CPUs and the second one's worker
@@ -207,15 +208,15 @@ def trial_config(cfg: Config) -> Config:
     return config_from_dict(raw)
 
 
-def default_concurrency(cfg: Config, gpus_per_worker: float = 0.0) -> int:
+def default_concurrency(cfg: Config, gpus_per_worker: float = 0.0, streams: bool = False) -> int:
     """Trials that fit side by side in the cluster, so no trial waits forever for another's workers:
     its CPUs / (workers x CPUs per worker) and, on GPUs, its GPUs / (workers x GPUs per worker)
-    (four trials share one GPU at 0.25)."""
+    (four trials share one GPU at 0.25). ``streams``: one CPU is left to Ray Data's tasks."""
     import ray
 
     total = ray.cluster_resources()
     s = cfg.scaling
-    fits = int(total.get("CPU", 0) // (s.num_workers * s.cpus_per_worker))
+    fits = int((total.get("CPU", 0) - streams) // (s.num_workers * s.cpus_per_worker))
     if gpus_per_worker:
         # the small epsilon keeps 1 / 0.1 at 10 trials, not 9.999...
         fits = min(fits, int(total.get("GPU", 0) / (s.num_workers * gpus_per_worker) + 1e-9))
@@ -252,7 +253,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # "A new study created in memory"
     first = reference_point(cfg)
     points = [first] if first else None
-    concurrency = t.max_concurrent_trials or default_concurrency(cfg, gpus_per_worker)
+    concurrency = t.max_concurrent_trials or default_concurrency(cfg, gpus_per_worker, isinstance(data, Streamed))
     # Trials hold no CPU, so this limit is what keeps Tune from starting more trials than fit:
     # Tune applies max_concurrent_trials to a Searcher, a BasicVariantGenerator takes its own.
     searcher = (OptunaSearch(points_to_evaluate=points, sampler=optuna.samplers.TPESampler(seed=cfg.train.seed))
@@ -395,7 +396,8 @@ def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, r
                         f"retry with {resume_command(cfg, exp_dir)} --restart-errored")
     best_row = report.best_row(table, cfg)
     best_params = {k: report.param_value(best_row, k) for k in cfg.tune.search_space}
-    final_cfg = ray_train.alone(final_config(cfg, best_params))  # it runs alone: all of a local cluster's CPUs
+    # it runs alone: all of a local cluster's CPUs (but one, where Ray Data streams the photos)
+    final_cfg = ray_train.alone(final_config(cfg, best_params), isinstance(setup.data, Streamed))
     dump_config(final_cfg, exp_dir / "best_config.yaml")
     report.write_trials(table, exp_dir)
     _final(cfg, final_cfg, exp_dir, setup, table, curves, best_row, best_params, ended_early)
