@@ -165,14 +165,45 @@ def _quiet_ray_deprecations() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.")
 
 
+# Ray Data 2.60 lists a pack's files in a task with a helper thread; when the dataset's execution is
+# shut down mid-listing (a trial ASHA stops, a run that ends) that thread raises InterruptedError
+# from ray.data._internal.util, and Python prints its traceback on the console. Benign: the
+# execution was being stopped anyway. If Ray moves the code, the tracebacks are back: noisier, not wrong.
+DATA_INTERRUPT_MODULE = "ray.data._internal.dynamic_work_queue"
+
+
+def _quiet_data_interrupts() -> None:
+    import threading
+
+    original = threading.excepthook
+    if getattr(original, "lfa_ray_quiet", False):
+        return
+
+    def hook(args) -> None:
+        frames = []
+        tb = args.exc_traceback
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_filename)
+            tb = tb.tb_next
+        ours = os.path.join("ray", "data", "_internal", "")
+        if args.exc_type is InterruptedError and frames and all(ours in f or "threading" in f for f in frames):
+            return
+        original(args)
+
+    hook.lfa_ray_quiet = True
+    threading.excepthook = hook
+
+
 def quiet_worker(keep, verbose: bool) -> None:
     """In a process of the job: ``keep`` filters Ray Train's worker tracebacks
     (:data:`TRAIN_UTIL_LOGGER`); unless ``verbose``, Train's line per report, the placement group
-    cleaner's notes and Ray's deprecation warnings about its own calls (Ray Train 2.60 hands Ray Data
-    an option Ray Data deprecates, in every streamed run) are off."""
+    cleaner's notes, Ray's deprecation warnings about its own calls (Ray Train 2.60 hands Ray Data
+    an option Ray Data deprecates, in every streamed run) and Ray Data's interrupted listing threads
+    (:data:`DATA_INTERRUPT_MODULE`) are off."""
     logging.getLogger(TRAIN_UTIL_LOGGER).addFilter(keep)
     if not verbose:
         _quiet_ray_deprecations()
+        _quiet_data_interrupts()
         logging.getLogger(report_logger()).setLevel(logging.WARNING)
         logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
 
@@ -277,6 +308,9 @@ def missing() -> list[str]:
         return (f'"{DATA_LOGGING}"' in _source("ray.data._internal.logging")
                 and all(hasattr(importlib.import_module(c.rpartition(".")[0]), c.rpartition(".")[2]) for c in classes))
 
+    need(lambda: "raise InterruptedError" in _source("ray.data._internal.util")
+         and "work_queue.put(SENTINEL)" in _source(DATA_INTERRUPT_MODULE), "DATA_INTERRUPT_MODULE",
+         f"{DATA_INTERRUPT_MODULE}'s listing thread, interrupted through ray.data._internal.util")
     need(data_logging, "DATA_LOGGING", f"{DATA_LOGGING}, read by ray.data._internal.logging, with the handler and "
          f"filter classes {DATA_LOGGING_FILE.name} names")
     return problems

@@ -41,3 +41,22 @@ def test_the_raylets_worker_start_warning_is_dropped_and_its_other_messages_pass
         worker.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
     out = capsys.readouterr().out
     assert "PYTHON worker processes" not in out and died in out
+
+
+def test_ray_datas_interrupted_listing_thread_is_quiet_and_other_thread_errors_are_not(monkeypatch):
+    import os
+    import threading
+
+    import ray
+
+    passed = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: passed.append(args.exc_type))  # what prints
+    ray_internals._quiet_data_interrupts()
+    util = os.path.join(os.path.dirname(ray.__file__), "data", "_internal", "util.py")
+    for code in (compile("raise InterruptedError()", util, "exec"),  # Ray Data's listing thread: quiet
+                 compile("raise InterruptedError()", "lfa_ray/stream.py", "exec"),
+                 compile("raise ValueError('x')", util, "exec")):
+        worker = threading.Thread(target=exec, args=(code, {}))
+        worker.start()
+        worker.join()
+    assert passed == [InterruptedError, ValueError]

@@ -282,3 +282,30 @@ def test_a_remote_runs_log_staging_of_a_process_that_is_gone_is_removed(s3, tmp_
     assert not log.staging.exists() and locate(f"{s3}/runs/r1/metrics.csv").is_file()
     runlog.write_events(f"{s3}/runs/r1", 2, {"test_dice": 0.5})
     assert sorted(p.name for p in tmp_path.iterdir()) == [ours.name]  # write_events left nothing behind
+
+
+@pytest.mark.e2e
+def test_a_sweep_streams_a_pack_at_its_size_from_the_bucket(small_dir, tmp_path, s3):
+    """data.stream: each trial and the final retrain read the pack from S3 with Ray Data; nothing of
+    it is copied locally, and a trial that searches data.image_size streams at its own size."""
+    packed = f"{s3}/data/small48.parquet"
+    assert cli.data(["pack", str(small_dir), packed, "--size", "48"]) == 0
+    sets = set_args(tiny_overrides(packed, tmp_path / "results", **{
+        "data.stream": "true", "tune.num_samples": 2, "tune.scheduler.max_t": 2, "final.epochs": 2,
+        "tune.search_space": "{data.image_size: {choice: [48]}, train.lr: {loguniform: [1.0e-3, 3.0e-3]}}"}))
+    done = subprocess.run([sys.executable, "-m", "lfa_ray.tune", "--name", "streamed", *sets], cwd=tmp_path,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stdout.count("data: streamed with Ray Data (data.stream: true;") == 1
+    assert "Traceback" not in done.stdout + done.stderr and "SplitCoordinator" not in done.stdout + done.stderr
+    exp = tmp_path / "results" / "streamed"
+    table = pd.read_csv(exp / "trials.csv")
+    assert len(table) == 2 and table["error"].isna().all(), table
+    assert set(table["data.image_size"]) == {48}  # the profile's is 32: each trial streamed at its own size
+    for trial in exp.glob("trial_*"):
+        rows = pd.read_csv(trial / "train" / "metrics.csv")
+        assert len(rows) in (1, 2) and rows["val_dice"].between(0, 1).all()  # ASHA may stop one after an epoch
+    import torch
+
+    assert torch.load(exp / "final" / "model.pt", weights_only=False)["config"]["data"]["image_size"] == 48
+    assert (exp / "final" / "test" / "summary.json").is_file()
