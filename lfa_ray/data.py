@@ -248,13 +248,17 @@ def split(found: Found, val_fraction: float, seed: int, test_fraction: float = 0
 
 # -- decoding --------------------------------------------------------------------------------
 
+def _decode_photo(pair: Pair, reduce_to: int | None = None) -> Photo:
+    try:
+        return read_photo(pair.image, reduce_to)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        raise UserError(f"{pair.image}: cannot be decoded as an image; replace or remove it") from None
+
+
 def decode_pair(pair: Pair, reduce_to: int | None = None) -> tuple[Photo, np.ndarray]:
     """The pair's photo (decoded reduced towards ``reduce_to`` where that is faster) and its mask at
     the photo's displayed size; a mask drawn on the stored pixels of a rotated photo is rotated with it."""
-    try:
-        photo = read_photo(pair.image, reduce_to)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise UserError(f"{pair.image}: cannot be decoded as an image; replace or remove it") from None
+    photo = _decode_photo(pair, reduce_to)
     try:
         mask = read_mask(pair.mask)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
@@ -293,7 +297,9 @@ def sized(pair: Pair, size: int | None) -> tuple[np.ndarray | None, np.ndarray |
     size x size x 3), its mask's coverage (uint8 size x size) and the photo's ``(width, height,
     foreground fraction)`` as displayed. A sized pack's row is resized from its stored size."""
     if pair.coverage is not None:
-        photo = decode_pair(pair)[0]  # the stored N x N photo; its PNG mask is the coverage at HALF
+        # the stored N x N photo; checking also reads its PNG mask (the coverage at HALF), training
+        # (every epoch when streamed) takes the coverage as stored
+        photo = decode_pair(pair)[0] if size is None else _decode_photo(pair)
         n = photo.pixels.shape[0]
         cover = np.frombuffer(pair.coverage, np.uint8).reshape(n, n)
         if size is None or size == n:
