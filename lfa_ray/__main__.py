@@ -5,7 +5,7 @@ import sys
 
 from lfa_ray import cli
 
-COMMANDS = {name: getattr(cli, name) for name in ("tune", "train", "predict", "evaluate", "export", "data")}
+COMMANDS = {name: getattr(cli, name) for name in ("tune", "train", "predict", "evaluate", "export", "data", "report")}
 
 
 def main(argv: list[str] | None = None) -> int:

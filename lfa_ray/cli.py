@@ -200,6 +200,20 @@ def export(argv: list[str] | None = None) -> None:
 
 
 @cli_entry
+def report(argv: list[str] | None = None) -> None:
+    from lfa_ray import report as reporting
+
+    p = parser("lfa-report", "Reports on finished sweeps.")
+    sub = p.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("compare", help="sweeps side by side: best configs, trials, final and test scores, time")
+    c.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders (<storage.path>/<name>), paths or URIs")
+    c.add_argument("--out", default="comparison", help="where compare.md and compare.png go (default: comparison)")
+    args = p.parse_args(argv)
+    print(reporting.compare(args.sweeps, args.out))
+    print(f"wrote compare.md and compare.png to {args.out}")
+
+
+@cli_entry
 def data(argv: list[str] | None = None) -> None:
     from lfa_ray.labels import FORMATS
     from lfa_ray.synth import FAMILIES

@@ -1,19 +1,27 @@
-"""The sweep's human report: trials table (parquet + CSV), summary.md and PNG plots."""
+"""The sweep's human report: trials table (parquet + CSV), summary.md and PNG plots; and
+``python -m lfa_ray.report compare A B [C...]``: finished sweeps side by side (:func:`compare`)."""
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m lfa_ray.report: the command, run before this copy defines anything,
+    from lfa_ray.cli import report  # so the module's state exists once (as lfa_ray.report)
+
+    raise SystemExit(report())
+
 import io
+import json
 import math
 import re
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # figures drawn to files without pyplot: no backend chosen, no global state
 
-from lfa_ray.config import Config
+from lfa_ray.config import Config, config_from_dict, read_yaml
+from lfa_ray.errors import UserError
 from lfa_ray.runlog import read_metrics
-from lfa_ray.storage import Location
+from lfa_ray.storage import Location, locate
 
 CURVE_COLUMNS = ["trial_id", "epoch", "val_dice", "val_loss"]
 
@@ -279,3 +287,126 @@ def write_summary(exp_dir: Location, cfg: Config, table: pd.DataFrame, curves: p
         "",
     ]
     (exp_dir / "summary.md").write_text("\n".join(text))
+
+
+# -- comparing sweeps --------------------------------------------------------------------------
+
+class Sweep(NamedTuple):
+    """What :func:`compare` shows of one finished sweep."""
+    where: str
+    name: str
+    cfg: Config
+    table: pd.DataFrame
+    best: Optional[pd.Series]  # the best trial's row (None: no trial reported)
+    final: dict  # the final retrain's last epoch, with its best val_dice ({}: none)
+    test: Optional[dict]  # the final model's test split scores
+    seconds: float  # from the first epoch's start to the last epoch's end (trials and final retrain)
+
+
+def read_sweep(where: str) -> Sweep:
+    """A sweep folder (a path or a URI) that ``python -m lfa_ray.tune`` wrote."""
+    loc = locate(where)
+    if not (loc / "trials.parquet").is_file():
+        what = "not found" if not loc.exists() else "not a finished sweep (no trials.parquet)"
+        raise UserError(f"{where}: {what}; give the folders of sweeps python -m lfa_ray.tune ran "
+                        f"(<storage.path>/<name>)")
+    cfg = config_from_dict(read_yaml(loc / "config.yaml"))
+    table = pd.read_parquet(io.BytesIO((loc / "trials.parquet").read_bytes()))
+    best = best_row(table, cfg) if table[f"best_{cfg.tune.metric}"].notna().any() else None
+    final = final_metrics(loc / "final")
+    summary = loc / "final" / "test" / "summary.json"
+    test = json.loads(summary.read_text()) if summary.is_file() else None
+    epochs = [r for t in table["trial_id"] for r in read_metrics(loc / f"trial_{t}" / "train" / "metrics.csv")]
+    epochs += read_metrics(loc / "final" / "metrics.csv")
+    seconds = (max(r["time"] for r in epochs) - min(r["time"] - r["epoch_seconds"] for r in epochs)
+               if epochs else math.nan)
+    return Sweep(where, loc.name, cfg, table, best, final, test, seconds)
+
+
+def _duration(seconds: float) -> str:
+    if math.isnan(seconds):
+        return "–"
+    m, s = divmod(round(seconds), 60)
+    return f"{m // 60} h {m % 60:02d} min" if m >= 60 else f"{m} min {s:02d} s" if m else f"{s} s"
+
+
+def _score(value: Optional[float]) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.4f}"
+
+
+def comparison_rows(sweeps: list[Sweep]) -> list[tuple[str, list[str]]]:
+    """The side-by-side table: (what, one cell per sweep)."""
+    def cells(f) -> list[str]:
+        return [f(s) for s in sweeps]
+
+    keys = list(dict.fromkeys(k for s in sweeps for k in s.cfg.tune.search_space))
+    rows = [
+        ("trials run (stopped early, errored)", cells(
+            lambda s: f"{len(s.table)} ({int(s.table['stopped_early'].sum())}, "
+                      f"{int((s.table['status'] == 'ERROR').sum())})")),
+        ("best trial", cells(lambda s: "–" if s.best is None else str(s.best["trial_id"]))),
+        ("best trial's val_dice", cells(lambda s: "–" if s.best is None else _score(s.best["best_val_dice"]))),
+    ]
+    rows += [(f"best {key}", [_cell(param_value(s.best, key)) if s.best is not None and key in s.best.index else "–"
+                              for s in sweeps]) for key in keys]
+    rows += [
+        ("final retrain: best val_dice (epochs)", cells(
+            lambda s: f"{_score(s.final['best_val_dice'])} ({int(s.final['epoch'])})" if s.final else "–")),
+        ("test Dice: mean, median", cells(
+            lambda s: f"{_score(s.test['dice_mean'])}, {_score(s.test['dice_median'])}" if s.test else "–")),
+        ("test photos below 0.5 Dice", cells(
+            lambda s: f"{s.test['dice_below_0.5']} of {s.test['images']}" if s.test else "–")),
+        ("test IoU, boundary F1", cells(
+            lambda s: f"{_score(s.test['iou_mean'])}, {_score(s.test['boundary_f1_mean'])}" if s.test else "–")),
+        ("time, first epoch's start to last epoch's end", cells(lambda s: _duration(s.seconds))),
+    ]
+    return rows
+
+
+def _cell(v) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def compare(where: list[str], out: str | Location) -> str:
+    """Finished sweeps side by side: ``compare.md`` (also returned) and ``compare.png`` in ``out``."""
+    if len(where) < 2:
+        raise UserError("report compare: give two sweep folders or more, e.g. "
+                        "python -m lfa_ray.report compare results/a results/b")
+    sweeps = [read_sweep(w) for w in where]
+    names = [s.name for s in sweeps]
+    heads = names if len(set(names)) == len(names) else [s.where for s in sweeps]
+    lines = ["| | " + " | ".join(heads) + " |", "| --- |" + " --- |" * len(sweeps)]
+    lines += [f"| {what} | " + " | ".join(cells) + " |" for what, cells in comparison_rows(sweeps)]
+    text = "\n".join([f"# {len(sweeps)} sweeps compared", "", *(f"- `{h}`: {s.where}" for h, s in
+                                                                   zip(heads, sweeps, strict=True)),
+                      "", *lines, "", "![compare.png](compare.png)", ""])
+    out = locate(out)
+    out.mkdir()
+    _plot_sweeps(sweeps, heads, out / "compare.png")
+    (out / "compare.md").write_text(text)
+    return text
+
+
+def _plot_sweeps(sweeps: list[Sweep], heads: list[str], out: Location) -> None:
+    fig = Figure(figsize=(4 + 2.2 * len(sweeps), 4.2))
+    trials, scores = fig.subplots(1, 2)
+    for k, s in enumerate(sweeps):
+        dice = s.table["best_val_dice"]
+        x = pd.Series(k + np.linspace(-0.15, 0.15, len(dice)) if len(dice) > 1 else float(k), index=dice.index)
+        trials.scatter(x, dice, color="tab:blue", alpha=0.7, s=24)
+        if s.best is not None:
+            trials.scatter([x[s.best.name]], [s.best["best_val_dice"]], color="tab:red", marker="*", s=140, zorder=3)
+    trials.set(xticks=range(len(sweeps)), title="each trial's best val_dice (star: the best trial)",
+               ylabel="val_dice")
+    trials.set_xticklabels(heads, rotation=15, fontsize=8)
+    width = 0.27
+    for j, (label, value) in enumerate((
+            ("best trial val_dice", lambda s: s.best["best_val_dice"] if s.best is not None else np.nan),
+            ("final val_dice", lambda s: s.final.get("best_val_dice", np.nan)),
+            ("test Dice (mean)", lambda s: s.test["dice_mean"] if s.test else np.nan))):
+        scores.bar(np.arange(len(sweeps)) + (j - 1) * width, [value(s) for s in sweeps], width, label=label)
+    scores.set(xticks=range(len(sweeps)), ylim=(0, 1.15), yticks=np.linspace(0, 1, 6), title="scores")
+    scores.set_xticklabels(heads, rotation=15, fontsize=8)
+    scores.legend(fontsize=7, loc="upper center", ncol=3)
+    fig.tight_layout()
+    _save(fig, out)

@@ -105,7 +105,7 @@ def test_library_modules_reach_the_cli_only_from_their_main_entry_and_before_def
                            or (isinstance(n, ast.ImportFrom) and n.module == "__future__") for n in before), path.name
             else:
                 assert not _imports_cli(node), f"{path.name} imports lfa_ray.cli outside its __main__ entry"
-    assert entries == ["data", "evaluate", "export", "predict", "train", "tune"]
+    assert entries == ["data", "evaluate", "export", "predict", "report", "train", "tune"]
 
 
 def _library_imports() -> dict[str, set[str]]:
@@ -163,7 +163,7 @@ def test_python_dash_m_lfa_ray_runs_each_command(capsys):
 
     from lfa_ray.__main__ import main
 
-    for command in ("tune", "train", "predict", "evaluate", "export", "data"):
+    for command in ("tune", "train", "predict", "evaluate", "export", "data", "report"):
         with pytest.raises(SystemExit) as done:  # argparse's --help
             main([command, "--help"])
         assert done.value.code == 0 and f"usage: lfa-{command}" in capsys.readouterr().out
@@ -173,4 +173,4 @@ def test_python_dash_m_lfa_ray_runs_each_command(capsys):
     assert printed.returncode == 0 and "lr: 0.002" in printed.stdout, printed.stderr[-2000:]
     wrong = subprocess.run([*run, "trian"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert wrong.returncode == 2 and wrong.stderr.strip() == (
-        "error: 'trian' is not a command; choose one of tune, train, predict, evaluate, export, data")
+        "error: 'trian' is not a command; choose one of tune, train, predict, evaluate, export, data, report")
