@@ -145,10 +145,11 @@ def stream_loaders(cfg: Config, photos: tuple[int, int], rank: int, world: int) 
     from lfa_ray.augment import train_transform, val_transform
 
     common = dict(size=cfg.data.image_size, batch_size=cfg.train.batch_size, seed=cfg.train.seed * 1000)
-    return (Loader(ray.train.get_dataset_shard("train"), train_transform(cfg.train.aug_strength),
-                   photos=photos[0] // world, shuffle=True, **common),
-            Loader(ray.train.get_dataset_shard("val"), val_transform(), photos=len(range(rank, photos[1], world)),
-                   shuffle=False, keep=(rank, world), **common))
+    val = Loader(ray.train.get_dataset_shard("val"), val_transform(), photos=len(range(rank, photos[1], world)),
+                 shuffle=False, keep=(rank, world), **common)
+    train = Loader(ray.train.get_dataset_shard("train"), train_transform(cfg.train.aug_strength),
+                   photos=photos[0] // world, shuffle=True, then=val, epochs=cfg.train.epochs, **common)
+    return train, val
 
 
 def cluster_address() -> Optional[str]:

@@ -27,6 +27,8 @@ so a streamed run leaves one CPU of the cluster to them (:func:`lfa_ray.ray_trai
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -45,6 +47,7 @@ DECODE_BATCH = 16  # photos per map task's batch
 # the same with 64 MiB: other buffers set that floor), the epoch as fast (docs/PERFORMANCE.md)
 INGEST_STORE = 256 * 2**20
 SHOWN = 4  # photos kept for TensorBoard's overlays (lfa_ray.runlog.N_OVERLAYS)
+AHEAD = 2  # batches a Feed reads ahead of its consumer, beyond Ray Data's own prefetch
 SHUFFLE_BUFFER = 256  # photos a worker shuffles among (Ray Data's local shuffle), at most the set
 
 
@@ -176,18 +179,32 @@ class Loader:
     stream, or the whole validation stream); ``keep``: ``(rank, world)`` to keep every world-th
     photo by index (validation); ``shuffle``: training's local shuffle, seeded by (seed, epoch).
     ``len()`` is the batches of an epoch (the horizon of train.ema_epochs); the first photos it gave
-    stay in ``first`` (TensorBoard's overlays)."""
+    stay in ``first`` (TensorBoard's overlays).
+
+    Starting a Ray Data execution takes seconds (planning, read tasks, the first decoded batch), so
+    the epochs' starts are hidden behind training: ``then`` (validation) starts reading when an
+    epoch of this loader begins, and this loader starts reading its next epoch (up to ``epochs``)
+    when one ends, while validation runs (:meth:`warm`, :class:`Feed`)."""
 
     def __init__(self, iterator, transform, *, size: int, batch_size: int, seed: int, photos: int, shuffle: bool,
-                 keep: Optional[tuple[int, int]] = None):
+                 keep: Optional[tuple[int, int]] = None, then: Optional["Loader"] = None,
+                 epochs: Optional[int] = None):
         self.iterator, self.transform, self.batch_size, self.seed = iterator, transform, batch_size, seed
         self.size = size
         self.photos, self.shuffle, self.keep = photos, shuffle, keep
+        self.then, self.epochs = then, epochs
         self.epoch = 0
+        self.ahead: Optional[Feed] = None
         self.first: list[tuple[np.ndarray, np.ndarray]] = []
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def warm(self, epoch: Optional[int] = None) -> None:
+        """Start reading ``epoch`` (default: the current one) in the background."""
+        epoch = self.epoch if epoch is None else epoch
+        if self.ahead is None or self.ahead.epoch != epoch:
+            self.ahead = self._feed(epoch)
 
     def shown(self) -> SegmentationDataset:
         """The first photos this loader gave, as a dataset (TensorBoard's overlays)."""
@@ -199,11 +216,13 @@ class Loader:
         return math.ceil(self.photos / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        feed = self.ahead if self.ahead is not None and self.ahead.epoch == self.epoch else self._feed(self.epoch)
+        self.ahead = None
+        if self.then is not None:
+            self.then.warm()
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []
-        shuffle = ({"local_shuffle_buffer_size": min(SHUFFLE_BUFFER, self.photos),
-                    "local_shuffle_seed": self.seed * 100003 + self.epoch} if self.shuffle else {})
         s = self.size
-        for batch in self._batches(shuffle):
+        for batch in feed:
             for index, raw_image, raw_mask in zip(batch["index"], batch["image"], batch["mask"], strict=True):
                 if self.keep is not None and index % self.keep[1] != self.keep[0]:
                     continue
@@ -215,16 +234,43 @@ class Loader:
                 if len(pending) == self.batch_size:
                     yield _stack(pending)
                     pending = []
+        if self.epochs is not None and self.epoch < self.epochs:
+            self.warm(self.epoch + 1)
         if pending:
             yield _stack(pending)
 
-    def _batches(self, shuffle: dict):
-        """The iterator's numpy batches; a row a map task could not decode ends the run with its UserError."""
+    def _feed(self, epoch: int) -> "Feed":
+        shuffle = ({"local_shuffle_buffer_size": min(SHUFFLE_BUFFER, self.photos),
+                    "local_shuffle_seed": self.seed * 100003 + epoch} if self.shuffle else {})
+        return Feed(self.iterator, epoch, batch_size=self.batch_size, prefetch_batches=2, **shuffle)
+
+
+class Feed:
+    """One epoch of a Ray Data iterator's numpy batches, read by a background thread at most
+    :data:`AHEAD` batches ahead of the consumer. A row a map task could not decode ends the run
+    with its UserError, raised where the batches are consumed."""
+
+    END = object()
+
+    def __init__(self, iterator, epoch: int, **options):
+        self.epoch = epoch
+        self.queue: queue.Queue = queue.Queue(maxsize=AHEAD)
+        threading.Thread(target=self._read, args=(iterator, options), daemon=True,
+                         name=f"lfa_ray-stream-epoch{epoch}").start()
+
+    def _read(self, iterator, options: dict) -> None:
         try:
-            yield from self.iterator.iter_batches(batch_size=self.batch_size, batch_format="numpy",
-                                                  prefetch_batches=2, **shuffle)
-        except Exception as exc:  # Ray wraps what a map task raised; the user's line is inside
-            raise _user_error(exc) or exc from None
+            for batch in iterator.iter_batches(batch_format="numpy", **options):
+                self.queue.put(batch)
+            self.queue.put(self.END)
+        except BaseException as exc:  # noqa: BLE001 - carried to the consumer's thread
+            self.queue.put(exc)
+
+    def __iter__(self):
+        while (item := self.queue.get()) is not self.END:
+            if isinstance(item, BaseException):  # Ray wraps what a map task raised; the user's line is inside
+                raise _user_error(item) or item from None
+            yield item
 
 
 USER_ERROR = f"{UserError.__module__}.{UserError.__name__}: "
@@ -247,3 +293,4 @@ def _user_error(exc: BaseException) -> Optional[UserError]:
 
 def _stack(items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([i for i, _ in items]), torch.stack([m for _, m in items])
+

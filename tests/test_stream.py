@@ -86,25 +86,37 @@ def test_streamed_photos_are_the_in_memory_photos_augmented_alike(ray_cluster, s
     sets = stream.datasets(source)
     memory = data.load(packed, 32, 0.2, 42, 0.1)
     epoch, seed = 3, 5
-    loader = stream.Loader(sets["train"].iterator(), train_transform(1.0), size=32, batch_size=4, seed=seed,
-                           photos=len(source.train), shuffle=True)
+    vals = [stream.Loader(sets["val"].iterator(), val_transform(), size=32, batch_size=2, seed=seed,
+                          photos=len(range(rank, len(source.val), 2)), shuffle=False, keep=(rank, 2))
+            for rank in (0, 1)]
+
+    def train_loader(**ahead) -> stream.Loader:
+        return stream.Loader(sets["train"].iterator(), train_transform(1.0), size=32, batch_size=4, seed=seed,
+                             photos=len(source.train), shuffle=True, **ahead)
+
+    def drawn(loader) -> list:
+        return [(i, m) for images, masks in loader for i, m in zip(images, masks, strict=True)]
+
+    loader = train_loader(then=vals[0], epochs=epoch + 1)
     loader.set_epoch(epoch)
-    streamed = [(i, m) for images, masks in loader for i, m in zip(images, masks, strict=True)]
+    streamed = drawn(loader)
     in_memory = data.SegmentationDataset(memory.train, train_transform(1.0), seed=seed)
     assert len(streamed) == len(in_memory) == 17 and len(loader) == 5  # 4 batches of 4 and one of 1
     assert _digests(streamed) == _digests([in_memory[(epoch, i)] for i in range(len(in_memory))])
+    # read ahead: validation from the epoch's start, the next epoch from its end; the last epoch reads nothing
+    assert vals[0].ahead is not None and loader.ahead.epoch == epoch + 1
     loader.set_epoch(epoch + 1)
-    assert _digests(p for b in loader for p in zip(*b, strict=True)) != _digests(streamed)  # a new epoch, new draws
+    following = _digests(drawn(loader))
+    assert following != _digests(streamed) and loader.ahead is None  # a new epoch, new draws
+    fresh = train_loader()
+    fresh.set_epoch(epoch + 1)
+    assert _digests(drawn(fresh)) == following  # the epoch read ahead is that epoch
 
-    shares = []
-    for rank in (0, 1):
-        val = stream.Loader(sets["val"].iterator(), val_transform(), size=32, batch_size=2, seed=seed,
-                            photos=len(range(rank, len(source.val), 2)), shuffle=False, keep=(rank, 2))
-        shares.append([(i, m) for images, masks in val for i, m in zip(images, masks, strict=True)])
+    shares = [drawn(val) for val in vals]
     whole = data.SegmentationDataset(memory.val, val_transform())
     assert len(shares[0]) == 3 and len(shares[1]) == 2  # 5 validation photos: indices 0, 2, 4 and 1, 3
     assert _digests(shares[0] + shares[1]) == _digests(whole[i] for i in range(len(whole)))
-    assert torch.equal(val.shown()[0][0], shares[1][0][0])  # TensorBoard's overlays: the first photos it gave
+    assert torch.equal(vals[1].shown()[0][0], shares[1][0][0])  # TensorBoard's overlays: the first photos it gave
 
 
 @pytest.mark.slow
