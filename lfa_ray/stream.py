@@ -134,11 +134,15 @@ def datasets(source: Streamed) -> dict:
 
 def ingest_options():
     """Ray Train's ingest options for a stream (``DataConfig.default_ingest_options``) with Ray Data's
-    object store use bounded by :data:`INGEST_STORE`."""
+    object store use bounded by :data:`INGEST_STORE`, and within a small object store by an eighth of
+    the smallest node's (a run's two streams: a quarter, :data:`STORE_SHARE`), so they do not spill."""
     from ray.train import DataConfig
 
+    bound = INGEST_STORE
+    if store := smallest_store():
+        bound = min(bound, int(store * STORE_SHARE / 2))
     options = DataConfig.default_ingest_options()
-    options.resource_limits = options.resource_limits.copy(object_store_memory=INGEST_STORE)
+    options.resource_limits = options.resource_limits.copy(object_store_memory=bound)
     return options
 
 

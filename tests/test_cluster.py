@@ -29,6 +29,8 @@ import pytest
 import yaml
 
 from lfa_ray.config import load_config
+from lfa_ray.data import resolve_splits
+from lfa_ray.runlog import read_metrics
 
 from helpers import REPO, set_args, tiny_overrides
 
@@ -115,7 +117,11 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.mark.e2e
-def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_dir, tmp_path):
+def test_two_node_loopback_cluster_runs_submitted_sweeps_in_memory_and_streamed_on_both_nodes(small_dir, tmp_path):
+    """Two nodes of 2 CPUs. In memory: two concurrent trials of one 2-CPU worker, one on each node.
+    Streamed (a pack at the training size read by Ray Data; one trial and the final retrain, an
+    epoch each): every run's 3 one-CPU workers span both nodes (Ray Train packs them: 2 + 1), the
+    fourth CPU is Ray Data's, and the workers' shards make the training split once an epoch."""
     port, dash, client, agent, agent2 = _free_ports(5)
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16),
            "PYTHONUNBUFFERED": "1"}
@@ -128,37 +134,54 @@ def test_two_node_loopback_cluster_runs_a_submitted_sweep_on_both_nodes(small_di
         return subprocess.run([ray_cli, *args], env=env, capture_output=True, text=True, timeout=kw.pop("timeout", 180),
                               **kw)
 
+    def submit(name: str, trials: int, epochs: int, **sets) -> Path:
+        args = set_args(tiny_overrides(small_dir, tmp_path / "results", **{
+            "tune.num_samples": trials, "tune.scheduler.max_t": epochs, "tune.scheduler.grace_period": epochs,
+            "final.epochs": epochs, **sets}))
+        for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
+            job = ray("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
+                      sys.executable, "-m", "lfa_ray.tune", "--name", name, *args, timeout=600)
+            if "No available agent" not in job.stderr:
+                break
+            time.sleep(1)
+        (tmp_path / f"{name}.log").write_text(job.stdout + job.stderr)
+        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+        assert "succeeded" in job.stdout + job.stderr
+        exp = tmp_path / "results" / name
+        assert len(pd.read_parquet(exp / "trials.parquet")) == trials and (exp / "final" / "model.pt").is_file()
+        return exp
+
+    def workers() -> dict[str, str]:
+        """Every Train worker the cluster has run: actor id -> node id."""
+        listed = ray("list", "actors", f"--address=http://127.0.0.1:{dash}", "--filter",
+                     "class_name=RayTrainWorker", "--detail", "--format=json", "--limit=1000")
+        assert listed.returncode == 0, listed.stderr
+        return {a["actor_id"]: a["node_id"] for a in json.loads(listed.stdout)}
+
     head = ray("start", "--head", f"--port={port}", f"--dashboard-port={dash}", f"--ray-client-server-port={client}",
-               "--num-cpus=1", f"--temp-dir={temp}", "--include-dashboard=true",
+               "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
                f"--dashboard-agent-listen-port={agent}")
     try:
         assert head.returncode == 0, head.stdout + head.stderr
-        node2 = ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"node2": 1}',
+        node2 = ray("start", f"--address=127.0.0.1:{port}", "--num-cpus=2", '--resources={"node2": 1}',
                     # its own temp dir: sharing the head's, its runtime-env agent deletes the job's
                     # working_dir package (the driver's cwd) when its own workers are done with it
                     f"--temp-dir={temp}-node2", f"--dashboard-agent-listen-port={agent2}")
         assert node2.returncode == 0, node2.stdout + node2.stderr
-        storage = tmp_path / "results"
-        sets = set_args(tiny_overrides(small_dir, storage, **{
-            "tune.num_samples": 2, "tune.max_concurrent_trials": 2, "tune.scheduler.max_t": 2,
-            "tune.scheduler.grace_period": 2, "final.epochs": 2}))
-        for _ in range(30):  # the head's job agent needs a few seconds after `ray start`
-            job = ray("job", "submit", f"--address=http://127.0.0.1:{dash}", f"--working-dir={REPO}", "--",
-                      sys.executable, "-m", "lfa_ray.tune", "--name", "twonode", *sets, timeout=600)
-            if "No available agent" not in job.stderr:
-                break
-            time.sleep(1)
-        (tmp_path / "job.log").write_text(job.stdout + job.stderr)
-        assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
-        assert "succeeded" in job.stdout + job.stderr
-        exp = storage / "twonode"
-        assert len(pd.read_parquet(exp / "trials.parquet")) == 2 and (exp / "final" / "model.pt").is_file()
+        submit("twonode", 2, 2, **{"tune.max_concurrent_trials": 2, "scaling.cpus_per_worker": 2})
+        in_memory = workers()
+        assert len(set(in_memory.values())) == 2, in_memory  # the two concurrent trials: one on each node
 
-        workers = ray("list", "actors", f"--address=http://127.0.0.1:{dash}", "--filter", "class_name=RayTrainWorker",
-                      "--detail", "--format=json", "--limit=100")
-        assert workers.returncode == 0, workers.stderr
-        nodes = {a["node_id"] for a in json.loads(workers.stdout)}
-        assert len(nodes) == 2, nodes  # the two concurrent trials' workers: one on each node
+        packed = tmp_path / "at32.parquet"
+        assert subprocess.run([sys.executable, "-m", "lfa_ray.data", "pack", str(small_dir), str(packed), "--size",
+                               "32"], cwd=REPO, capture_output=True).returncode == 0
+        exp = submit("streamed", 1, 1, **{"data.path": packed, "data.stream": "true", "scaling.num_workers": 3})
+        assert "data: streamed with Ray Data (data.stream: true;" in (tmp_path / "streamed.log").read_text()
+        streamed = {a: n for a, n in workers().items() if a not in in_memory}
+        assert len(streamed) == 6 and len(set(streamed.values())) == 2, streamed  # the trial and the final: 3 each
+        train = len(resolve_splits(packed, 0.2, 42, 0.1, light=True).train)
+        for metrics in [*exp.glob("trial_*/train/metrics.csv"), exp / "final" / "metrics.csv"]:
+            assert {r["train_images"] for r in read_metrics(metrics)} == {train // 3 * 3}, metrics
     finally:
         left = _stop_cluster(temp)  # matches {temp}-node2 too
         shutil.rmtree(temp, ignore_errors=True)

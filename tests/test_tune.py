@@ -166,17 +166,24 @@ def _wait_for(found, what: str, timeout: float = 300):
 
 
 @pytest.mark.e2e
-def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_finished_trials(small_dir, tmp_path):
+@pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
+def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_finished_trials(small_dir, tmp_path,
+                                                                                               streamed):
     """Two interruptions of one sweep. The driver is killed (a lost machine) just after trial 001 finished:
     Tune saves its state every few seconds and records results after Train reports them, so its record
     may lag; Train's own record of the trial brings its results back, whole, and it is not re-run
     (KeepTrialLogs). The resumed sweep is then stopped with SIGTERM (``ray job stop``, a container's
     stop) while trial 002, its last, runs: as Ctrl-C would (Tune marks the trial TERMINATED, as if it
     had finished), exiting 143, without a native stack dump; it names the command that continues it,
-    and that command finishes the sweep with a readable console."""
+    and that command finishes the sweep with a readable console. Streamed, the same from a pack read
+    by Ray Data: each trial (and the resumed one) builds its stream again."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = [sys.executable, "-m", "lfa_ray.tune", "--name", "int"]
-    sets = _args(small_dir, tmp_path, **{"tune.num_samples": 2, "tune.max_concurrent_trials": 1,
+    source, stream = small_dir, {}
+    if streamed:
+        source, stream = tmp_path / "at48.parquet", {"data.stream": "true"}
+        assert cli.data(["pack", str(small_dir), str(source), "--size", "48"]) == 0
+    sets = _args(source, tmp_path, **stream, **{"tune.num_samples": 2, "tune.max_concurrent_trials": 1,
                                           "tune.scheduler.max_t": 3, "tune.scheduler.grace_period": 1,
                                           "final.epochs": 1})
     exp = tmp_path / "int"
@@ -222,6 +229,7 @@ def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_f
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     # the console: a line per trial event with the trial's name and a progress line, not Ray's chatter
     console = resumed.stdout + resumed.stderr
+    assert ("data: streamed with Ray Data" in console) == streamed
     newest = sorted(p.name for p in exp.glob("trial_002_*"))[0]
     assert f"{newest} started: aug_strength=" in console and f"{newest} epoch 1/3: val_dice " in console
     assert "[2/2 trials done | best val_dice " in console
