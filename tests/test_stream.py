@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from lfa_ray import cli, data, stream
@@ -148,14 +149,25 @@ def test_train_streams_a_packed_set_learns_and_resumes(ray_cluster, synth_dir, t
 
 
 @pytest.mark.slow
-def test_a_photo_that_does_not_decode_ends_a_streamed_run_in_one_line(ray_cluster, small_dir, tmp_path, capsys):
+@pytest.mark.parametrize("bad_file", ["photo", "mask"])
+def test_a_bad_row_ends_a_streamed_run_in_one_line(ray_cluster, small_dir, tmp_path, capsys, bad_file):
+    """A photo that does not decode, or a mask of another size than its photo: the in-memory path's
+    line, naming the file, when Ray Data reads the row."""
     broken = tmp_path / "broken"
     shutil.copytree(small_dir, broken)
-    bad = sorted((broken / "train_images").iterdir())[3]
-    bad.write_bytes(b"not a photo")
+    photo = sorted((broken / "train_images").iterdir())[3]
+    if bad_file == "photo":
+        bad = photo
+        bad.write_bytes(b"not a photo")
+        why = "cannot be decoded as an image; replace or remove it"
+    else:
+        bad = broken / "train_masks" / f"{photo.stem}_mask.gif"
+        with Image.open(bad) as mask:
+            w, h = mask.size
+            mask.resize((w // 2, h // 2)).save(bad)
+        why = f"mask is {w // 2}x{h // 2} but {photo.name} is {w}x{h}; masks must match their image's size"
     sets = tiny_overrides(broken, tmp_path / "results", **{"data.stream": "true"})
     assert cli.train(set_args(sets) + ["--name", "b"]) == 2
     line = error_line(capsys)
-    assert line == (f"error: training failed: {bad}: cannot be decoded as an image; replace or remove it; "
-                    f"run the same command again (nothing was kept)")
+    assert line == f"error: training failed: {bad}: {why}; run the same command again (nothing was kept)"
     assert not (tmp_path / "results" / "b").exists()
