@@ -220,8 +220,8 @@ class Loader:
         return math.ceil(self.photos / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        feed = self.ahead if self.ahead is not None and self.ahead.epoch == self.epoch else self._feed(self.epoch)
-        self.ahead = None
+        self.warm()  # this epoch: read ahead already, or from now
+        feed, self.ahead = self.ahead, None
         if self.then is not None:
             self.then.warm()
         pending: list[tuple[torch.Tensor, torch.Tensor]] = []
