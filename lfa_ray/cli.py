@@ -192,8 +192,11 @@ def export(argv: list[str] | None = None) -> None:
           f"{size}x{size}; output logits (N, 1, {size}, {size}), mask = logits > 0; "
           f"masks agree with PyTorch on {same:.4%} of pixels")
     from lfa_ray.checkpoint import find_model, own_refiner
+    from lfa_ray.tracking import log_export
 
-    refiner = own_refiner(find_model(args.checkpoint))
+    model = find_model(args.checkpoint)
+    log_export(model, out)
+    refiner = own_refiner(model)
     if refiner is not None:
         print(f"note: this is the window model; its refining model (the second stage) exports with "
               f"--checkpoint {refiner}")

@@ -164,6 +164,14 @@ class StorageConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a sweep's and a run's records also go (``lfa_ray.tracking``): an MLflow server, W&B."""
+    mlflow_uri: Optional[str] = key(None)  # an MLflow tracking server; null: MLFLOW_TRACKING_URI if set, else none
+    experiment: Optional[str] = key(None)  # the MLflow experiment and W&B project; null: the sweep's or run's name
+    wandb: bool = key(False)  # W&B through Ray's integration (WANDB_MODE=offline: no account, files only)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -174,6 +182,7 @@ class Config:
     refine: RefineConfig = field(default_factory=RefineConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     readout: ReadoutConfig = field(default_factory=ReadoutConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

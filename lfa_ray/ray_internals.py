@@ -133,6 +133,19 @@ def trial_error_file(trial) -> str:
     return trial.pickled_error_file
 
 
+# -- Ray's W&B integration -----------------------------------------------------------------------
+
+def end_wandb_runs(callback) -> None:
+    """Tell each W&B logging actor of Ray's ``WandbLoggerCallback`` that is still waiting for results
+    to end its run (its ``_trial_queues``, ``_trial_logging_futures``, ``_signal_logging_actor_stop``).
+    A sweep stopped with Ctrl-C or SIGTERM ends its running trials without ``log_trial_end``, and the
+    callback's ``on_experiment_end`` then waits up to 30 minutes for those actors; with this first it
+    returns once they have written their files. If it goes, a stopped tracked sweep hangs that long."""
+    for trial in list(callback._trial_queues):
+        if trial in callback._trial_logging_futures:
+            callback._signal_logging_actor_stop(trial)
+
+
 # -- Ray's loggers -------------------------------------------------------------------------------
 
 # A default Ray states at every start, not a problem: lfa_ray keeps token auth on.
@@ -289,6 +302,15 @@ def missing() -> list[str]:
                 and hasattr(StorageContext, "trial_fs_path")
                 and "self.storage_filesystem" in _source("ray.train._internal.storage"))
 
+    def wandb_parts():
+        from ray.air.integrations.wandb import WandbLoggerCallback
+
+        source = _source("ray.air.integrations.wandb")
+        return (callable(WandbLoggerCallback._signal_logging_actor_stop)
+                and all(f"self.{a}" in source for a in ("_trial_queues", "_trial_logging_futures")))
+
+    need(wandb_parts, "end_wandb_runs",
+         "WandbLoggerCallback._signal_logging_actor_stop, _trial_queues and _trial_logging_futures")
     need(trial_parts, "fetch_stored_trial_files",
          "Trial.init_local_path/local_path/pickled_error_file and StorageContext.trial_fs_path/storage_filesystem")
     for entry, name in (("AUTH_LOGGER", AUTH_LOGGER), ("TRAIN_UTIL_LOGGER", TRAIN_UTIL_LOGGER),

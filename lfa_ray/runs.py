@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from typing import NoReturn, Optional
+from typing import Callable, NoReturn, Optional
 
 from lfa_ray.checkpoint import MODEL_FILE, REFINE_DIR, best_checkpoint, drop_partial, export_model, latest_checkpoint
 from lfa_ray.config import Config, dump_config
@@ -93,19 +93,21 @@ def _share(data, weights: Optional[dict], gpus: float) -> Setup:
 
 
 def fit(cfg: Config, setup: Setup, run_dir: Location, *, what: str, continue_with: str, fresh: bool = False,
-        resume_from: Optional[Location] = None, label: str = "") -> tuple[Location, Optional[Location]]:
+        resume_from: Optional[Location] = None, label: str = "",
+        track: Optional[Callable[[list[dict]], None]] = None) -> tuple[Location, Optional[Location]]:
     """Train ``cfg`` into ``run_dir`` (Ray continues its own checkpoints there; ``resume_from``: a
     checkpoint the workers start from instead), printing a line per epoch (``label`` first), and
     export the best checkpoint to ``run_dir/model.pt``. ``what`` names the run and ``continue_with``
     is the command that continues it, in the failure line (:func:`failed`); ``fresh``: this command
-    made ``run_dir``. Returns the model file and the best checkpoint."""
+    made ``run_dir``; ``track``: given the run's ``metrics.csv`` rows as they grow
+    (:meth:`lfa_ray.tracking.Run.epochs`). Returns the model file and the best checkpoint."""
     from lfa_ray import ray_train
 
     trainer = ray_train.make_trainer(cfg, data=setup.data, storage=run_dir.parent, name=run_dir.name,
                                      gpus_per_worker=setup.gpus, run_dir=run_dir.uri, init=setup.init,
                                      resume_from=resume_from.uri if resume_from is not None else None)
     try:
-        result = run_trainer(trainer, EpochLines(run_dir, cfg.train.epochs, label))
+        result = run_trainer(trainer, EpochLines(run_dir, cfg.train.epochs, label, track))
     except BaseException as exc:  # noqa: BLE001 - one line for the user, whatever it was (failed())
         failed(exc, run_dir, what=what, continue_with=continue_with, fresh=fresh, retries=cfg.scaling.max_failures)
     best = best_checkpoint(result)
@@ -193,10 +195,11 @@ def train_refiner(cfg: Config, run_dir: Location, gpus: float, continue_with: st
 class EpochLines:
     """The driver's line per epoch of a run (``final epoch 3/23: val_dice 0.6120 (best 0.6120), ...``),
     read from the run's ``metrics.csv`` as its rank-0 worker writes it; only the epochs this attempt
-    trains (rows written after it started)."""
+    trains (rows written after it started). ``track`` is given every row read."""
 
-    def __init__(self, run_dir: Location, epochs: int, label: str = ""):
-        self.metrics, self.epochs, self.label = run_dir / "metrics.csv", epochs, label
+    def __init__(self, run_dir: Location, epochs: int, label: str = "",
+                 track: Optional[Callable[[list[dict]], None]] = None):
+        self.metrics, self.epochs, self.label, self.track = run_dir / "metrics.csv", epochs, label, track
         self.since = time.time()
         self.every = 1.0 if run_dir.is_local else 5.0  # object storage: a GET per look
         self.looked = 0.0
@@ -212,6 +215,8 @@ class EpochLines:
             rows = read_metrics(self.metrics)
         except (OSError, ValueError, KeyError):  # not there yet, or caught mid-write: the next look
             return
+        if self.track is not None:
+            self.track(rows)
         for r in rows:
             e = int(r["epoch"])
             if r.get("time", 0) >= self.since and e not in self.printed:

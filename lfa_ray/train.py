@@ -22,7 +22,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
-from lfa_ray import runs
+from lfa_ray import runs, tracking
 from lfa_ray.checkpoint import (
     MODEL_FILE,
     REFINE_DIR,
@@ -106,13 +106,15 @@ def plan(choice: ProfileChoice, name: Optional[str] = None, resume_from: Optiona
 
 def run(p: Plan) -> Location:
     """Validate the data, start Ray, take the run's lock, train; returns the run folder."""
+    tracking.check(p.cfg)  # before Ray starts
     cfg, setup = runs.prepare(p.cfg, alone=True)  # the run has the cluster to itself
     p = dataclasses.replace(p, cfg=cfg)
     with RunLock(p.run_dir):
         if p.start in (Start.NEW, Start.FROM_CHECKPOINT):
             refuse_existing(p.run_dir)  # again: another command may have made it since plan()
         if p.refine_only:
-            _refine_and_report(p, p.run_dir / MODEL_FILE, setup.gpus)
+            with tracking.Tracking(p.cfg, p.run_dir).run(p.run_dir, p.cfg, kind="train", resume=True) as tracked:
+                _refine_and_report(p, p.run_dir / MODEL_FILE, setup.gpus, tracked)
             return p.run_dir
         return _train(p, setup)
 
@@ -129,13 +131,16 @@ def _train(p: Plan, setup: runs.Setup) -> Location:
     dump_config(p.cfg, p.run_dir / "config.yaml")
     if p.start is Start.CONTINUE and p.checkpoint is not None and (p.run_dir / SNAPSHOT).exists():
         (p.run_dir / SNAPSHOT).unlink()  # not restorable: Ray starts a new record, from p.checkpoint
-    model, best = runs.fit(p.cfg, setup, p.run_dir, what="training", continue_with=continue_command(p.run_dir),
-                           fresh=created, resume_from=p.checkpoint)
-    _refine_and_report(p, model, setup.gpus, best)
+    with tracking.Tracking(p.cfg, p.run_dir).run(p.run_dir, p.cfg, kind="train",
+                                                 resume=p.start is Start.CONTINUE) as tracked:
+        model, best = runs.fit(p.cfg, setup, p.run_dir, what="training", continue_with=continue_command(p.run_dir),
+                               fresh=created, resume_from=p.checkpoint, track=tracked.epochs)
+        _refine_and_report(p, model, setup.gpus, tracked, best)
     return p.run_dir
 
 
-def _refine_and_report(p: Plan, model: Location, gpus: float, best: Optional[Location] = None) -> None:
+def _refine_and_report(p: Plan, model: Location, gpus: float, tracked: tracking.Run,
+                       best: Optional[Location] = None) -> None:
     """Train the run's refining model, score the run on its test split, print where everything is."""
     from lfa_ray.evaluate import format_summary, score_test
     from lfa_ray.runlog import read_metrics
@@ -144,6 +149,7 @@ def _refine_and_report(p: Plan, model: Location, gpus: float, best: Optional[Loc
     rows = read_metrics(p.run_dir / "metrics.csv")
     m = rows[-1] if rows else {}
     test = score_test(model, p.cfg, p.run_dir, int(m.get("epoch", 0)), again=True)
+    tracked.finish(p.run_dir, model, test)
     print(f"\nrun {p.run_dir.name}: {int(m.get('epoch', 0))} epochs, best val_dice {m.get('best_val_dice', 0):.4f}")
     if test:
         print(f"  test split:      {format_summary(test)} ({p.run_dir / 'test'})")

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from ray.tune import Callback, Stopper
 
-from lfa_ray import runs
+from lfa_ray import runs, tracking
 from lfa_ray.checkpoint import FINAL, MODEL_FILE
 from lfa_ray.config import (
     Config,
@@ -225,13 +225,15 @@ def default_concurrency(cfg: Config, gpus_per_worker: float = 0.0, streams: bool
 
 def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float = 0.0, init=None, restore: bool = False,
                restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
-               time_budget_s: float | None = None, trial: Callable = trial_fn):
+               time_budget_s: float | None = None, trial: Callable = trial_fn, callbacks: tuple = ()):
     """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
     ``time_budget_s`` (instead of ``tune.time_budget_s``) exist for the benchmarks that compare
     TPE + ASHA with plain random search;
     ``trial`` (called as :func:`trial_fn` is) for the one that measures Ray's own cost per trial.
     ``data``: the loaded dataset in the object store (:class:`lfa_ray.ray_train.SharedData`);
-    ``gpus_per_worker``: from :func:`lfa_ray.ray_train.check_resources` (0: CPU workers)."""
+    ``gpus_per_worker``: from :func:`lfa_ray.ray_train.check_resources` (0: CPU workers);
+    ``callbacks``: more Tune callbacks (:meth:`lfa_ray.tracking.Tracking.tune_callbacks`). A restored
+    Tuner runs with the callbacks its sweep started with (Tune keeps them with the sweep)."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -279,7 +281,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
         run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
                                   failure_config=tune.FailureConfig(max_failures=0),
                                   callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t, budget),
-                                             KeepTrialLogs(), Unfinished()],
+                                             KeepTrialLogs(), Unfinished(), *callbacks],
                                   stop=None if t.stop_at is None else StopAt(t.metric, t.mode, t.stop_at),
                                   verbose=None if verbose() else 0),
     )
@@ -332,6 +334,7 @@ def final_config(cfg: Config, best_params: dict) -> Config:
 
 
 def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
+    tracking.check(cfg)  # before Ray starts
     cfg, setup = runs.prepare(cfg)  # the dataset decoded once for the whole sweep
     with RunLock(exp_dir):
         if not resume:
@@ -367,15 +370,23 @@ def refuse_existing(exp_dir: Location) -> None:
 
 
 def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, restart_errored: bool) -> Location:
-    from lfa_ray import ray_train, report
-
     created = not exp_dir.exists()
     if not resume:
         exp_dir.mkdir()
         dump_config(cfg, exp_dir / "config.yaml")
+    track = tracking.Tracking(cfg, exp_dir)
+    with track.sweep(resume) as parent:
+        return _tune(cfg, exp_dir, setup, track, parent, created=created, resume=resume,
+                     restart_errored=restart_errored)
+
+
+def _tune(cfg: Config, exp_dir: Location, setup: runs.Setup, track: tracking.Tracking, parent: Optional[str], *,
+          created: bool, resume: bool, restart_errored: bool) -> Location:
+    from lfa_ray import ray_train, report
+
     try:
         tuner = make_tuner(cfg, exp_dir, setup.data, gpus_per_worker=setup.gpus, init=setup.init, restore=resume,
-                           restart_errored=restart_errored)
+                           restart_errored=restart_errored, callbacks=track.tune_callbacks())
         started = time.monotonic()
         STARTED.clear()
         grid = tuner.fit()
@@ -400,30 +411,37 @@ def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, r
     final_cfg = ray_train.alone(final_config(cfg, best_params), isinstance(setup.data, Streamed))
     dump_config(final_cfg, exp_dir / "best_config.yaml")
     report.write_trials(table, exp_dir)
-    _final(cfg, final_cfg, exp_dir, setup, table, curves, best_row, best_params, ended_early)
+    _final(cfg, final_cfg, exp_dir, setup, table, curves, best_row, best_params, ended_early, track, parent)
     return exp_dir
 
 
 def _final(cfg: Config, final_cfg: Config, exp_dir: Location, setup: runs.Setup, table, curves, best_row,
-           best_params: dict, ended_early: Optional[str]) -> None:
+           best_params: dict, ended_early: Optional[str], track: tracking.Tracking, parent: Optional[str]) -> None:
     """The best config retrained (unless done already), its refining model, its test score, the
     summary; the sweep's closing lines."""
     from lfa_ray import report
 
     final_dir, again = exp_dir / FINAL, resume_command(cfg, exp_dir)
     model = final_dir / MODEL_FILE
-    if not model.exists():
-        print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {final_dir} "
-              f"({final_cfg.scaling.cpus_per_worker} CPUs per worker)")
-        final_dir.mkdir()
-        dump_config(final_cfg, final_dir / "config.yaml")
-        model, _ = runs.fit(final_cfg, setup, final_dir, what="the final retrain", continue_with=again,
-                            label="final ")
-    refiner = runs.train_refiner(final_cfg, final_dir, setup.gpus, again)
-    final_metrics = report.final_metrics(final_dir)
-    test = score_test(model, final_cfg, final_dir, int(final_metrics.get("epoch", 0)))
-    mattered = report.importances(table, cfg)
-    report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early, mattered)
+    with track.run(final_dir, final_cfg, kind="final", parent=parent) as tracked:
+        if not model.exists():
+            print(f"\nretraining the best config for {final_cfg.train.epochs} epochs into {final_dir} "
+                  f"({final_cfg.scaling.cpus_per_worker} CPUs per worker)")
+            final_dir.mkdir()
+            dump_config(final_cfg, final_dir / "config.yaml")
+            model, _ = runs.fit(final_cfg, setup, final_dir, what="the final retrain", continue_with=again,
+                                label="final ", track=tracked.epochs)
+        refiner = runs.train_refiner(final_cfg, final_dir, setup.gpus, again)
+        final_metrics = report.final_metrics(final_dir)
+        test = score_test(model, final_cfg, final_dir, int(final_metrics.get("epoch", 0)))
+        mattered = report.importances(table, cfg)
+        report.write_summary(exp_dir, cfg, table, curves, best_params, final_metrics, model, test, ended_early,
+                             mattered)
+        tracked.finish(final_dir, model, test, exp_dir / "summary.md")
+    track.close_sweep(parent, {f"best_trial_{cfg.tune.metric}": best_row["best_" + cfg.tune.metric],
+                               "final_best_val_dice": final_metrics.get("best_val_dice", math.nan),
+                               **tracking.test_scores(test)},
+                      exp_dir / "summary.md", exp_dir / "trials.csv")
     print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early"
           + (f" (by ASHA, or as the sweep ended: {ended_early})" if ended_early else " by ASHA"))
     print("  best config:  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"

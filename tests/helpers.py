@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from lfa_ray.config import load_config
@@ -81,3 +87,99 @@ def train_worker_pids() -> list[int]:
 
     return [a.pid for a in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
                                        limit=10_000, raise_on_missing_output=False)]
+
+
+class MLflowServer:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, artifacts in ``root``), stoppable and
+    startable again on the same port and database (a server lost mid-run and back)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> "MLflowServer":
+        import urllib.request
+
+        mlflow = Path(sys.executable).parent / "mlflow"
+        self.proc = subprocess.Popen(
+            [str(mlflow), "server", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
+             "--default-artifact-root", str(self.root / "artifacts"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--workers", "1"],
+            stdout=subprocess.DEVNULL, stderr=open(self.root / "server.log", "ab"), start_new_session=True,
+            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job runner processes
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (self.root / "server.log").read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2).read()
+                return self
+            except OSError:
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not answer within 90 s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_session(self.proc.pid)
+            self.proc.wait()
+            self.proc = None
+
+    def runs(self, experiment: str) -> list:
+        """Every run of ``experiment``, read back through MLflow's client."""
+        from mlflow import MlflowClient
+
+        client = MlflowClient(self.uri)
+        found = client.get_experiment_by_name(experiment)
+        return client.search_runs([found.experiment_id], max_results=1000) if found else []
+
+
+def wandb_records(run_file: Path) -> list:
+    """The records of a W&B run file (``run-<id>.wandb``, written offline): LevelDB's log format after
+    a 7-byte header, each record a ``wandb_internal_pb2.Record``; a record cut short by a killed
+    process ends the list."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, block, records, parts = run_file.read_bytes(), 32768, [], b""
+    assert data[:4] == b":W&B", run_file
+    pos = 7
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # a block's tail too short for a header is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        if kind == 0 or pos + 7 + length > len(data):
+            break
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL, LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(parts)
+            records.append(record)
+            parts = b""
+    return records
+
+
+def wandb_run(folder: Path) -> dict:
+    """What the offline W&B runs under ``folder`` recorded, merged by run id: project, group, config,
+    history (step -> values) and summary."""
+    def items(updates) -> dict:
+        return {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in updates}
+
+    runs: dict = {}
+    for run_file in sorted(folder.rglob("offline-run-*/run-*.wandb")):
+        for r in wandb_records(run_file):
+            kind = r.WhichOneof("record_type")
+            if kind == "run":
+                run = runs.setdefault(r.run.run_id, {"history": {}, "config": {}, "summary": {}})
+                run.update(project=r.run.project, group=r.run.run_group, name=r.run.display_name)
+                run["config"].update(items(r.run.config.update))
+            elif kind == "history":
+                run["history"].setdefault(r.history.step.num, {}).update(items(r.history.item))
+            elif kind == "summary":
+                run["summary"].update(items(r.summary.update))
+            elif kind == "config":
+                run["config"].update(items(r.config.update))
+    return runs

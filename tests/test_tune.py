@@ -24,7 +24,7 @@ from lfa_ray.images import read_mask
 from lfa_ray.runlog import read_metrics
 from lfa_ray.search import REFERENCE_POINT
 
-from helpers import REPO, error_line, kill_session, set_args, tiny_overrides
+from helpers import REPO, MLflowServer, error_line, kill_session, set_args, tiny_overrides, wandb_run
 
 # bce+dice: Dice separates trials within 2 epochs at this size, so ASHA has something to cut.
 SWEEP = {"data.image_size": 48, "model.features": "[8,16,32]", "train.loss": "bce+dice", "tune.num_samples": 5,
@@ -176,14 +176,20 @@ def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_f
     stop) while trial 002, its last, runs: as Ctrl-C would (Tune marks the trial TERMINATED, as if it
     had finished), exiting 143, without a native stack dump; it names the command that continues it,
     and that command finishes the sweep with a readable console. Streamed, the same from a pack read
-    by Ray Data: each trial (and the resumed one) builds its stream again."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    by Ray Data: each trial (and the resumed one) builds its stream again. In memory, the sweep is
+    also tracked, in a real MLflow server and in W&B offline: three starts of one sweep are one
+    parent run, a child per trial and one for the final retrain, each epoch logged once."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     base = [sys.executable, "-m", "lfa_ray.tune", "--name", "int"]
-    source, stream = small_dir, {}
+    source, extra, server = small_dir, {}, None
     if streamed:
-        source, stream = tmp_path / "at48.parquet", {"data.stream": "true"}
+        source, extra = tmp_path / "at48.parquet", {"data.stream": "true"}
         assert cli.data(["pack", str(small_dir), str(source), "--size", "48"]) == 0
-    sets = _args(source, tmp_path, **stream, **{"tune.num_samples": 2, "tune.max_concurrent_trials": 1,
+    else:
+        (tmp_path / "mlflow").mkdir()
+        server = MLflowServer(tmp_path / "mlflow").start()
+        extra = {"tracking.mlflow_uri": server.uri, "tracking.experiment": "lfa-int", "tracking.wandb": "true"}
+    sets = _args(source, tmp_path, **extra, **{"tune.num_samples": 2, "tune.max_concurrent_trials": 1,
                                           "tune.scheduler.max_t": 3, "tune.scheduler.grace_period": 1,
                                           "final.epochs": 1})
     exp = tmp_path / "int"
@@ -246,6 +252,56 @@ def test_a_sweep_lost_and_then_stopped_resumes_without_rerunning_or_forgetting_f
     row = table.loc[first.name.removeprefix("trial_")]
     assert row["status"] == "TERMINATED" and row["best_val_dice"] == max(r["val_dice"] for r in finished)
     assert (exp / "final" / "model.pt").is_file()
+    if server is not None:
+        _check_tracked(server, exp, table, finished)
+        server.stop()
+
+
+def _check_tracked(server, exp: Path, table: pd.DataFrame, finished: list[dict]) -> None:
+    """The sweep of the test above in MLflow (read back through its client) and in W&B's offline files."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(server.uri)
+    runs = server.runs("lfa-int")
+    kinds = sorted(r.data.tags["lfa_ray.kind"] for r in runs)
+    assert kinds == ["final", "sweep", "trial", "trial"], kinds  # not one more per start of the sweep
+    by_folder = {r.data.tags["lfa_ray.run"]: r for r in runs}
+    sweep, final = by_folder[str(exp)], by_folder[str(exp / "final")]
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["lfa_ray.complete"] == "true", r.data.tags
+        assert r is sweep or r.data.tags["mlflow.parentRunId"] == sweep.info.run_id
+    test = json.loads((exp / "final" / "test" / "summary.json").read_text())
+    assert final.data.metrics["test_dice_mean"] == pytest.approx(test["dice_mean"])
+    assert sweep.data.metrics["test_dice_mean"] == pytest.approx(test["dice_mean"])
+    assert final.data.params["final.epochs"] == "1" and sweep.data.params["tune.num_samples"] == "2"
+    # the model exported from the sweep joins the final's run
+    assert cli.export(["--checkpoint", str(exp), "--format", "onnx", "--out", str(exp.parent / "phone")]) == 0
+    assert {"model.pt", "summary.md", "phone.onnx"} <= {a.path for a in client.list_artifacts(final.info.run_id)}
+    assert {"summary.md", "trials.csv"} <= {a.path for a in client.list_artifacts(sweep.info.run_id)}
+
+    def history(run, key="val_dice") -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+
+    final_rows = read_metrics(exp / "final" / "metrics.csv")
+    assert history(final) == [(r["epoch"], pytest.approx(r["val_dice"])) for r in final_rows]
+    for trial_dir in exp.glob("trial_*"):
+        run = by_folder[str(trial_dir)]
+        steps = [step for step, _ in history(run)]
+        assert len(steps) == len(set(steps)) and steps[0] == 1, steps  # each epoch once, however many starts
+        row = table.loc[trial_dir.name.removeprefix("trial_")]
+        assert float(run.data.params["train.lr"]) == pytest.approx(row["train.lr"])
+        assert run.data.tags["stopped_early"] == str(bool(row["stopped_early"]))
+    first = by_folder[str(next(exp.glob("trial_001_*")))]
+    assert history(first) == [(r["epoch"], pytest.approx(r["val_dice"])) for r in finished]
+
+    wandb = wandb_run(exp / "wandb")
+    trial_ids = {p.name.rsplit("_", 1)[1] for p in exp.glob("trial_*")}
+    assert trial_ids < set(wandb), sorted(wandb)
+    assert all(run["project"] == "lfa-int" and run["group"] == "int" for run in wandb.values())
+    (w_final,) = [run for run in wandb.values() if run["name"] == "int/final"]
+    assert w_final["summary"]["test_dice_mean"] == pytest.approx(test["dice_mean"])
+    assert {step: row["val_dice"] for step, row in w_final["history"].items()} == {
+        r["epoch"]: pytest.approx(r["val_dice"]) for r in final_rows}
 
 
 @pytest.mark.slow
