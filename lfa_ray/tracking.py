@@ -53,7 +53,12 @@ _ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FAC
 
 
 def mlflow_uri(cfg: Config) -> Optional[str]:
-    return cfg.tracking.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    """``tracking.mlflow_uri``, else ``MLFLOW_TRACKING_URI`` where MLflow is installed (set for other
+    tools, it does not make lfa_ray need MLflow: :func:`check` notes it)."""
+    import importlib.util
+
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    return cfg.tracking.mlflow_uri or (env if env and importlib.util.find_spec("mlflow") else None)
 
 
 def experiment(cfg: Config, folder: Location) -> str:
@@ -63,25 +68,29 @@ def experiment(cfg: Config, folder: Location) -> str:
 def check(cfg: Config) -> None:
     """Refuse tracking that cannot work, in one line, before Ray starts: MLflow or W&B not
     installed, an MLflow server that does not answer, W&B online without a login."""
+    if os.environ.get("MLFLOW_TRACKING_URI") and not mlflow_uri(cfg):
+        print("note: MLFLOW_TRACKING_URI is set but MLflow is not installed here, so this is not tracked there "
+              "(pip install 'lfa_ray[mlflow]' to track it)")
     if not (mlflow_uri(cfg) or cfg.tracking.wandb):
         return
     for name, value in _ENV.items():
         os.environ.setdefault(name, value)  # before Ray starts: its workers (W&B's loggers) inherit them
     if uri := mlflow_uri(cfg):
+        key = "tracking.mlflow_uri" if cfg.tracking.mlflow_uri else "MLFLOW_TRACKING_URI"
         try:
             from mlflow import MlflowClient
         except ImportError:
-            raise UserError(f"tracking.mlflow_uri is {uri} but MLflow is not installed; "
-                            f"pip install 'lfa_ray[mlflow]', or set tracking.mlflow_uri: null") from None
+            raise UserError(f"{key} is {uri} but MLflow is not installed; pip install 'lfa_ray[mlflow]', "
+                            f"or set tracking.mlflow_uri: null") from None
         if "://" not in uri and not uri.startswith(("databricks", "file:")):
-            raise UserError(f"tracking.mlflow_uri {uri}: not a tracking URI; write it as http://HOST:PORT")
+            raise UserError(f"{key} {uri}: not a tracking URI; write it as http://HOST:PORT")
         try:
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as exc:  # noqa: BLE001 - any failure to reach it: one line
             text = str(exc)
             why = ("nothing listens there" if "Max retries exceeded" in text or "Connection refused" in text
                    else _first_line(exc))
-            raise UserError(f"tracking.mlflow_uri {uri}: no MLflow server answers ({why}); "
+            raise UserError(f"{key} {uri}: no MLflow server answers ({why}); "
                             f"start it (mlflow server --host 127.0.0.1 --port 5000) or fix the URI") from None
     if cfg.tracking.wandb:
         try:

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-# Tests never touch the user's cache.
+# Tests never touch the user's cache, nor track to the user's MLflow server (tests that track start their own).
 os.environ.setdefault("LFA_RAY_CACHE", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "lfa_ray"))
+os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 from lfa_ray.synth import write_synthetic  # noqa: E402
 

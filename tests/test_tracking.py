@@ -25,11 +25,14 @@ def _closed_port() -> int:
      "tracking.mlflow_uri http://127.0.0.1:{port}: no MLflow server answers ("),
     ({"tracking.wandb": "true"}, ("WANDB_MODE", "WANDB_API_KEY"),
      "tracking.wandb is true but W&B has no login here; run `wandb login`"),
-], ids=["mlflow-unreachable", "wandb-no-login"])
+    ({}, (), "MLFLOW_TRACKING_URI http://127.0.0.1:{port}: no MLflow server answers (nothing listens there)"),
+], ids=["mlflow-unreachable", "wandb-no-login", "mlflow-env-unreachable"])
 def test_tracking_that_cannot_work_is_refused_in_one_line_before_ray_starts(small_dir, tmp_path, capsys, monkeypatch,
                                                                            command, sets, unset, fragment):
     port = _closed_port()
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc with a W&B login
+    if not sets:  # the standard variable instead of the key
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     for key in unset:
         monkeypatch.delenv(key, raising=False)
     items = tiny_overrides(small_dir, tmp_path / "results", **{k: v.format(port=port) for k, v in sets.items()})
