@@ -224,6 +224,8 @@ def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
     rep.add("c.fixed_s", r["fixed"], "s", f"trainer start {r['start']:.1f} s + stop {r['stop']:.1f} s beyond its "
             f"epochs (fit() to the first epoch's start, the last epoch's end to fit()'s return); "
             f"ray.init {r['ray_init']:.1f} s")
+    rep.add("c.worker_setup_s", r["worker_setup"], "s", f"lfa_ray's share of the trainer's start: the worker's "
+            f"set-up (data mapped, loaders, model, resume); Ray's: {r['start'] - r['worker_setup']:.1f} s")
 
 
 # -- d ---------------------------------------------------------------------------------------
@@ -337,6 +339,10 @@ def part_e(rep: Report, device: torch.device, smoke: bool, timeout: float) -> Pa
         rep.add("e.final_test_dice", json.loads(test.read_text())["dice_mean"], "", "the final model on the test split")
     devices = [line for line in done.stdout.splitlines() if line.startswith("devices:")]
     rep.add("e.devices", devices[0] if devices else "?", "")
+    setups = [float(pd.read_csv(m)["setup_seconds"].iloc[0]) for m in sorted(exp.glob("trial_*/train/metrics.csv"))]
+    if setups:
+        rep.add("e.trial_worker_setup_s", statistics.median(setups), "s", f"median over {len(setups)} trials of "
+                f"lfa_ray's own set-up in a trial's worker before its first epoch (max {max(setups):.1f} s)")
     n_train = int(re.search(r"\((\d+) train,", done.stdout).group(1))  # the sweep's "data: ..." line
     spans = _trial_spans(exp, n_train)
     rep.extra["e.spans"] = spans

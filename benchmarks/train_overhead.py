@@ -87,7 +87,8 @@ def in_trainer(cfg, data, gpus_per_worker: float = 0.0) -> dict:
     return {"ray_init": ray_init, "total": total, "walls": walls, "compute": [r["epoch_seconds"] for r in rows],
             "fixed": total - sum(walls), "images_per_second": [r["images_per_second"] for r in rows],
             # the fixed cost split: fit() called -> first epoch begins, last epoch ends -> fit() returns
-            "start": times[0] - rows[0]["epoch_seconds"] - wall1, "stop": wall2 - times[-1]}
+            "start": times[0] - rows[0]["epoch_seconds"] - wall1, "stop": wall2 - times[-1],
+            "worker_setup": rows[0]["setup_seconds"]}  # lfa_ray's share of the start
 
 
 def main() -> None:
@@ -114,8 +115,8 @@ def main() -> None:
     print(f"ratio TorchTrainer / plain: {rm / pm:.3f}  (target <= 1.05)")
     print(f"fixed seconds: ray.init {r['ray_init']:.1f} s; trainer start+stop {r['fixed']:.1f} s "
           f"(fit {r['total']:.1f} s - epochs {sum(r['walls']):.1f} s: "
-          f"start {r['start']:.1f} s, stop {r['stop']:.1f} s); "
-          f"plain set-up {p['setup']:.1f} s")
+          f"start {r['start']:.1f} s, of it the worker's own set-up {r['worker_setup']:.1f} s and Ray's "
+          f"{r['start'] - r['worker_setup']:.1f} s; stop {r['stop']:.1f} s); plain set-up {p['setup']:.1f} s")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -73,6 +74,7 @@ def train_func_per_worker(config: dict) -> None:
     (rank 0 writes metrics.csv and TensorBoard there) and ``resume_from`` (a
     checkpoint directory used when Ray has no checkpoint of this run yet).
     """
+    entered = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = config_from_dict(config["cfg"])
     ctx = ray.train.get_context()
@@ -112,9 +114,12 @@ def train_func_per_worker(config: dict) -> None:
     run_log = None
     if rank == 0 and config.get("run_dir"):
         run_log = RunLog(config["run_dir"], start_epoch=state["progress"]["epoch"] if state else 0)
+    # lfa_ray's own share of a run's start (data mapped or streamed, loaders, model, resume); the rest of
+    # the time from fit() to the first epoch is Ray's (controller, worker group, process group)
+    setup_seconds = time.perf_counter() - entered
 
     def on_epoch(result: EpochResult) -> None:
-        m = result.metrics
+        m = {**result.metrics, "setup_seconds": setup_seconds}
         if run_log is not None:
             run_log.log(m)
             if result.checkpoint is not None and (result.last or m["epoch"] % cfg.train.checkpoint_every == 0):

@@ -20,7 +20,8 @@ from lfa_ray.images import HALF
 from lfa_ray.storage import Location, locate
 
 SCALARS = [*METRICS, "best_val_dice", "lr", "epoch_seconds", "images_per_second"]  # also in TensorBoard
-COLUMNS = ["epoch", *SCALARS, "train_images", "time", "run_finished"]  # train_images: of all workers together
+# train_images: of all workers together; setup_seconds: the worker's set-up before this attempt's first epoch
+COLUMNS = ["epoch", *SCALARS, "train_images", "time", "run_finished", "setup_seconds"]
 N_OVERLAYS = 4
 STAGING_PREFIX = "lfa_ray-log-"  # + the writing process's id: a local copy of a remote run's logs
 

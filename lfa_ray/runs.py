@@ -49,13 +49,17 @@ class Setup:
 
 
 def prepare(cfg: Config, *, alone: bool = False) -> tuple[Config, Setup]:
-    """Pair and split the data and read ``train.init_from`` (before Ray starts), start or join Ray,
+    """Pair and split the data and read ``train.init_from`` (before Ray starts; a synthetic set not yet
+    cached is drawn after, in Ray tasks across the cluster), start or join Ray,
     decide whether the photos stream (``data.stream``) and the devices; decode and check the data
     unless it streams. ``alone``: the run has the cluster to itself (:func:`lfa_ray.ray_train.alone`);
     returns ``cfg`` so adjusted."""
     from lfa_ray import ray_train, stream
     from lfa_ray.data import load_for, resolve_root, splits_for
+    from lfa_ray.synth import synthetic_path
 
+    if cfg.data.path is None and not (synthetic_path(cfg.data.synthetic_n, cfg.data.target) / "train_masks").is_dir():
+        ray_train.init_ray()  # nothing of the user's to check first: the photos are drawn in Ray tasks
     root = resolve_root(cfg)
     loaded = _load(cfg) if cfg.data.stream is False else None  # decoded and checked before Ray starts
     splits = None if loaded else splits_for(cfg, root, light=True)  # pairs and splits, nothing decoded

@@ -370,46 +370,94 @@ def _truth(layout: dict, warp: np.ndarray, seen: np.ndarray, whole: np.ndarray, 
             "hidden": round(1 - float(seen.sum()) / max(1, float((whole > 127).sum())), 4)}
 
 
+CHUNK = 16  # photos a process or Ray task draws at a time
+
+
 def write_synthetic(out: str | Path, n: int, *, seed: int = 0, target: str = "window", family: str = "all",
-                    invalid_share: float = 0.0) -> Path:
+                    invalid_share: float = 0.0, how: str = "auto") -> Path:
     """Write ``n`` cassettes into ``out`` in the original layout, each with its read-out truth
     (``train_masks/NAME_readout.json``, :func:`_truth`, and the JPEG quality the photo was saved
-    at); the folder appears complete or not at all."""
+    at); the folder appears complete or not at all.
+
+    ``how`` draws them: ``ray`` in Ray tasks across the cluster's CPUs (this process joined it), the
+    files written here as the tasks return them; ``processes`` on this machine's CPUs; ``serial``;
+    ``auto``: Ray where it has started, else processes for 100 photos or more. Each photo is a
+    function of ``(seed, index)`` alone, so every way writes the same bytes on one machine (a node
+    of another CPU type may round OpenCV's arithmetic differently)."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(out)
     with new_folder(out) as tmp:
         (tmp / "train_images").mkdir()
         (tmp / "train_masks").mkdir()
-        jobs = [(tmp, seed, i, target, family, invalid_share) for i in range(n)]
-        processes = min(os.cpu_count() or 1, max(1, n // 50))  # each photo alone: the same bytes in any process
-        if processes > 1:
-            with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
-                list(pool.map(_write_one, jobs, chunksize=16))
-        else:
-            for job in jobs:
-                _write_one(job)
+        for name, jpg, gif, truth in _drawn(n, (seed, target, family, invalid_share), how):
+            (tmp / "train_images" / f"{name}.jpg").write_bytes(jpg)
+            (tmp / "train_masks" / f"{name}_mask.gif").write_bytes(gif)
+            (tmp / "train_masks" / f"{name}{TRUTH_SUFFIX}").write_text(truth)
     return out
 
 
-def _write_one(job: tuple) -> None:
-    tmp, seed, i, target, family, invalid_share = job
-    image, masks, truth = render_truth(seed, i, family, invalid_share)
-    quality = int(np.random.default_rng([seed, i, 1]).integers(55, 96))
-    name = f"cassette_{i:05d}"
-    Image.fromarray(image).save(tmp / "train_images" / f"{name}.jpg", quality=quality)
-    Image.fromarray(masks[target] * 255).save(tmp / "train_masks" / f"{name}_mask.gif")
-    truth["jpeg_quality"] = quality  # how the photo was saved: low quality erases faint lines
-    (tmp / "train_masks" / f"{name}{TRUTH_SUFFIX}").write_text(json.dumps(truth))
+def _drawn(n: int, settings: tuple, how: str):
+    """Each photo's files, as :func:`_draw_chunk` makes them, ``how`` :func:`write_synthetic` says."""
+    chunks = [(settings, range(i, min(n, i + CHUNK))) for i in range(0, n, CHUNK)]
+    if how == "auto":
+        import sys
+
+        ray = sys.modules.get("ray")  # not imported here: only a process that started Ray uses it
+        how = ("ray" if ray is not None and ray.is_initialized() and n >= 50 else
+               "processes" if n >= 100 and (os.cpu_count() or 1) > 1 else "serial")
+    if how == "ray":
+        import ray
+
+        task = ray.remote(num_cpus=1)(_draw_chunk)
+        pending = [task.remote(*c) for c in chunks]
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield from ray.get(done[0])
+    elif how == "processes":
+        with ProcessPoolExecutor(min(os.cpu_count() or 1, len(chunks)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            for files in pool.map(_draw_chunk, *zip(*chunks, strict=True)):
+                yield from files
+    elif how == "serial":
+        for c in chunks:
+            yield from _draw_chunk(*c)
+    else:
+        raise ValueError(f"how={how!r}: ray, processes, serial or auto")
+
+
+def _draw_chunk(settings: tuple, indices: range) -> list[tuple[str, bytes, bytes, str]]:
+    """Photos ``indices`` of a set (``settings``: seed, target, family, invalid_share), each as its
+    name, JPEG, GIF mask and read-out truth (JSON)."""
+    import io
+
+    cv2.setNumThreads(1)  # one photo per CPU: OpenCV's own threads would only contend
+    seed, target, family, invalid_share = settings
+    files = []
+    for i in indices:
+        image, masks, truth = render_truth(seed, i, family, invalid_share)
+        quality = int(np.random.default_rng([seed, i, 1]).integers(55, 96))
+        jpg, gif = io.BytesIO(), io.BytesIO()
+        Image.fromarray(image).save(jpg, format="JPEG", quality=quality)
+        Image.fromarray(masks[target] * 255).save(gif, format="GIF")
+        truth["jpeg_quality"] = quality  # how the photo was saved: low quality erases faint lines
+        files.append((f"cassette_{i:05d}", jpg.getvalue(), gif.getvalue(), json.dumps(truth)))
+    return files
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("LFA_RAY_CACHE", Path.home() / ".cache" / "lfa_ray"))
 
 
+def synthetic_path(n: int, target: str, seed: int = 0) -> Path:
+    """Where the cached synthetic set for these settings is (or will be)."""
+    return cache_root() / f"synthetic-v{VERSION}-{target}-n{n}-seed{seed}"
+
+
 def synthetic_dataset(n: int, target: str, seed: int = 0) -> Path:
-    """The cached synthetic set for these settings, generated on first use."""
-    path = cache_root() / f"synthetic-v{VERSION}-{target}-n{n}-seed{seed}"
+    """The cached synthetic set for these settings, generated on first use (in Ray tasks across the
+    cluster where this process has started Ray: :func:`write_synthetic`)."""
+    path = synthetic_path(n, target, seed)
     if not (path / "train_masks").is_dir():
         print(f"generating {n} synthetic cassettes into {path} (once; later runs reuse them)")
         try:

@@ -10,7 +10,7 @@ from PIL import Image
 from lfa_ray import cli, data
 from lfa_ray.errors import UserError
 from lfa_ray.images import read_mask
-from lfa_ray.synth import render
+from lfa_ray.synth import render, write_synthetic
 
 
 def _img(path: Path, size=(40, 30), color=(200, 100, 50), mode="RGB"):
@@ -292,6 +292,20 @@ def test_style_families_restrict_the_colours(tmp_path, capsys):
     assert saturation["bold"] > saturation["plain"] + 40  # far more saturated
     assert cli.data(["synth", str(tmp_path / "b"), "--n", "3", "--family", "bold"]) == 0
     assert "bold styles" in capsys.readouterr().out and data.check(tmp_path / "b", 0.34)["train"] == 2
+
+
+@pytest.mark.slow
+def test_a_synthetic_set_is_the_same_bytes_drawn_serially_in_processes_or_in_ray_tasks(ray_cluster, tmp_path):
+    """Two chunks (16 + 4 photos) each way; the Ray tasks on the cluster's two CPUs return the files."""
+    def files(root: Path) -> dict[str, bytes]:
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    sets = {how: files(write_synthetic(tmp_path / how, 20, seed=3, family="bold", how=how))
+            for how in ("serial", "processes", "ray")}
+    assert len(sets["serial"]) == 60 and "train_images/cassette_00019.jpg" in sets["serial"]
+    assert sets["processes"] == sets["serial"] and sets["ray"] == sets["serial"]
+    with pytest.raises(ValueError, match="ray, processes, serial or auto"):
+        write_synthetic(tmp_path / "other", 2, how="threads")
 
 
 def test_synthetic_photos_vary_in_framing_and_shape():

@@ -45,6 +45,8 @@ def test_train_run_writes_everything_and_refuses_to_overwrite(ray_cluster, small
     assert sorted(p.name for p in run.glob("checkpoint_epoch_*")) == ["checkpoint_epoch_0001", "checkpoint_epoch_0002"]
     rows = read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1.0, 2.0]
+    # the worker's own set-up before its first epoch: the same for the attempt's every epoch, seconds
+    assert rows[0]["setup_seconds"] == rows[1]["setup_seconds"] and 0 < rows[0]["setup_seconds"] < 60
     state = load_state(run / "checkpoint_epoch_0002")
     assert set(state) >= {"model", "optimizer", "scheduler", "scaler", "progress", "config"}
     assert state["progress"]["epoch"] == 2 and state["config"]["data"]["image_size"] == 32
