@@ -17,11 +17,11 @@ if __name__ == "__main__":  # python -m lfa_ray.tune: the command, run before th
 import json
 import math
 import time
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ray.tune import Callback, Stopper
 
-from lfa_ray import runs, tracking
+from lfa_ray import runs
 from lfa_ray.checkpoint import FINAL, MODEL_FILE
 from lfa_ray.config import (
     Config,
@@ -40,6 +40,9 @@ from lfa_ray.lock import RunLock
 from lfa_ray.search import apply_params, reference_point, to_tune, validate_space
 from lfa_ray.storage import Location, locate
 from lfa_ray.stream import Streamed
+
+if TYPE_CHECKING:
+    from lfa_ray.tracking import Tracking
 
 # What a trial's own process holds: no CPU, so that N trials of W workers fit exactly on N*W CPUs
 # (with the usual 0.01 CPU, two 1-CPU trials do not fit on 2 CPUs and the second one's worker
@@ -334,6 +337,8 @@ def final_config(cfg: Config, best_params: dict) -> Config:
 
 
 def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
+    from lfa_ray import tracking  # the driver's: a trial's process imports this module, not MLflow or W&B
+
     tracking.check(cfg)  # before Ray starts
     cfg, setup = runs.prepare(cfg)  # the dataset decoded once for the whole sweep
     with RunLock(exp_dir):
@@ -374,13 +379,15 @@ def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, r
     if not resume:
         exp_dir.mkdir()
         dump_config(cfg, exp_dir / "config.yaml")
-    track = tracking.Tracking(cfg, exp_dir)
+    from lfa_ray.tracking import Tracking
+
+    track = Tracking(cfg, exp_dir)
     with track.sweep(resume) as parent:
         return _tune(cfg, exp_dir, setup, track, parent, created=created, resume=resume,
                      restart_errored=restart_errored)
 
 
-def _tune(cfg: Config, exp_dir: Location, setup: runs.Setup, track: tracking.Tracking, parent: Optional[str], *,
+def _tune(cfg: Config, exp_dir: Location, setup: runs.Setup, track: Tracking, parent: Optional[str], *,
           created: bool, resume: bool, restart_errored: bool) -> Location:
     from lfa_ray import ray_train, report
 
@@ -416,10 +423,11 @@ def _tune(cfg: Config, exp_dir: Location, setup: runs.Setup, track: tracking.Tra
 
 
 def _final(cfg: Config, final_cfg: Config, exp_dir: Location, setup: runs.Setup, table, curves, best_row,
-           best_params: dict, ended_early: Optional[str], track: tracking.Tracking, parent: Optional[str]) -> None:
+           best_params: dict, ended_early: Optional[str], track: Tracking, parent: Optional[str]) -> None:
     """The best config retrained (unless done already), its refining model, its test score, the
     summary; the sweep's closing lines."""
     from lfa_ray import report
+    from lfa_ray.tracking import test_scores
 
     final_dir, again = exp_dir / FINAL, resume_command(cfg, exp_dir)
     model = final_dir / MODEL_FILE
@@ -440,7 +448,7 @@ def _final(cfg: Config, final_cfg: Config, exp_dir: Location, setup: runs.Setup,
         tracked.finish(final_dir, model, test, exp_dir / "summary.md")
     track.close_sweep(parent, {f"best_trial_{cfg.tune.metric}": best_row["best_" + cfg.tune.metric],
                                "final_best_val_dice": final_metrics.get("best_val_dice", math.nan),
-                               **tracking.test_scores(test)},
+                               **test_scores(test)},
                       exp_dir / "summary.md", exp_dir / "trials.csv")
     print(f"\nsweep {exp_dir.name}: {len(table)} trials, {int(table['stopped_early'].sum())} stopped early"
           + (f" (by ASHA, or as the sweep ended: {ended_early})" if ended_early else " by ASHA"))
