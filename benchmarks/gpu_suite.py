@@ -28,6 +28,11 @@ e. ``python -m lfa_ray.tune --config tune_configs/gpu.yaml``: 8 trials, 4 sharin
    trial epoch's span is kept in the JSON (``extra.e.spans``).
 f. ``lfa_ray.predict --device cuda`` over 240 synthetic photos: img/s, end to end.
 g. the compiled figures of part b.
+h. part e's final model scored where the CPU default sweep is: 400 held-out synthetic photos of
+   this generator and 400 classic close-ups (seed 404), and the real photos of ``--real DIR``
+   (default: ``../shared/realset-dev`` beside the checkout, where it exists) with
+   ``benchmarks/real_photos.py``. Targets: test Dice (part e) >= 0.95, real Dice >= the CPU
+   default's 0.499.
 
 ``--smoke`` runs every part with tiny sizes on whatever device there is (CPU here), to check the
 suite itself before spending GPU time. Nothing is downloaded.
@@ -35,7 +40,7 @@ suite itself before spending GPU time. Nothing is downloaded.
 On an H200 (2026-12-04) the parts took b 65 s, c 104 s, d 14 s, e 323 s (the sweep 266 s, one
 trial alone 57 s), f 6 s, g 35 s: about 9 1/2 minutes in all, mostly Ray's fixed cost per
 TorchTrainer there (about 30 s; e starts eleven). Within one 15-minute device lease, run it as two
-calls, the second straight after the first while the machine is warm: ``--parts ae``, then
+calls, the second straight after the first while the machine is warm: ``--parts aeh``, then
 ``--parts abdfcg`` with ``--budget`` set from the lease's time left.
 """
 
@@ -67,7 +72,8 @@ SEED_FEATURES = "[64,128,256,512]"
 SYNTH_N = {False: 1000, True: 60}  # synthetic cassettes (generated once, shared by parts c, d, e, f)
 TARGETS = {  # issue targets, checked in the table
     "c.trainer_img_s": (">=", 350), "c.epoch_ratio": ("<=", 1.03), "d.loader_vs_gpu": (">=", 2.0),
-    "e.sharing_speedup": (">=", 1.5),
+    "e.sharing_speedup": (">=", 1.5), "e.final_test_dice": (">=", 0.95),
+    "h.real_dice": (">=", 0.499),  # the CPU default sweep's on the real dev set
 }
 
 
@@ -390,10 +396,44 @@ def part_f(rep: Report, device: torch.device, smoke: bool, exp: Path | None) -> 
             f"({'sweep model' if exp else 'untrained original UNET'})")
 
 
+# -- h ---------------------------------------------------------------------------------------
+
+HELD_N = {False: 400, True: 8}  # held-out synthetic photos per set
+
+
+def part_h(rep: Report, device: torch.device, smoke: bool, exp: Path | None, real: Path | None) -> None:
+    """Part e's final model scored where the default CPU sweep is (docs/PERFORMANCE.md): held-out
+    synthetic photos of this generator and classic close-ups (seed 404), and the real photos."""
+    from lfa_ray import evaluate
+    from lfa_ray.synth import write_synthetic
+
+    if exp is None:
+        rep.add("h.skipped", "no sweep model", "", "part e did not finish")
+        return
+    n = HELD_N[smoke]
+    for family, key in (("all", "h.heldout_dice"), ("classic", "h.heldout_classic_dice")):
+        held = write_synthetic(WORK / f"held-{family}", n, seed=404, family=family)
+        s = evaluate.run(str(exp), data=str(held), out=str(WORK / f"eval-{family}"), device=device.type)
+        rep.add(key, s["dice_mean"], "", f"{n} held-out synthetic photos (seed 404, {family} styles); "
+                f"the CPU default sweep: {'0.751' if family == 'all' else '0.933'}")
+    if real is None:
+        rep.add("h.real_dice", "no set", "", "--real DIR (an annotated real-photo set) not given or not found")
+        return
+    import real_photos
+
+    out = WORK / "real"
+    real_photos.main(["--data", str(real), "--checkpoint", str(exp), "--out", str(out)])
+    f = json.loads((out / "summary.json").read_text())
+    rep.add("h.real_dice", f["dice_mean"], "", f"{f['photos']} real photos ({real.name}), windows found "
+            f"{f['found']}, calls right {f['calls_right']} of {f['with_call']}; the CPU default sweep: 0.499")
+
+
 # -- main ------------------------------------------------------------------------------------
 
 WORK = Path(tempfile.mkdtemp(prefix="lfa-gpu-suite-"))  # scratch for the sweep and predictions; removed at the end
-ESTIMATE_S = {"b": 70, "c": 110, "d": 20, "e": 340, "f": 10, "g": 40}  # measured on an H200, 2026-12-04
+ESTIMATE_S = {"b": 70, "c": 110, "d": 20, "e": 340, "f": 10, "g": 40,  # measured on an H200, 2026-12-04
+              "h": 40}  # estimated: 800 photos drawn on 16 CPUs, 424 scored
+REAL_SET = REPO.parent / "shared" / "realset-dev"  # the real-photo dev set beside a checkout, where there is one
 ALONE_S = 80  # part e's run of one trial alone and its GPU bound
 
 
@@ -401,7 +441,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="folder for gpu_suite.json, gpu_suite.md and sweep.log")
     parser.add_argument("--budget", type=float, default=450, help="seconds; parts that no longer fit are skipped")
-    parser.add_argument("--parts", default="abcdefg")
+    parser.add_argument("--parts", default="abcdefgh")
+    parser.add_argument("--real", type=Path, help="an annotated real-photo set for part h (default: "
+                        f"{REAL_SET} where it exists, except with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on any device: checks the suite itself")
     args = parser.parse_args()
     start = time.perf_counter()
@@ -428,11 +470,15 @@ def main() -> None:
             elif part == "d":
                 part_d(rep, device, args.smoke, b.get(("fp16", 4 if args.smoke else 8, False)))
             elif part == "e":
-                exp = part_e(rep, device, args.smoke, timeout=max(60.0, left - ESTIMATE_S["f"] - ALONE_S))
+                after = sum(ESTIMATE_S[p] for p in "fh" if p in args.parts)  # the parts that use its model
+                exp = part_e(rep, device, args.smoke, timeout=max(60.0, left - after - ALONE_S))
             elif part == "f":
                 part_f(rep, device, args.smoke, exp)
             elif part == "g":
                 part_g(rep, device, args.smoke, b)
+            elif part == "h":
+                real = args.real or (REAL_SET if REAL_SET.is_dir() and not args.smoke else None)
+                part_h(rep, device, args.smoke, exp, real)
         except Exception as exc:  # noqa: BLE001 - report and go on to the next part
             rep.add(f"{part}.failed", type(exc).__name__, "", str(exc).splitlines()[0][:300] if str(exc) else "")
         if part != "a":

@@ -73,8 +73,7 @@ def check(cfg: Config) -> None:
               "(pip install 'lfa_ray[mlflow]' to track it)")
     if not (mlflow_uri(cfg) or cfg.tracking.wandb):
         return
-    for name, value in _ENV.items():
-        os.environ.setdefault(name, value)  # before Ray starts: its workers (W&B's loggers) inherit them
+    _settings()  # before Ray starts: its workers (W&B's loggers) inherit them
     if uri := mlflow_uri(cfg):
         key = "tracking.mlflow_uri" if cfg.tracking.mlflow_uri else "MLFLOW_TRACKING_URI"
         try:
@@ -101,6 +100,11 @@ def check(cfg: Config) -> None:
         if os.environ.get("WANDB_MODE") not in ("offline", "disabled") and not _wandb_login():
             raise UserError("tracking.wandb is true but W&B has no login here; run `wandb login`, set "
                             "WANDB_API_KEY, or set WANDB_MODE=offline to keep the runs as local files")
+
+
+def _settings() -> None:
+    for name, value in _ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def _wandb_login() -> bool:
@@ -134,6 +138,7 @@ class MLflowRuns:
     after the first failure (a lost server) it prints one note and does nothing more."""
 
     def __init__(self, uri: str, experiment: str):
+        _settings()  # requests that give up in seconds
         self.uri, self.experiment = uri, experiment
         self.lost = False
         self.logged: dict[str, int] = {}  # run id -> the last epoch it has
@@ -271,8 +276,6 @@ def log_export(model: Location, exported: Path) -> None:
     cfg = load_config(folder / "config.yaml")
     if not (uri := mlflow_uri(cfg)):
         return
-    for name, value in _ENV.items():
-        os.environ.setdefault(name, value)
     top = folder.parent if folder.name == FINAL and (folder.parent / "config.yaml").is_file() else folder
     runs = MLflowRuns(uri, experiment(cfg, top))
     if run_id := runs.find(folder):

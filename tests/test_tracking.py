@@ -79,3 +79,26 @@ def test_a_train_run_goes_on_when_its_mlflow_server_is_lost_and_its_run_says_inc
         assert run.info.status == "RUNNING" and run.data.tags["lfa_ray.complete"] == "false"
     finally:
         server.stop()
+
+
+def test_once_the_server_is_lost_one_note_and_every_later_call_does_nothing(tmp_path, capsys):
+    """What a sweep's Tune callback and its final run call, against a server gone before the first
+    call: nothing raises (a raise in a Tune callback would end the sweep), one note in all."""
+    from lfa_ray.storage import locate
+    from lfa_ray.tracking import MLflowRuns, MLflowTrials
+
+    runs = MLflowRuns(f"http://127.0.0.1:{_closed_port()}", "gone")
+    folder = locate(tmp_path)
+    assert runs.open(folder, "sweep", kind="sweep", params={"train.lr": "0.001"}) is None
+    runs.epochs(None, [{"epoch": 1, "val_dice": 0.5}])
+    runs.scores(None, {"test_dice_mean": 0.5})
+    (tmp_path / "model.pt").write_bytes(b"weights")
+    runs.artifact("some-run", folder / "model.pt")
+    runs.close("some-run", "FINISHED")
+    assert runs.find(folder) is None and runs.lost
+    trials = MLflowTrials(runs.uri, "gone", folder)
+    trials.setup()
+    trials.runs = runs  # the lost client, as after a failure mid-sweep
+    trials.on_trial_result(1, [], type("Trial", (), {"trial_id": "t1"})(), {"epoch": 1, "val_dice": 0.5})
+    out = capsys.readouterr().out
+    assert out.count("note: MLflow at ") == 1 and "stopped answering" in out, out
