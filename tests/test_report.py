@@ -16,7 +16,7 @@ from lfa_ray.storage import locate
 from helpers import error_line
 
 EPOCH_KEYS = {"train_loss": 1.0, "val_loss": 0.5, "val_accuracy": 0.9, "val_iou": 0.5, "lr": 1e-3,
-              "images_per_second": 50.0, "train_images": 100, "run_finished": 0}
+              "images_per_second": 50.0, "train_images": 100, "run_finished": 0, "setup_seconds": 1.0}
 
 
 def _metrics(run, start: float, dice: list[float]) -> None:
