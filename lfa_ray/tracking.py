@@ -292,19 +292,20 @@ class MLflowTrials(Callback):
     def __init__(self, uri: str, experiment: str, exp_dir: Location):
         self.uri, self.experiment_name, self.exp_dir = uri, experiment, exp_dir
         self.runs: Optional[MLflowRuns] = None
+        self.parent: Optional[str] = None
         self.ids: dict[str, Optional[str]] = {}
 
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "runs": None, "ids": {}}  # no client or ids in the pickled sweep
+    def __getstate__(self) -> dict:  # no client or ids in the pickled sweep
+        return {**self.__dict__, "runs": None, "parent": None, "ids": {}}
 
     def setup(self, **info) -> None:
         self.runs = MLflowRuns(self.uri, self.experiment_name)
+        self.parent = self.runs.find(self.exp_dir)  # opened by the driver (Tracking.sweep) before Tune starts
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         name = trial.path.rstrip("/").rsplit("/", 1)[-1]  # its folder: lfa_ray.tune.trial_name's
-        parent = self.runs.find(self.exp_dir)
         params = {k: str(v) for k, v in (trial.config or {}).items()}
-        self.ids[trial.trial_id] = self.runs.open(self.exp_dir / name, name, kind="trial", parent=parent,
+        self.ids[trial.trial_id] = self.runs.open(self.exp_dir / name, name, kind="trial", parent=self.parent,
                                                   params=params)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:

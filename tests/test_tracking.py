@@ -97,8 +97,7 @@ def test_once_the_server_is_lost_one_note_and_every_later_call_does_nothing(tmp_
     runs.close("some-run", "FINISHED")
     assert runs.find(folder) is None and runs.lost
     trials = MLflowTrials(runs.uri, "gone", folder)
-    trials.setup()
-    trials.runs = runs  # the lost client, as after a failure mid-sweep
+    trials.runs = runs  # the lost client, as after a failure mid-sweep (setup() would make its own)
     trials.on_trial_result(1, [], type("Trial", (), {"trial_id": "t1"})(), {"epoch": 1, "val_dice": 0.5})
     out = capsys.readouterr().out
     assert out.count("note: MLflow at ") == 1 and "stopped answering" in out, out
