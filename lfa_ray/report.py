@@ -79,12 +79,18 @@ def best_row(table: pd.DataFrame, cfg: Config) -> pd.Series:
     return ok.loc[ok[col].idxmax() if cfg.tune.mode == "max" else ok[col].idxmin()]
 
 
-def param_value(row: pd.Series, key: str):
-    """A table cell back as a plain Python value (YAML-safe)."""
+def param_value(row: pd.Series, key: str, spec: Optional[dict] = None):
+    """A table cell back as a plain Python value (YAML-safe); with its ``tune.search_space`` entry
+    ``spec``, of the type the profile takes (a column with an unscored trial's empty cell is float)."""
     v = row[key]
     if isinstance(v, np.ndarray):
-        return [x.item() if hasattr(x, "item") else x for x in v]
-    return v.item() if hasattr(v, "item") else v
+        v = [x.item() if hasattr(x, "item") else x for x in v]
+    elif hasattr(v, "item"):
+        v = v.item()
+    (kind, args), = (spec or {None: None}).items()
+    if kind == "choice":
+        return next((a for a in args if a == v), v)
+    return int(v) if kind == "randint" else v
 
 
 def _distribution(spec: dict):

@@ -16,10 +16,12 @@ if __name__ == "__main__":  # python -m lfa_ray.tune: the command, run before th
 
 import json
 import math
+import statistics
 import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 from ray.tune import Callback, Stopper
+from ray.tune.stopper import CombinedStopper
 
 from lfa_ray import runs
 from lfa_ray.checkpoint import FINAL, MODEL_FILE
@@ -183,14 +185,90 @@ class StopAt(Stopper):
         return self.reached
 
 
-def why_ended_early(cfg: Config, table, seconds: float) -> str | None:
+class Budget(Stopper):
+    """``tune.time_budget_s``: the sweep and its final retrain are planned into that many seconds.
+
+    Trials stop (all at once, as Tune's own time budget stops them) once the time left would no
+    longer cover what comes after them, as the trials' own timings predict it (:meth:`after`). The
+    clock runs while Tune runs the trials (a resumed sweep has what its first run left, as with
+    Tune's budget); ``spent_before``: seconds this command spent before (data, Ray's start).
+    ``final_epochs`` 0: no final to plan for (a benchmark's plain budget)."""
+
+    def __init__(self, seconds: float, *, final_epochs: int = 0, refine_epochs: float = 0.0, spent_before: float = 0.0):
+        self.seconds, self.final_epochs, self.refine_epochs = seconds, final_epochs, refine_epochs
+        self.left, self._last = seconds - spent_before, None
+        self.first: dict[str, float] = {}  # trial -> seconds from its start to its first report
+        self.first_epoch: dict[str, float] = {}  # trial -> its first epoch's own seconds
+        self.steady: dict[str, list[float]] = {}  # trial -> seconds between its later reports
+        self.kept: Optional[float] = None  # the seconds kept for the final when the trials stopped
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        # a replayed epoch (a resumed trial's) arrives at once: it took its recorded epoch_seconds
+        epoch = result.get("epoch_seconds") or 0.0
+        took = max(result.get("time_this_iter_s") or 0.0, epoch)
+        # the final retrain runs alone: an epoch of trials sharing the machine counts as its share
+        # (somewhat less than alone takes where sharing gains: 1.14x on a GPU, 1.5x on 2 CPUs)
+        share = max(1, len(STARTED))
+        if trial_id not in self.first:
+            self.first[trial_id], self.first_epoch[trial_id] = took, epoch / share
+        else:
+            self.steady.setdefault(trial_id, []).append(took / share)
+        return False
+
+    def after(self) -> float:
+        """Seconds the final retrain (and its refining model's) will take, from the trials: the
+        slowest trial's start and first epoch (Ray Train's start, CUDA's warm-up) and the median
+        later epoch (before any: the first epochs' own seconds), divided among the trials running
+        then, for each further epoch; the refining
+        model as ``refine_epochs`` more epochs (its crops' pixels relative to the photos') after a
+        start of its own."""
+        if not self.final_epochs or not self.first:
+            return 0.0
+        later = [s for v in self.steady.values() for s in v]
+        first = max(self.first.values())
+        epoch = statistics.median(later or list(self.first_epoch.values()))
+        refine = first - epoch + self.refine_epochs * epoch if self.refine_epochs else 0.0
+        return first + (self.final_epochs - 1) * epoch + refine
+
+    def stop_all(self) -> bool:
+        now = time.monotonic()
+        if self._last is not None:
+            self.left -= now - self._last
+        self._last = now
+        after = self.after()
+        if self.kept is None and self.left <= after:
+            self.kept = max(0.0, self.left)
+            BUDGET_SPENT.update(seconds=self.seconds, kept=self.kept, after=after)
+        return self.kept is not None
+
+    def __setstate__(self, state: dict) -> None:
+        state["_last"] = None  # a restored sweep's clock starts again when Tune does
+        self.__dict__.update(state)
+
+
+# set by the Budget stopper in the driver when the trials stop for the final retrain; the driver's
+# record, as the stopper itself is the Tuner's copy (a restored Tuner unpickles its own)
+BUDGET_SPENT: dict = {}
+
+
+def budget(cfg: Config, spent_before: float) -> Optional[Budget]:
+    """The profile's ``tune.time_budget_s`` as a :class:`Budget` (None: no budget)."""
+    t, r = cfg.tune, cfg.refine
+    if t.time_budget_s is None:
+        return None
+    refine = r.epochs * r.per_photo * (r.image_size / cfg.data.image_size) ** 2 if r.image_size else 0.0
+    return Budget(t.time_budget_s, final_epochs=cfg.final.epochs, refine_epochs=refine, spent_before=spent_before)
+
+
+def why_ended_early(cfg: Config, table) -> str | None:
     """Why a sweep ended before all its trials ran: the time budget or the stop_at target (None: neither)."""
     t = cfg.tune
     best = table[f"best_{t.metric}"].dropna()
     if t.stop_at is not None and any(_reached(v, t.stop_at, t.mode) for v in best):
         return f"{t.metric} {t.stop_at:g} reached (tune.stop_at)"
-    if t.time_budget_s is not None and seconds >= t.time_budget_s * 0.98:
-        return f"time budget of {t.time_budget_s:g} s spent (tune.time_budget_s)"
+    if BUDGET_SPENT:
+        return (f"time budget of {BUDGET_SPENT['seconds']:g} s: the trials stopped with {BUDGET_SPENT['kept']:.0f} s "
+                f"left, the final retrain's {BUDGET_SPENT['after']:.0f} s as the trials timed it (tune.time_budget_s)")
     return None
 
 
@@ -228,13 +306,15 @@ def default_concurrency(cfg: Config, gpus_per_worker: float = 0.0, streams: bool
 
 def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float = 0.0, init=None, restore: bool = False,
                restart_errored: bool = False, search: str = "tpe", early_stopping: bool = True,
-               time_budget_s: float | None = None, trial: Callable = trial_fn, callbacks: tuple = ()):
+               time_budget_s: float | None = None, trial: Callable = trial_fn, callbacks: tuple = (),
+               spent_before: float = 0.0):
     """The sweep's Tuner (or the restored one). ``search="random"``, ``early_stopping=False`` and
     ``time_budget_s`` (instead of ``tune.time_budget_s``) exist for the benchmarks that compare
     TPE + ASHA with plain random search;
     ``trial`` (called as :func:`trial_fn` is) for the one that measures Ray's own cost per trial.
     ``data``: the loaded dataset in the object store (:class:`lfa_ray.ray_train.SharedData`);
     ``gpus_per_worker``: from :func:`lfa_ray.ray_train.check_resources` (0: CPU workers);
+    ``spent_before``: seconds the command spent before the sweep, out of ``tune.time_budget_s``;
     ``callbacks``: more Tune callbacks (:meth:`lfa_ray.tracking.Tracking.tune_callbacks`). A restored
     Tuner runs with the callbacks its sweep started with (Tune keeps them with the sweep)."""
     import optuna
@@ -268,7 +348,8 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
     scheduler = (ASHAScheduler(time_attr="epoch", max_t=t.scheduler.max_t, grace_period=t.scheduler.grace_period,
                                reduction_factor=t.scheduler.reduction_factor)
                  if early_stopping else FIFOScheduler())
-    budget = time_budget_s if time_budget_s is not None else t.time_budget_s
+    plan = Budget(time_budget_s) if time_budget_s is not None else budget(cfg, spent_before)
+    stoppers = [s for s in (plan, StopAt(t.metric, t.mode, t.stop_at) if t.stop_at is not None else None) if s]
     return tune.Tuner(
         trainable,
         param_space=to_tune(t.search_space),
@@ -277,15 +358,15 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
             max_concurrent_trials=concurrency if search == "tpe" else None,
             trial_name_creator=trial_name,
             trial_dirname_creator=trial_name,
-            time_budget_s=budget,
         ),
         # The console is Progress's lines; Tune's status tables (and its TensorBoard hint, which names
         # a staging folder, not the experiment) only with --verbose.
         run_config=tune.RunConfig(name=exp_dir.name, **exp_dir.parent.ray_storage(),
                                   failure_config=tune.FailureConfig(max_failures=0),
-                                  callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t, budget),
+                                  callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t,
+                                                      plan and plan.seconds),
                                              KeepTrialLogs(), Unfinished(), *callbacks],
-                                  stop=None if t.stop_at is None else StopAt(t.metric, t.mode, t.stop_at),
+                                  stop=CombinedStopper(*stoppers) if len(stoppers) > 1 else (stoppers or [None])[0],
                                   verbose=None if verbose() else 0),
     )
 
@@ -339,12 +420,13 @@ def final_config(cfg: Config, best_params: dict) -> Config:
 def run(cfg: Config, exp_dir: Location, *, resume: bool, restart_errored: bool = False) -> Location:
     from lfa_ray import tracking  # the driver's: a trial's process imports this module, not MLflow or W&B
 
+    began = time.monotonic()  # tune.time_budget_s counts from here
     tracking.check(cfg)  # before Ray starts
     cfg, setup = runs.prepare(cfg)  # the dataset decoded once for the whole sweep
     with RunLock(exp_dir):
         if not resume:
             refuse_existing(exp_dir)  # again: another command may have made it since plan()
-        return _sweep(cfg, exp_dir, setup, resume=resume, restart_errored=restart_errored)
+        return _sweep(cfg, exp_dir, setup, resume=resume, restart_errored=restart_errored, began=began)
 
 
 def refuse_changes(choice: ProfileChoice, cfg: Config, exp_dir: Location) -> None:
@@ -374,7 +456,8 @@ def refuse_existing(exp_dir: Location) -> None:
     runs.refuse_existing(exp_dir, f"continue it with --resume --name {exp_dir.name}")
 
 
-def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, restart_errored: bool) -> Location:
+def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, restart_errored: bool,
+           began: float) -> Location:
     created = not exp_dir.exists()
     if not resume:
         exp_dir.mkdir()
@@ -384,36 +467,39 @@ def _sweep(cfg: Config, exp_dir: Location, setup: runs.Setup, *, resume: bool, r
     track = Tracking(cfg, exp_dir)
     with track.sweep(resume) as parent:
         return _tune(cfg, exp_dir, setup, track, parent, created=created, resume=resume,
-                     restart_errored=restart_errored)
+                     restart_errored=restart_errored, began=began)
 
 
 def _tune(cfg: Config, exp_dir: Location, setup: runs.Setup, track: Tracking, parent: Optional[str], *,
-          created: bool, resume: bool, restart_errored: bool) -> Location:
+          created: bool, resume: bool, restart_errored: bool, began: float) -> Location:
     from lfa_ray import ray_train, report
 
     try:
         tuner = make_tuner(cfg, exp_dir, setup.data, gpus_per_worker=setup.gpus, init=setup.init, restore=resume,
-                           restart_errored=restart_errored, callbacks=track.tune_callbacks())
-        started = time.monotonic()
+                           restart_errored=restart_errored, callbacks=track.tune_callbacks(),
+                           spent_before=time.monotonic() - began)
         STARTED.clear()
+        BUDGET_SPENT.clear()
         grid = tuner.fit()
-        seconds = time.monotonic() - started
     except BaseException:
         if created and not any(c.name.startswith("trial_") for c in exp_dir.children()):
             exp_dir.rmtree()  # nothing ran: don't block a corrected retry
         raise
     table, curves = report.collect(grid, cfg)
-    ended_early = why_ended_early(cfg, table, seconds)
+    ended_early = why_ended_early(cfg, table)
     if ended_early is None and (STARTED or grid.num_terminated + grid.num_errors < cfg.tune.num_samples):  # Ctrl-C
         raise Stopped(f"sweep stopped before all {cfg.tune.num_samples} trials finished; continue it with: "
                       f"{resume_command(cfg, exp_dir)}")
     if ended_early:
         print(f"sweep ended after {len(table)} of {cfg.tune.num_samples} trials: {ended_early}")
     if table.empty or table["best_" + cfg.tune.metric].isna().all():
+        if BUDGET_SPENT:
+            raise UserError(f"tune.time_budget_s {cfg.tune.time_budget_s:g} s ended before any trial reported "
+                            f"{cfg.tune.metric}; raise it (the data and Ray's start count too)")
         raise UserError(f"no trial reported {cfg.tune.metric}; see the trial errors above, fix and "
                         f"retry with {resume_command(cfg, exp_dir)} --restart-errored")
     best_row = report.best_row(table, cfg)
-    best_params = {k: report.param_value(best_row, k) for k in cfg.tune.search_space}
+    best_params = {k: report.param_value(best_row, k, spec) for k, spec in cfg.tune.search_space.items()}
     # it runs alone: all of a local cluster's CPUs (but one, where Ray Data streams the photos)
     final_cfg = ray_train.alone(final_config(cfg, best_params), isinstance(setup.data, Streamed))
     dump_config(final_cfg, exp_dir / "best_config.yaml")

@@ -23,7 +23,15 @@ def test_default_profile_lists_every_key_with_the_built_in_defaults():
 
 @pytest.mark.parametrize("profile", sorted((REPO / "tune_configs").glob("*.yaml")))
 def test_every_shipped_profile_loads(profile):
-    load_config(profile)
+    """... and passes what a sweep checks before Ray starts: its search space, the reference point,
+    and the final retrain's profile."""
+    from lfa_ray.search import reference_point, validate_space
+    from lfa_ray.tune import final_config, trial_config
+
+    cfg = load_config(profile)
+    validate_space(cfg)
+    trial_config(cfg)
+    final_config(cfg, reference_point(cfg) or {})
 
 
 def test_set_overrides_parse_types_and_nesting(tmp_path):

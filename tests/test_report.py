@@ -89,3 +89,19 @@ def test_compare_refuses_what_is_not_a_finished_sweep(tmp_path, capsys):
         assert error_line(capsys) == (f"error: {other}: {what}; give the folders of sweeps python -m lfa_ray.tune "
                                       f"ran (<storage.path>/<name>)")
     assert not out.exists()  # nothing written by a refused comparison
+
+
+def test_a_param_comes_back_of_the_type_its_search_space_gives():
+    """A column holding an unscored trial's empty cell is float: the best row's batch size 4.0 must
+    reach the final retrain's profile as 4 (a profile refuses 4.0)."""
+    from lfa_ray.report import param_value
+
+    table = pd.DataFrame({"train.batch_size": [4, None], "train.epochs": [7, None], "train.lr": [1e-3, None],
+                          "model.features": [[8, 16], None]})
+    row = table.iloc[0]
+    assert row["train.batch_size"] == 4.0 and isinstance(row["train.batch_size"].item(), float)
+    space = {"train.batch_size": {"choice": [4, 8, 16]}, "train.epochs": {"randint": [5, 9]},
+             "train.lr": {"loguniform": [1e-4, 1e-2]}, "model.features": {"choice": [[8, 16], [4, 8]]}}
+    got = [param_value(row, key, spec) for key, spec in space.items()]
+    assert got == [4, 7, 1e-3, [8, 16]]
+    assert [type(v) for v in got] == [int, int, float, list]

@@ -490,3 +490,62 @@ def test_the_progress_line_never_promises_beyond_the_time_budget(capsys):
         assert line.startswith("[2/100 trials done") and expected in line, line
         if budget == 5.0:
             assert "ETA ~3s (time budget)" in line or "ETA ~2s (time budget)" in line, line
+
+
+def test_the_time_budget_keeps_what_the_trials_say_the_final_retrain_needs():
+    from lfa_ray import tune
+    from lfa_ray.tune import Budget
+
+    plan = Budget(100.0, final_epochs=11, refine_epochs=4.0)
+    assert plan.after() == 0.0  # nothing measured yet: a plain time limit
+    plan("a", {"time_this_iter_s": 12.0, "epoch_seconds": 3.0})
+    assert plan.after() == 12.0 + 10 * 3.0 + (12.0 - 3.0 + 4 * 3.0)  # no later epoch yet: the first's own
+    plan("b", {"time_this_iter_s": 9.0, "epoch_seconds": 3.0})
+    for trial in ("a", "b"):
+        for took in (2.0, 2.0, 4.0):
+            plan(trial, {"time_this_iter_s": took, "epoch_seconds": 1.5})
+    plan("c", {"time_this_iter_s": 0.01, "epoch_seconds": 2.0})  # replayed at once: its recorded seconds
+    # the slowest start and first epoch, 10 later epochs at the median 2 s; the refining model: a start
+    # of its own and 4 epochs' worth
+    assert plan.after() == 12.0 + 10 * 2.0 + (12.0 - 2.0 + 4 * 2.0)
+    plan.left = 51.0
+    assert not plan.stop_all()
+    plan.left = 49.9
+    assert plan.stop_all() and 49.0 < plan.kept <= 49.9
+    tune.STARTED.update({"a", "b"})  # two trials sharing the machine: the final runs alone, twice as fast
+    try:
+        plan("b", {"time_this_iter_s": 8.0, "epoch_seconds": 7.0})
+        plan("b", {"time_this_iter_s": 8.0, "epoch_seconds": 7.0})
+    finally:
+        tune.STARTED.clear()
+    assert plan.after() == 12.0 + 10 * 3.0 + (12.0 - 3.0 + 4 * 3.0)  # the median of 2, 2, 4, 2, 2, 4, 4, 4
+    assert Budget(100.0)("a", {"time_this_iter_s": 5.0}) is False  # a plain budget plans for nothing after
+    plain = Budget(100.0)
+    plain("a", {"time_this_iter_s": 50.0})
+    assert plain.after() == 0.0
+
+
+def test_a_time_budget_stops_the_trials_early_enough_for_the_final_retrain(ray_cluster, tmp_path):
+    from lfa_ray import tune
+    from lfa_ray.config import load_config
+    from lfa_ray.storage import locate
+
+    def timed_trial(params: dict, *, base: dict, **_) -> None:  # defined here: Ray pickles it by value
+        """Reports ``max_t`` epochs of 0.3 s each from Tune's trial process, and trains nothing."""
+        from ray import tune
+
+        for epoch in range(1, base["train"]["epochs"] + 1):
+            time.sleep(0.3)
+            tune.report({"epoch": epoch, "epoch_seconds": 0.3, "val_dice": 0.1 * epoch, "run_finished": 0})
+
+    cfg = load_config(None, ["tune.time_budget_s=10", "final.epochs=20", "refine.image_size=null",
+                             "tune.num_samples=30", "tune.max_concurrent_trials=1", "tune.scheduler.max_t=3",
+                             "tune.search_space={train.lr: {loguniform: [1.0e-4, 1.0e-2]}}"])
+    tuner = tune.make_tuner(cfg, locate(str(tmp_path)) / "budget", None, trial=timed_trial, spent_before=1.0)
+    tune.BUDGET_SPENT.clear()
+    grid = tuner.fit()
+    assert 1 <= len(grid) < 30 and not grid.errors
+    # what the trials measured: a start and first epoch, and 19 more epochs of >= 0.3 s for the final
+    spent = tune.BUDGET_SPENT
+    assert spent["seconds"] == 10 and spent["after"] >= 0.3 + 19 * 0.3 and spent["kept"] <= spent["after"]
+    assert "the final retrain's" in tune.why_ended_early(cfg, grid.get_dataframe().assign(best_val_dice=0.1))
