@@ -100,7 +100,8 @@ def test_the_gpu_suite_runs_every_part_on_cpu_in_smoke_mode(tmp_path):
     figures = {f["key"]: f["value"] for f in report["figures"]}
     assert not [k for k in figures if k.endswith((".failed", ".skipped")) or k == "e.sweep"], figures
     rates = ["b.img_s.off.batch8", "b.img_s.fp16.batch8", "b.img_s.bf16.batch8", "b.img_s.bf16.batch8.compiled",
-             "c.trainer_img_s", "c.epoch_ratio", "c.fixed_s", "c.fastest.plain_img_s", "c.fastest_ratio", "d.loader_samples_s.2_workers", "e.shared_img_s",
+             "c.trainer_img_s", "c.epoch_ratio", "c.fixed_s", "c.fastest.plain_img_s", "c.fastest_ratio",
+             "d.loader_samples_s.2_workers", "e.shared_img_s",
              "e.alone_img_s", "e.sharing_speedup", "f.predict_img_s"]
     for key in rates:
         assert isinstance(figures[key], float) and figures[key] > 0, (key, figures.get(key))

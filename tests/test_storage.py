@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from lfa_ray import cli, data
@@ -132,8 +134,12 @@ def test_bad_pack_and_packed_input(small_dir, tmp_path, capsys):
 
 @pytest.mark.e2e
 def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s3):
-    """Results, checkpoints and TensorBoard logs in the bucket, none locally; SIGINT, --resume, predict."""
-    data.pack(small_dir, f"{s3}/data/small.parquet")
+    """Results, checkpoints and TensorBoard logs in the bucket, none locally; SIGINT, --resume, predict.
+    The photos are streamed from a pack in the bucket by Ray Data (data.stream), nothing of it copied
+    locally: each trial, the resumed one and the final retrain build their stream, and a trial that
+    searches data.image_size streams at its own size."""
+    packed = f"{s3}/data/small48.parquet"
+    data.pack(small_dir, packed, size=48)
     storage = f"{s3}/results"
     exp = locate(f"{storage}/s3sweep")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -141,8 +147,9 @@ def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s
     work.mkdir()
     base = [sys.executable, "-m", "lfa_ray.tune", "--config", str(REPO / "tune_configs" / "default.yaml"),
             "--name", "s3sweep"]
-    sets = set_args(tiny_overrides(f"{s3}/data/small.parquet", storage, **{
-        "tune.num_samples": 2, "tune.max_concurrent_trials": 1, "final.epochs": 3}))
+    sets = set_args(tiny_overrides(packed, storage, **{
+        "data.stream": "true", "tune.num_samples": 2, "tune.max_concurrent_trials": 1, "final.epochs": 3,
+        "tune.search_space": "{data.image_size: {choice: [48]}, train.lr: {loguniform: [1.0e-3, 3.0e-3]}}"}))
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(base + sets, cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
@@ -158,6 +165,14 @@ def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s
     resumed = subprocess.run(base + ["--resume", "--set", f"storage.path={storage}"], cwd=work, env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    console = resumed.stdout + resumed.stderr
+    assert resumed.stdout.count("data: streamed with Ray Data (data.stream: true;") == 1
+    assert "Traceback" not in console and "SplitCoordinator" not in console
+    table = pd.read_parquet(io.BytesIO((exp / "trials.parquet").read_bytes()))
+    assert len(table) == 2 and (table["error"].fillna("") == "").all(), table
+    assert set(table["data.image_size"]) == {48}  # the profile's is 32: each trial streamed at its own size
+    final = torch.load(io.BytesIO((exp / "final" / "model.pt").read_bytes()), weights_only=False)
+    assert final["config"]["data"]["image_size"] == 48
     trials = [c for c in exp.children() if c.name.startswith("trial_")]
     assert len(trials) == 2 and (first / "result.json").read_text() == first_results  # not re-run
     for t in trials:
@@ -166,7 +181,7 @@ def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s
         assert any((c / "state.pt").is_file() for c in (t / "train").children()
                    if c.name.startswith("checkpoint_epoch_"))
     for name in ("config.yaml", "best_config.yaml", "trials.parquet", "trials.csv", "summary.md",
-                 "trials_val_dice.png", "final/model.pt", "final/metrics.csv"):
+                 "trials_val_dice.png", "final/model.pt", "final/metrics.csv", "final/test/summary.json"):
         assert (exp / name).is_file(), name
     # TensorBoard reads the logs straight from the bucket (its S3 support: boto3, AWS_ENDPOINT_URL)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -197,8 +212,6 @@ def test_sweep_on_s3_resumes_from_the_bucket_and_predicts(small_dir, tmp_path, s
 
 
 def test_packed_dataset_trains_the_same_as_its_folder(small_dir, tmp_path):
-    import torch
-
     from lfa_ray import loop
 
     from helpers import tiny_config
@@ -284,28 +297,3 @@ def test_a_remote_runs_log_staging_of_a_process_that_is_gone_is_removed(s3, tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == [ours.name]  # write_events left nothing behind
 
 
-@pytest.mark.e2e
-def test_a_sweep_streams_a_pack_at_its_size_from_the_bucket(small_dir, tmp_path, s3):
-    """data.stream: each trial and the final retrain read the pack from S3 with Ray Data; nothing of
-    it is copied locally, and a trial that searches data.image_size streams at its own size."""
-    packed = f"{s3}/data/small48.parquet"
-    assert cli.data(["pack", str(small_dir), packed, "--size", "48"]) == 0
-    sets = set_args(tiny_overrides(packed, tmp_path / "results", **{
-        "data.stream": "true", "tune.num_samples": 2, "tune.scheduler.max_t": 2, "final.epochs": 2,
-        "tune.search_space": "{data.image_size: {choice: [48]}, train.lr: {loguniform: [1.0e-3, 3.0e-3]}}"}))
-    done = subprocess.run([sys.executable, "-m", "lfa_ray.tune", "--name", "streamed", *sets], cwd=tmp_path,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("data: streamed with Ray Data (data.stream: true;") == 1
-    assert "Traceback" not in done.stdout + done.stderr and "SplitCoordinator" not in done.stdout + done.stderr
-    exp = tmp_path / "results" / "streamed"
-    table = pd.read_csv(exp / "trials.csv")
-    assert len(table) == 2 and table["error"].isna().all(), table
-    assert set(table["data.image_size"]) == {48}  # the profile's is 32: each trial streamed at its own size
-    for trial in exp.glob("trial_*"):
-        rows = pd.read_csv(trial / "train" / "metrics.csv")
-        assert len(rows) in (1, 2) and rows["val_dice"].between(0, 1).all()  # ASHA may stop one after an epoch
-    import torch
-
-    assert torch.load(exp / "final" / "model.pt", weights_only=False)["config"]["data"]["image_size"] == 48
-    assert (exp / "final" / "test" / "summary.json").is_file()
