@@ -55,8 +55,10 @@ def test_a_train_run_goes_on_when_its_mlflow_server_is_lost_and_its_run_says_inc
     seen = threading.Event()
 
     def lose_the_server_once_the_run_exists() -> None:
+        # created, then its params logged (one request: a profile has under 100 keys); the first
+        # epoch comes after the TorchTrainer's start, seconds later
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not server.runs("lost"):
+        while time.monotonic() < deadline and not any("train.epochs" in r.data.params for r in server.runs("lost")):
             time.sleep(0.2)
         server.stop()
         seen.set()

@@ -488,6 +488,16 @@ def test_the_time_budget_keeps_what_the_trials_say_the_final_retrain_needs():
     from lfa_ray import tune
     from lfa_ray.tune import Budget
 
+    running = set(tune.STARTED)  # the trials running (none here; an earlier test's stopped sweep may have left some)
+    tune.STARTED.clear()
+    try:
+        _plan_the_final(tune, Budget)
+    finally:
+        tune.STARTED.clear()
+        tune.STARTED.update(running)
+
+
+def _plan_the_final(tune, Budget) -> None:
     plan = Budget(100.0, final_epochs=11, refine_epochs=4.0)
     assert plan.after() == 0.0  # nothing measured yet: a plain time limit
     plan("a", {"time_this_iter_s": 12.0, "epoch_seconds": 3.0})
@@ -505,11 +515,9 @@ def test_the_time_budget_keeps_what_the_trials_say_the_final_retrain_needs():
     plan.left = 49.9
     assert plan.stop_all() and 49.0 < plan.kept <= 49.9
     tune.STARTED.update({"a", "b"})  # two trials sharing the machine: the final runs alone, twice as fast
-    try:
-        plan("b", {"time_this_iter_s": 8.0, "epoch_seconds": 7.0})
-        plan("b", {"time_this_iter_s": 8.0, "epoch_seconds": 7.0})
-    finally:
-        tune.STARTED.clear()
+    plan("b", {"time_this_iter_s": 8.0, "epoch_seconds": 7.0})
+    plan("b", {"time_this_iter_s": 8.0, "epoch_seconds": 7.0})
+    tune.STARTED.clear()
     assert plan.after() == 12.0 + 10 * 3.0 + (12.0 - 3.0 + 4 * 3.0)  # the median of 2, 2, 4, 2, 2, 4, 4, 4
     assert Budget(100.0)("a", {"time_this_iter_s": 5.0}) is False  # a plain budget plans for nothing after
     plain = Budget(100.0)
