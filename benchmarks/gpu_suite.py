@@ -210,17 +210,23 @@ def profile_512(smoke: bool, epochs: int) -> list[str]:
     return sets
 
 
-def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
+def _plain_and_trainer(cfg, data, device: torch.device) -> tuple[dict, dict]:
+    """The same run in the plain loop and in a 1-worker TorchTrainer (train_overhead's measures)."""
     import ray
     from train_overhead import in_trainer, plain
 
+    p = plain(cfg, data, device)
+    r = in_trainer(cfg, data, gpus_per_worker=1.0 if device.type == "cuda" else 0.0)
+    ray.shutdown()
+    return p, r
+
+
+def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
     from lfa_ray.data import load_for, resolve_root
 
     cfg = load_config(REPO / "tune_configs" / "reference_512.yaml", profile_512(smoke, epochs=3 if smoke else 6))
     data = load_for(cfg, resolve_root(cfg))
-    p = plain(cfg, data, device)
-    r = in_trainer(cfg, data, gpus_per_worker=1.0 if device.type == "cuda" else 0.0)
-    ray.shutdown()
+    p, r = _plain_and_trainer(cfg, data, device)
     pm, rm = statistics.median(p["walls"][1:]), statistics.median(r["walls"][1:])
     note = (f"reference_512.yaml: {cfg.data.image_size} px, batch {cfg.train.batch_size}, amp {cfg.train.amp}, "
             f"{len(r['walls'])} epochs of {data.summary['train']} images, checkpoints on improvement")
@@ -239,9 +245,7 @@ def part_c(rep: Report, device: torch.device, smoke: bool) -> None:
     fast = load_config(REPO / "tune_configs" / "reference_512.yaml",
                        [*profile_512(smoke, epochs=3 if smoke else 6), "train.amp=bf16", "train.batch_size=32",
                         f"train.compile={str(not smoke).lower()}"])
-    p = plain(fast, data, device)
-    r = in_trainer(fast, data, gpus_per_worker=1.0 if device.type == "cuda" else 0.0)
-    ray.shutdown()
+    p, r = _plain_and_trainer(fast, data, device)
     n = data.summary["train"]
     pm, rm = n / statistics.median(p["walls"][1:]), n / statistics.median(r["walls"][1:])
     how = f"{'compiled' if fast.train.compile else 'eager (--smoke)'} bf16, batch 32"

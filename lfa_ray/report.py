@@ -87,7 +87,7 @@ def param_value(row: pd.Series, key: str, spec: Optional[dict] = None):
         v = [x.item() if hasattr(x, "item") else x for x in v]
     elif hasattr(v, "item"):
         v = v.item()
-    (kind, args), = (spec or {None: None}).items()
+    kind, args = next(iter(spec.items())) if spec else (None, None)
     if kind == "choice":
         return next((a for a in args if a == v), v)
     return int(v) if kind == "randint" else v

@@ -219,9 +219,8 @@ class Budget(Stopper):
         """Seconds the final retrain (and its refining model's) will take, from the trials: the
         slowest trial's start and first epoch (Ray Train's start, CUDA's warm-up) and the median
         later epoch (before any: the first epochs' own seconds), divided among the trials running
-        then, for each further epoch; the refining
-        model as ``refine_epochs`` more epochs (its crops' pixels relative to the photos') after a
-        start of its own."""
+        then, for each further epoch; the refining model as ``refine_epochs`` more epochs (its
+        crops' pixels relative to the photos') after a start of its own."""
         if not self.final_epochs or not self.first:
             return 0.0
         later = [s for v in self.steady.values() for s in v]
@@ -235,10 +234,11 @@ class Budget(Stopper):
         if self._last is not None:
             self.left -= now - self._last
         self._last = now
-        after = self.after()
-        if self.kept is None and self.left <= after:
-            self.kept = max(0.0, self.left)
-            BUDGET_SPENT.update(seconds=self.seconds, kept=self.kept, after=after)
+        if self.kept is None:  # Tune asks at every step of its loop: once stopped, nothing to plan
+            after = self.after()
+            if self.left <= after:
+                self.kept = max(0.0, self.left)
+                BUDGET_SPENT.update(seconds=self.seconds, kept=self.kept, after=after)
         return self.kept is not None
 
     def __setstate__(self, state: dict) -> None:
@@ -366,7 +366,7 @@ def make_tuner(cfg: Config, exp_dir: Location, data, *, gpus_per_worker: float =
                                   callbacks=[Progress(t.num_samples, t.metric, t.mode, t.scheduler.max_t,
                                                       plan and plan.seconds),
                                              KeepTrialLogs(), Unfinished(), *callbacks],
-                                  stop=CombinedStopper(*stoppers) if len(stoppers) > 1 else (stoppers or [None])[0],
+                                  stop=CombinedStopper(*stoppers) if stoppers else None,
                                   verbose=None if verbose() else 0),
     )
 
